@@ -1,0 +1,41 @@
+"""balance-ledger: a prepaid-balance ledger that never overdraws, double-charges or drifts.
+
+The public API is exactly what ``__all__`` lists; every module below is private.
+"""
+
+from .errors import (
+    AccountExists,
+    AccountNotFound,
+    AccountSuspended,
+    BalanceError,
+    CurrencyMismatch,
+    IdempotencyConflict,
+    InsufficientBalance,
+    InvalidAmount,
+    InvalidRequest,
+    RetriesExhausted,
+    StorageError,
+)
+from .models import AccountStatus, Balance, LedgerTotals, StatusChange, Transaction, TransactionType
+from .service import BalanceService
+
+__all__ = [
+    "AccountExists",
+    "AccountNotFound",
+    "AccountStatus",
+    "AccountSuspended",
+    "Balance",
+    "BalanceError",
+    "BalanceService",
+    "CurrencyMismatch",
+    "IdempotencyConflict",
+    "InsufficientBalance",
+    "InvalidAmount",
+    "InvalidRequest",
+    "LedgerTotals",
+    "RetriesExhausted",
+    "StatusChange",
+    "StorageError",
+    "Transaction",
+    "TransactionType",
+]

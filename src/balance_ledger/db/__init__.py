@@ -1,0 +1,1 @@
+"""Storage: the schema, the named queries, and what differs between backends."""

@@ -1,0 +1,133 @@
+"""The schema: the balance cache and the append-only ledger.
+
+The migrations in ``balance_ledger/migrations`` must produce exactly this; a test
+compares the two on every backend. Invariants that must hold whatever code writes
+the rows are CHECK constraints, so the database refuses them too.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A UTC instant with microseconds on every backend; always aware when read.
+
+    PostgreSQL stores ``timestamptz``; MariaDB and SQLite have no time zones, so
+    the value is stored as naive UTC and given its zone back on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where a UTC instant is required")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; everywhere else it is a BIGINT.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# utf8mb4_bin: idempotency keys and references compare byte for byte, as on the
+# other backends (MariaDB's default collation would make 'Key' equal 'key').
+_MARIADB_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+user_balances = Table(
+    "user_balances",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("currency", String(3), nullable=False, server_default="VND"),
+    Column("balance", BigInteger, nullable=False, server_default="0"),
+    Column("total_recharged", BigInteger, nullable=False, server_default="0"),
+    Column("total_spent", BigInteger, nullable=False, server_default="0"),
+    Column("credit_limit", BigInteger, nullable=False, server_default="0"),
+    Column("status", String(16), nullable=False, server_default="active"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("credit_limit >= 0", name="credit_limit_not_negative"),
+    CheckConstraint("status IN ('active', 'suspended')", name="status_known"),
+    **_MARIADB_TABLE,
+)
+
+user_balance_transactions = Table(
+    "user_balance_transactions",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column(
+        "user_id",
+        BigInteger,
+        ForeignKey("user_balances.user_id", ondelete="RESTRICT"),
+        nullable=False,
+    ),
+    Column("transaction_type", String(16), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("balance_before", BigInteger, nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    Column("service_type", String(64)),
+    Column("description", String(1024)),
+    Column("reference_model", String(128)),
+    Column("reference_id", String(128)),
+    Column("idempotency_key", String(255)),
+    Column("created_at", UtcDateTime, nullable=False),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint(
+        "transaction_type IN ('recharge', 'charge', 'refund', 'adjustment')",
+        name="type_known",
+    ),
+    # The snapshot arithmetic of the two movements whose sign is fixed.
+    CheckConstraint(
+        "(transaction_type = 'recharge' AND balance_after = balance_before + amount)"
+        " OR (transaction_type = 'charge' AND balance_after = balance_before - amount)"
+        " OR transaction_type IN ('refund', 'adjustment')",
+        name="snapshot_arithmetic",
+    ),
+    # Also the index of the idempotency lookup.
+    UniqueConstraint("user_id", "idempotency_key"),
+    # History (newest first, keyset) and the verifier's per-user chain walk.
+    Index(None, "user_id", "id"),
+    Index(None, "reference_model", "reference_id"),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)

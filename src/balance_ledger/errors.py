@@ -1,0 +1,103 @@
+"""Every failure balance-ledger reports is one of these, and leaves nothing behind.
+
+    BalanceError                  base of everything this package raises on purpose
+    ├── AccountNotFound           no balance row for the user
+    ├── AccountExists             open_account on a user that exists with other settings
+    ├── AccountSuspended          a charge against a suspended account
+    ├── InsufficientBalance       the charge would take the balance below -credit_limit
+    ├── CurrencyMismatch          the caller's currency is not the account's
+    ├── IdempotencyConflict       a reused idempotency key with a different request
+    ├── InvalidRequest            an argument is malformed (user id, text, currency, ...)
+    │   └── InvalidAmount         not a positive int within BIGINT (or the result overflows)
+    └── StorageError              the database failed or could not be reached
+        └── RetriesExhausted      deadlock / serialization failure retried too many times
+
+A rejected call never writes: the database transaction is rolled back before the
+error reaches the caller. Errors carry the context a caller needs to react
+(``user_id``, ``amount``, ``available``, ...) as attributes, and a message that says
+what was refused and why.
+"""
+
+from __future__ import annotations
+
+
+class BalanceError(Exception):
+    """Base class of every error raised by balance-ledger."""
+
+
+class AccountNotFound(BalanceError):
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+        super().__init__(f"account {user_id} does not exist; open it first")
+
+
+class AccountExists(BalanceError):
+    def __init__(self, user_id: int, detail: str) -> None:
+        self.user_id = user_id
+        super().__init__(f"account {user_id} already exists with {detail}")
+
+
+class AccountSuspended(BalanceError):
+    def __init__(self, user_id: int, balance: int, credit_limit: int) -> None:
+        self.user_id = user_id
+        self.balance = balance
+        self.credit_limit = credit_limit
+        super().__init__(
+            f"account {user_id} is suspended (balance {balance} is below the credit limit "
+            f"of -{credit_limit}); recharge it before charging"
+        )
+
+
+class InsufficientBalance(BalanceError):
+    def __init__(self, user_id: int, amount: int, available: int) -> None:
+        self.user_id = user_id
+        self.amount = amount
+        self.available = available
+        super().__init__(
+            f"account {user_id} cannot be charged {amount}: only {available} is available "
+            "(balance plus credit limit)"
+        )
+
+
+class CurrencyMismatch(BalanceError):
+    def __init__(self, user_id: int, account_currency: str, requested_currency: str) -> None:
+        self.user_id = user_id
+        self.account_currency = account_currency
+        self.requested_currency = requested_currency
+        super().__init__(
+            f"account {user_id} holds {account_currency}, but the request is in "
+            f"{requested_currency}"
+        )
+
+
+class IdempotencyConflict(BalanceError):
+    def __init__(self, user_id: int, idempotency_key: str, detail: str) -> None:
+        self.user_id = user_id
+        self.idempotency_key = idempotency_key
+        super().__init__(
+            f"idempotency key {idempotency_key!r} of account {user_id} was already used "
+            f"for a different request: {detail}"
+        )
+
+
+class InvalidRequest(BalanceError):
+    """An argument is malformed; raised before the database is touched."""
+
+
+class InvalidAmount(InvalidRequest):
+    def __init__(self, amount: object, reason: str) -> None:
+        self.amount = amount
+        super().__init__(f"invalid amount {amount!r}: {reason}")
+
+
+class StorageError(BalanceError):
+    """The database failed; the operation was rolled back (or never started)."""
+
+
+class RetriesExhausted(StorageError):
+    def __init__(self, attempts: int, cause: BaseException) -> None:
+        self.attempts = attempts
+        super().__init__(
+            f"gave up after {attempts} attempts: the database kept aborting the transaction "
+            f"(deadlock or lock timeout): {cause}"
+        )

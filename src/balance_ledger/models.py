@@ -1,0 +1,84 @@
+"""The values balance-ledger hands back: immutable snapshots of database rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class TransactionType(StrEnum):
+    RECHARGE = "recharge"
+    CHARGE = "charge"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+def status_for(balance: int, credit_limit: int) -> AccountStatus:
+    """The seed's rule: an account below its credit limit is suspended, otherwise active."""
+    return AccountStatus.SUSPENDED if balance < -credit_limit else AccountStatus.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """One account's cached balance row (``user_balances``)."""
+
+    user_id: int
+    currency: str
+    balance: int
+    total_recharged: int
+    total_spent: int
+    credit_limit: int
+    status: AccountStatus
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def available(self) -> int:
+        """How much a charge may still take: the balance plus the credit limit."""
+        return self.balance + self.credit_limit
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One ledger row (``user_balance_transactions``); never changes once written."""
+
+    id: int
+    user_id: int
+    transaction_type: TransactionType
+    amount: int
+    balance_before: int
+    balance_after: int
+    service_type: str | None
+    description: str | None
+    reference_model: str | None
+    reference_id: str | None
+    idempotency_key: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    """An account's figures recomputed from its ledger rows alone (the source of truth)."""
+
+    user_id: int
+    balance: int
+    total_recharged: int
+    total_spent: int
+    row_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """Passed to ``on_suspend`` / ``on_reactivate`` callbacks after the commit."""
+
+    user_id: int
+    old_status: AccountStatus
+    new_status: AccountStatus
+    balance: int
+    transaction_id: int

@@ -1,0 +1,389 @@
+"""BalanceService: the one place where money moves.
+
+Every movement follows the same path (``_post``), in ONE database transaction:
+
+    lock the account's balance row            (SELECT … FOR UPDATE / BEGIN IMMEDIATE)
+    replay: same idempotency key → return the first row, write nothing
+    check currency, suspension and funds      (typed error → rollback, nothing written)
+    INSERT the ledger row with balance_before / balance_after
+    UPDATE the cached balance, totals and status
+    COMMIT                                    (lock released)
+    then, outside the lock, run on_suspend / on_reactivate callbacks
+
+The ledger (``user_balance_transactions``) is the source of truth and is only ever
+appended to; the balance row is a cache of it that the lock keeps exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
+
+from . import validation as valid
+from .db import queries
+from .db.dialects import create_ledger_engine
+from .db.migrate import upgrade_to_head
+from .db.transactions import Database
+from .errors import (
+    AccountExists,
+    AccountNotFound,
+    AccountSuspended,
+    CurrencyMismatch,
+    IdempotencyConflict,
+    InsufficientBalance,
+    InvalidRequest,
+)
+from .models import (
+    AccountStatus,
+    Balance,
+    LedgerTotals,
+    StatusChange,
+    Transaction,
+    TransactionType,
+    status_for,
+)
+
+log = logging.getLogger(__name__)
+
+StatusCallback = Callable[[StatusChange], object]
+
+# The columns that identify a request: a replay must match them all.
+_REQUEST_FIELDS = (
+    "transaction_type",
+    "amount",
+    "service_type",
+    "description",
+    "reference_model",
+    "reference_id",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Movement:
+    """A validated request to append one ledger row."""
+
+    user_id: int
+    transaction_type: TransactionType
+    amount: int
+    service_type: str | None
+    description: str | None
+    reference_model: str | None
+    reference_id: str | None
+    idempotency_key: str | None
+    currency: str | None
+    allow_overdraft: bool = False
+
+    def differences(self, existing: Transaction) -> list[str]:
+        return [
+            f"{field} {getattr(existing, field)!r} != {getattr(self, field)!r}"
+            for field in _REQUEST_FIELDS
+            if getattr(existing, field) != getattr(self, field)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Posted:
+    transaction: Transaction
+    status_change: StatusChange | None
+
+
+class BalanceService:
+    """Prepaid balances: open accounts, recharge, charge, read balances and history.
+
+    Thread-safe: one instance owns a connection pool and may be shared by threads.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_attempts: int = 8,
+        on_suspend: StatusCallback | None = None,
+        on_reactivate: StatusCallback | None = None,
+    ) -> None:
+        self.engine = engine
+        self._db = Database(engine, max_attempts=max_attempts)
+        self._on_suspend: list[StatusCallback] = [on_suspend] if on_suspend else []
+        self._on_reactivate: list[StatusCallback] = [on_reactivate] if on_reactivate else []
+
+    @classmethod
+    def from_url(cls, url: str | URL, **engine_options: Any) -> Self:
+        """Connect to ``sqlite:///…``, ``postgresql+psycopg://…`` or ``mysql+pymysql://…``.
+
+        ``engine_options`` go to SQLAlchemy's ``create_engine`` (``pool_size``, …).
+        """
+        return cls(create_ledger_engine(url, **engine_options))
+
+    def create_schema(self) -> None:
+        """Apply every migration up to the newest (creates the tables if missing)."""
+        upgrade_to_head(self.engine)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- callbacks ---------------------------------------------------------------
+
+    def on_suspend(self, callback: StatusCallback) -> StatusCallback:
+        """Register ``callback(StatusChange)`` to run after a commit suspends an account."""
+        self._on_suspend.append(callback)
+        return callback
+
+    def on_reactivate(self, callback: StatusCallback) -> StatusCallback:
+        """Register ``callback(StatusChange)`` to run after a commit reactivates an account."""
+        self._on_reactivate.append(callback)
+        return callback
+
+    # -- accounts ----------------------------------------------------------------
+
+    def open_account(self, user_id: int, *, currency: str = "VND", credit_limit: int = 0) -> Balance:
+        """Create the account's balance row; opening it again with the same settings is a no-op."""
+        user_id = valid.user_id(user_id)
+        currency = valid.currency(currency)
+        credit_limit = valid.credit_limit(credit_limit)
+
+        def work(conn: Connection) -> Balance:
+            existing = queries.lock_balance(conn, user_id)
+            if existing is None:
+                queries.insert_balance(
+                    conn, user_id=user_id, currency=currency, credit_limit=credit_limit, now=_now()
+                )
+                existing = queries.get_balance(conn, user_id)
+                assert existing is not None
+            elif (existing.currency, existing.credit_limit) != (currency, credit_limit):
+                raise AccountExists(
+                    user_id,
+                    f"currency {existing.currency} and credit limit {existing.credit_limit}",
+                )
+            return existing
+
+        return self._db.write(work)
+
+    def get_balance(self, user_id: int) -> Balance:
+        user_id = valid.user_id(user_id)
+        balance = self._db.read(lambda conn: queries.get_balance(conn, user_id))
+        if balance is None:
+            raise AccountNotFound(user_id)
+        return balance
+
+    def get_transactions(
+        self, user_id: int, *, limit: int = 50, before_id: int | None = None
+    ) -> list[Transaction]:
+        """Ledger rows newest first; pass the last row's id as ``before_id`` for the next page."""
+        user_id = valid.user_id(user_id)
+        limit = valid.page_size(limit)
+        before_id = valid.optional_row_id(before_id)
+
+        def work(conn: Connection) -> list[Transaction]:
+            if queries.get_balance(conn, user_id) is None:
+                raise AccountNotFound(user_id)
+            return queries.transactions_page(conn, user_id, limit=limit, before_id=before_id)
+
+        return self._db.read(work)
+
+    def ledger_totals(self, user_id: int) -> LedgerTotals:
+        """The account's balance and totals recomputed from the ledger, not the cache."""
+        user_id = valid.user_id(user_id)
+        return self._db.read(lambda conn: queries.ledger_totals(conn, user_id))
+
+    # -- money movements -------------------------------------------------------
+
+    def recharge(
+        self,
+        user_id: int,
+        amount: int,
+        *,
+        description: str | None = None,
+        reference_model: str | None = None,
+        reference_id: str | int | None = None,
+        idempotency_key: str | None = None,
+        currency: str | None = None,
+    ) -> Transaction:
+        """Credit ``amount`` (minor units); reactivates a suspended account it brings back."""
+        movement = _movement(
+            TransactionType.RECHARGE,
+            user_id,
+            amount,
+            service_type=None,
+            description=description,
+            reference_model=reference_model,
+            reference_id=reference_id,
+            idempotency_key=idempotency_key,
+            currency=currency,
+        )
+        return self._post(movement)
+
+    def charge_service(
+        self,
+        user_id: int,
+        amount: int,
+        service_type: str,
+        *,
+        description: str | None = None,
+        reference_model: str | None = None,
+        reference_id: str | int | None = None,
+        idempotency_key: str | None = None,
+        allow_overdraft: bool = False,
+        currency: str | None = None,
+    ) -> Transaction:
+        """Debit ``amount`` (minor units) for ``service_type``.
+
+        Refused with ``InsufficientBalance`` when the balance would fall below
+        ``-credit_limit`` and with ``AccountSuspended`` on a suspended account —
+        unless ``allow_overdraft``: usage that was already delivered is always
+        recorded, and an account it takes past its limit is suspended.
+        """
+        movement = _movement(
+            TransactionType.CHARGE,
+            user_id,
+            amount,
+            service_type=valid.text("service_type", service_type, required=True),
+            description=description,
+            reference_model=reference_model,
+            reference_id=reference_id,
+            idempotency_key=idempotency_key,
+            currency=currency,
+            allow_overdraft=allow_overdraft,
+        )
+        return self._post(movement)
+
+    def _post(self, movement: _Movement) -> Transaction:
+        posted = self._db.write(lambda conn: _apply(conn, movement))
+        if posted.status_change is not None:
+            self._notify(posted.status_change)
+        return posted.transaction
+
+    def _notify(self, change: StatusChange) -> None:
+        suspended = change.new_status is AccountStatus.SUSPENDED
+        callbacks = self._on_suspend if suspended else self._on_reactivate
+        for callback in callbacks:
+            try:
+                callback(change)
+            except Exception:
+                # The money already moved and committed; a broken hook must not hide that.
+                log.exception("status callback %r failed for account %s", callback, change.user_id)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _movement(
+    transaction_type: TransactionType,
+    user_id: object,
+    amount: object,
+    *,
+    service_type: str | None,
+    description: object,
+    reference_model: object,
+    reference_id: object,
+    idempotency_key: object,
+    currency: object,
+    allow_overdraft: object = False,
+) -> _Movement:
+    if not isinstance(allow_overdraft, bool):
+        raise InvalidRequest("allow_overdraft must be a bool")
+    return _Movement(
+        user_id=valid.user_id(user_id),
+        transaction_type=transaction_type,
+        amount=valid.amount(amount),
+        service_type=service_type,
+        description=valid.text("description", description),
+        reference_model=valid.text("reference_model", reference_model),
+        reference_id=valid.reference_id(reference_id),
+        idempotency_key=valid.idempotency_key(idempotency_key),
+        currency=None if currency is None else valid.currency(currency),
+        allow_overdraft=allow_overdraft,
+    )
+
+
+def _apply(conn: Connection, movement: _Movement) -> _Posted:
+    """The locked read-check-write of one movement; runs inside the write transaction."""
+    account = queries.lock_balance(conn, movement.user_id)
+    if account is None:
+        raise AccountNotFound(movement.user_id)
+
+    if movement.idempotency_key is not None:
+        replayed = _replay(conn, movement, movement.idempotency_key)
+        if replayed is not None:
+            return _Posted(replayed, status_change=None)
+
+    if movement.currency is not None and movement.currency != account.currency:
+        raise CurrencyMismatch(account.user_id, account.currency, movement.currency)
+
+    if movement.transaction_type is TransactionType.CHARGE:
+        _check_chargeable(account, movement)
+        delta, recharged, spent = -movement.amount, 0, movement.amount
+    else:
+        delta, recharged, spent = movement.amount, movement.amount, 0
+
+    new_balance = valid.in_bigint_range(account.balance + delta, "balance")
+    new_status = status_for(new_balance, account.credit_limit)
+    now = _now()
+    transaction = queries.insert_transaction(
+        conn,
+        {
+            "user_id": movement.user_id,
+            "transaction_type": movement.transaction_type.value,
+            "amount": movement.amount,
+            "balance_before": account.balance,
+            "balance_after": new_balance,
+            "service_type": movement.service_type,
+            "description": movement.description,
+            "reference_model": movement.reference_model,
+            "reference_id": movement.reference_id,
+            "idempotency_key": movement.idempotency_key,
+            "created_at": now,
+        },
+    )
+    queries.update_balance(
+        conn,
+        user_id=movement.user_id,
+        balance=new_balance,
+        total_recharged=valid.in_bigint_range(account.total_recharged + recharged, "total"),
+        total_spent=valid.in_bigint_range(account.total_spent + spent, "total"),
+        status=new_status,
+        now=now,
+    )
+    change = None
+    if new_status is not account.status:
+        change = StatusChange(
+            user_id=movement.user_id,
+            old_status=account.status,
+            new_status=new_status,
+            balance=new_balance,
+            transaction_id=transaction.id,
+        )
+    return _Posted(transaction, change)
+
+
+def _replay(conn: Connection, movement: _Movement, key: str) -> Transaction | None:
+    """The row a previous call with this key wrote, if the request is the same one."""
+    existing = queries.find_by_idempotency_key(conn, movement.user_id, key)
+    if existing is None:
+        return None
+    differences = movement.differences(existing)
+    if differences:
+        raise IdempotencyConflict(movement.user_id, key, "; ".join(differences))
+    return existing
+
+
+def _check_chargeable(account: Balance, movement: _Movement) -> None:
+    if movement.allow_overdraft:
+        return
+    if account.status is AccountStatus.SUSPENDED:
+        raise AccountSuspended(account.user_id, account.balance, account.credit_limit)
+    if account.balance - movement.amount < -account.credit_limit:
+        raise InsufficientBalance(account.user_id, movement.amount, account.available)

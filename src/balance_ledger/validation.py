@@ -1,0 +1,124 @@
+"""Argument checks that run before any database work.
+
+Every public operation validates here first, so a malformed request costs no
+round trip, takes no lock and can leave nothing behind.
+"""
+
+from __future__ import annotations
+
+from typing import TypeGuard
+
+from babel.numbers import list_currencies
+
+from .errors import InvalidAmount, InvalidRequest
+
+BIGINT_MAX = 2**63 - 1
+BIGINT_MIN = -(2**63)
+
+# Column widths of the ledger (see db/tables.py); checked here so an oversized
+# value is a typed error on every backend instead of a driver error on some.
+TEXT_LIMITS = {
+    "service_type": 64,
+    "description": 1024,
+    "reference_model": 128,
+    "reference_id": 128,
+    "idempotency_key": 255,
+}
+
+_KNOWN_CURRENCIES = frozenset(list_currencies())
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    # bool is an int subclass; True is not an amount of money.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def amount(value: object) -> int:
+    """A money amount in minor units: a positive ``int`` that fits in BIGINT."""
+    if not _is_int(value):
+        raise InvalidAmount(value, f"must be an int in minor units, not {type(value).__name__}")
+    if value <= 0:
+        raise InvalidAmount(value, "must be positive; the operation gives the sign")
+    if value > BIGINT_MAX:
+        raise InvalidAmount(value, f"must not exceed {BIGINT_MAX}")
+    return value
+
+
+def in_bigint_range(value: int, what: str) -> int:
+    """Guard a computed balance or total; an overflowing result refuses the amount."""
+    if not BIGINT_MIN <= value <= BIGINT_MAX:
+        raise InvalidAmount(value, f"the resulting {what} would not fit in a 64-bit integer")
+    return value
+
+
+def user_id(value: object) -> int:
+    if not _is_int(value):
+        raise InvalidRequest(f"user id must be an int, not {type(value).__name__}")
+    if not 1 <= value <= BIGINT_MAX:
+        raise InvalidRequest(f"user id must be between 1 and {BIGINT_MAX}, got {value}")
+    return value
+
+
+def credit_limit(value: object) -> int:
+    if not _is_int(value):
+        raise InvalidRequest(f"credit limit must be an int, not {type(value).__name__}")
+    if not 0 <= value <= BIGINT_MAX:
+        raise InvalidRequest(f"credit limit must be between 0 and {BIGINT_MAX}, got {value}")
+    return value
+
+
+def currency(value: object) -> str:
+    """An ISO 4217 code; lower case is accepted and normalised."""
+    if not isinstance(value, str) or len(value) != 3 or not value.isascii():
+        raise InvalidRequest(f"currency must be a three-letter ISO 4217 code, got {value!r}")
+    code = value.upper()
+    if code not in _KNOWN_CURRENCIES:
+        raise InvalidRequest(f"unknown currency {value!r}: not an ISO 4217 code")
+    return code
+
+
+def text(field: str, value: object, *, required: bool = False) -> str | None:
+    """A free-text column value: str within the column width, no NUL characters."""
+    if value is None:
+        if required:
+            raise InvalidRequest(f"{field} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a str, not {type(value).__name__}")
+    if required and not value.strip():
+        raise InvalidRequest(f"{field} must not be empty")
+    limit = TEXT_LIMITS[field]
+    if len(value) > limit:
+        raise InvalidRequest(f"{field} is {len(value)} characters long; the limit is {limit}")
+    if "\x00" in value:
+        raise InvalidRequest(f"{field} must not contain NUL characters")
+    return value
+
+
+def reference_id(value: object) -> str | None:
+    """A reference id is stored as text; an int is accepted as its decimal string."""
+    if _is_int(value):
+        value = str(value)
+    return text("reference_id", value)
+
+
+def idempotency_key(value: object) -> str | None:
+    if value is not None and value == "":
+        raise InvalidRequest("idempotency_key must not be empty; pass None for no key")
+    return text("idempotency_key", value)
+
+
+def page_size(value: object) -> int:
+    if not _is_int(value):
+        raise InvalidRequest(f"limit must be an int, not {type(value).__name__}")
+    if not 1 <= value <= 1000:
+        raise InvalidRequest(f"limit must be between 1 and 1000, got {value}")
+    return value
+
+
+def optional_row_id(value: object) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or not 1 <= value <= BIGINT_MAX:
+        raise InvalidRequest(f"before_id must be a positive int, got {value!r}")
+    return value

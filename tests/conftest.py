@@ -1,0 +1,139 @@
+"""One parametrized fixture runs every database test on SQLite, PostgreSQL and MariaDB.
+
+Servers come from ``BALANCE_TEST_POSTGRESQL_URL`` / ``BALANCE_TEST_MARIADB_URL``
+(defaults: the local servers). A server that cannot be reached skips its tests with
+the reason, unless ``BALANCE_TEST_REQUIRE`` names it (``postgresql,mariadb`` or
+``all``): then its absence fails the run, as it must in CI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, select, text
+
+from balance_ledger import Balance, BalanceService
+from balance_ledger.db.tables import user_balance_transactions, user_balances
+
+BACKENDS = ("sqlite", "postgresql", "mariadb")
+TEST_DATABASE = "balance_ledger_test"
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "BALANCE_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
+    "mariadb": os.environ.get("BALANCE_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/"),
+}
+
+
+def _required(backend: str) -> bool:
+    required = {b.strip() for b in os.environ.get("BALANCE_TEST_REQUIRE", "").split(",")}
+    return backend in required or "all" in required
+
+
+def _fresh_server_database(backend: str) -> str:
+    """Drop and create the test database on the server; return its URL."""
+    server_url = make_url(SERVER_URLS[backend])
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if backend == "postgresql":
+                conn.execute(text(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)"))
+                conn.execute(text(f"CREATE DATABASE {TEST_DATABASE}"))
+            else:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {TEST_DATABASE}"))
+                conn.execute(text(f"CREATE DATABASE {TEST_DATABASE} CHARACTER SET utf8mb4"))
+    finally:
+        admin.dispose()
+    return server_url.set(database=TEST_DATABASE).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated, empty database of one backend, shared by that backend's tests."""
+    backend: str = request.param
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'ledger.db'}"
+    else:
+        try:
+            url = _fresh_server_database(backend)
+        except Exception as error:
+            reason = f"{backend} server not reachable at {SERVER_URLS[backend]}: {error}"
+            if _required(backend):
+                pytest.fail(f"{reason} (required by BALANCE_TEST_REQUIRE)")
+            pytest.skip(reason)
+    with BalanceService.from_url(url) as svc:
+        svc.create_schema()
+    return url
+
+
+@pytest.fixture
+def backend(backend_url: str) -> str:
+    name = make_url(backend_url).get_backend_name()
+    return "mariadb" if name == "mysql" else name
+
+
+def empty_database(url: str) -> None:
+    """Remove every row (ledger first: it references the balances)."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(user_balance_transactions.delete())
+        conn.execute(user_balances.delete())
+    engine.dispose()
+
+
+@pytest.fixture
+def database_url(backend_url: str) -> str:
+    """The backend's database, emptied for this test."""
+    empty_database(backend_url)
+    return backend_url
+
+
+@pytest.fixture
+def svc(database_url: str) -> Iterator[BalanceService]:
+    with BalanceService.from_url(database_url) as service:
+        yield service
+
+
+AccountFactory = Callable[..., Balance]
+
+
+@pytest.fixture
+def account_factory(svc: BalanceService) -> AccountFactory:
+    """Open a fresh account (ids 1, 2, …), optionally recharged with ``balance``."""
+    next_id = iter(range(1, 10**6))
+
+    def open_account(
+        *, balance: int = 0, currency: str = "VND", credit_limit: int = 0, user_id: int | None = None
+    ) -> Balance:
+        uid = user_id if user_id is not None else next(next_id)
+        svc.open_account(uid, currency=currency, credit_limit=credit_limit)
+        if balance:
+            svc.recharge(uid, balance, description="opening balance")
+        return svc.get_balance(uid)
+
+    return open_account
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+Dump = Callable[[], dict[str, list[tuple[object, ...]]]]
+
+
+@pytest.fixture
+def dump(svc: BalanceService) -> Dump:
+    """Every row of both tables, to assert that a refused call changed nothing."""
+
+    def dump_rows() -> dict[str, list[tuple[object, ...]]]:
+        with svc.engine.connect() as conn:
+            return {
+                table.name: [tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key))]
+                for table in (user_balances, user_balance_transactions)
+            }
+
+    return dump_rows
