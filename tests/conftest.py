@@ -106,7 +106,11 @@ def account_factory(svc: BalanceService) -> AccountFactory:
     next_id = iter(range(1, 10**6))
 
     def open_account(
-        *, balance: int = 0, currency: str = "VND", credit_limit: int = 0, user_id: int | None = None
+        *,
+        balance: int = 0,
+        currency: str = "VND",
+        credit_limit: int = 0,
+        user_id: int | None = None,
     ) -> Balance:
         uid = user_id if user_id is not None else next(next_id)
         svc.open_account(uid, currency=currency, credit_limit=credit_limit)
@@ -132,7 +136,9 @@ def dump(svc: BalanceService) -> Dump:
     def dump_rows() -> dict[str, list[tuple[object, ...]]]:
         with svc.engine.connect() as conn:
             return {
-                table.name: [tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key))]
+                table.name: [
+                    tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key))
+                ]
                 for table in (user_balances, user_balance_transactions)
             }
 

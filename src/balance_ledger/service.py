@@ -148,7 +148,9 @@ class BalanceService:
 
     # -- accounts ----------------------------------------------------------------
 
-    def open_account(self, user_id: int, *, currency: str = "VND", credit_limit: int = 0) -> Balance:
+    def open_account(
+        self, user_id: int, *, currency: str = "VND", credit_limit: int = 0
+    ) -> Balance:
         """Create the account's balance row; opening it again with the same settings is a no-op."""
         user_id = valid.user_id(user_id)
         currency = valid.currency(currency)

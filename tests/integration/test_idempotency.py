@@ -81,8 +81,13 @@ def test_a_refused_charge_does_not_consume_its_key(svc: BalanceService, account_
 
 def test_replay_of_overdraft_charge_on_suspended_account_returns_the_row(svc, account_factory):
     account = account_factory(balance=10)
-    first = svc.charge_service(account.user_id, 50, "vps", allow_overdraft=True, idempotency_key="k")
-    assert svc.charge_service(account.user_id, 50, "vps", allow_overdraft=True, idempotency_key="k") == first
+    first = svc.charge_service(
+        account.user_id, 50, "vps", allow_overdraft=True, idempotency_key="k"
+    )
+    assert (
+        svc.charge_service(account.user_id, 50, "vps", allow_overdraft=True, idempotency_key="k")
+        == first
+    )
 
 
 @pytest.mark.race

@@ -72,7 +72,11 @@ metadata = MetaData(
 
 # utf8mb4_bin: idempotency keys and references compare byte for byte, as on the
 # other backends (MariaDB's default collation would make 'Key' equal 'key').
-_MARIADB_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+_MARIADB_TABLE = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
 
 user_balances = Table(
     "user_balances",

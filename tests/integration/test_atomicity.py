@@ -1,0 +1,80 @@
+"""The seed's scenario 8: a failure mid-transaction leaves no partial data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from balance_ledger import BalanceService, StorageError
+
+
+@contextmanager
+def rewrite_statement(svc: BalanceService, prefix: str, replacement: str) -> Iterator[None]:
+    """Swap the next statement starting with ``prefix`` for ``replacement`` (a real DB error)."""
+
+    def swap(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool):
+        if statement.lstrip().upper().startswith(prefix):
+            return replacement, ()
+        return statement, parameters
+
+    event.listen(svc.engine, "before_cursor_execute", swap, retval=True)
+    try:
+        yield
+    finally:
+        event.remove(svc.engine, "before_cursor_execute", swap)
+
+
+def test_failed_cache_update_rolls_back_the_ledger_row(svc, account_factory, dump):
+    account = account_factory(balance=1_000)
+    before = dump()
+
+    # The ledger INSERT succeeds; then the UPDATE of the cache violates a CHECK.
+    violating_update = "UPDATE user_balances SET status = 'bogus'"
+    with (
+        rewrite_statement(svc, "UPDATE USER_BALANCES", violating_update),
+        pytest.raises(StorageError, match="database error"),
+    ):
+        svc.charge_service(account.user_id, 100, "vps")
+
+    assert dump() == before
+
+
+def test_failed_ledger_insert_leaves_the_cache_unchanged(svc, account_factory, dump):
+    account = account_factory(balance=1_000)
+    before = dump()
+
+    with (
+        rewrite_statement(svc, "INSERT INTO USER_BALANCE_TRANSACTIONS", "SELECT * FROM no_such"),
+        pytest.raises(StorageError),
+    ):
+        svc.recharge(account.user_id, 100)
+
+    assert dump() == before
+
+
+def test_service_works_normally_after_a_failed_transaction(svc, account_factory):
+    account = account_factory(balance=1_000)
+    with (
+        rewrite_statement(svc, "UPDATE USER_BALANCES", "SELECT * FROM no_such"),
+        pytest.raises(StorageError),
+    ):
+        svc.charge_service(account.user_id, 100, "vps")
+    assert svc.charge_service(account.user_id, 100, "vps").balance_after == 900
+
+
+def test_database_itself_refuses_a_ledger_row_with_wrong_arithmetic(svc, account_factory):
+    account = account_factory(balance=1_000)
+    bad_row = (
+        "INSERT INTO user_balance_transactions (user_id, transaction_type, amount, "
+        f"balance_before, balance_after, created_at) VALUES ({account.user_id}, 'charge', 100, "
+        "1000, 950, '2026-01-01 00:00:00')"
+    )
+    with (
+        rewrite_statement(svc, "INSERT INTO USER_BALANCE_TRANSACTIONS", bad_row),
+        pytest.raises(StorageError, match=r"(?i)check|constraint"),
+    ):
+        svc.charge_service(account.user_id, 100, "vps")

@@ -1,0 +1,30 @@
+"""The Alembic migrations build exactly the schema declared in db/tables.py."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from balance_ledger import BalanceService
+from balance_ledger.db.migrate import VERSION_TABLE
+from balance_ledger.db.tables import metadata
+
+
+def test_migrated_schema_matches_the_declared_tables(svc: BalanceService):
+    with svc.engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        )
+        assert compare_metadata(context, metadata) == []
+
+
+def test_create_schema_is_idempotent(svc: BalanceService):
+    svc.create_schema()
+    svc.create_schema()
+    names = set(inspect(svc.engine).get_table_names())
+    assert {"user_balances", "user_balance_transactions", VERSION_TABLE} <= names
+
+
+def test_migrations_keep_their_own_version_table(svc: BalanceService):
+    assert "alembic_version" not in inspect(svc.engine).get_table_names()

@@ -1,0 +1,166 @@
+"""Random sequences of operations keep the ledger, the cache and a plain model in agreement."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+from sqlalchemy import select
+
+from balance_ledger import (
+    AccountStatus,
+    AccountSuspended,
+    BalanceService,
+    IdempotencyConflict,
+    InsufficientBalance,
+)
+from balance_ledger.db.tables import user_balance_transactions as ledger
+from tests.conftest import empty_database
+
+AMOUNTS = st.integers(min_value=1, max_value=5_000)
+EXAMPLES = {"sqlite": 40, "postgresql": 15, "mariadb": 15}
+
+
+class ModelAccount:
+    def __init__(self, credit_limit: int) -> None:
+        self.credit_limit = credit_limit
+        self.balance = self.recharged = self.spent = 0
+
+    @property
+    def status(self) -> AccountStatus:
+        suspended = self.balance < -self.credit_limit
+        return AccountStatus.SUSPENDED if suspended else AccountStatus.ACTIVE
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    svc: BalanceService
+    url: str
+
+    accounts = Bundle("accounts")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: dict[int, ModelAccount] = {}
+        self.keys: dict[tuple[int, str], tuple[str, int]] = {}
+
+    @initialize()
+    def empty(self) -> None:
+        empty_database(self.url)
+
+    @rule(target=accounts, user_id=st.integers(1, 1_000), credit_limit=st.sampled_from([0, 0, 500]))
+    def open_account(self, user_id: int, credit_limit: int) -> int:
+        if user_id not in self.model:
+            self.svc.open_account(user_id, credit_limit=credit_limit)
+            self.model[user_id] = ModelAccount(credit_limit)
+        return user_id
+
+    @rule(user_id=accounts, amount=AMOUNTS, key=st.none() | st.sampled_from("abc"))
+    def recharge(self, user_id: int, amount: int, key: str | None) -> None:
+        if self._conflicts(user_id, key, "recharge", amount):
+            return
+        tx = self.svc.recharge(user_id, amount, idempotency_key=key)
+        if self._is_replay(user_id, key, tx.id, "recharge", amount):
+            return
+        account = self.model[user_id]
+        assert tx.balance_before == account.balance
+        account.balance += amount
+        account.recharged += amount
+
+    @rule(
+        user_id=accounts,
+        amount=AMOUNTS,
+        overdraft=st.booleans(),
+        key=st.none() | st.sampled_from("abc"),
+    )
+    def charge(self, user_id: int, amount: int, overdraft: bool, key: str | None) -> None:
+        if self._conflicts(user_id, key, "charge", amount):
+            return
+        account = self.model[user_id]
+        replay = key is not None and (user_id, key) in self.keys
+        try:
+            tx = self.svc.charge_service(
+                user_id, amount, "vps", allow_overdraft=overdraft, idempotency_key=key
+            )
+        except AccountSuspended:
+            assert not replay
+            assert not overdraft
+            assert account.status is AccountStatus.SUSPENDED
+            return
+        except InsufficientBalance:
+            assert not replay
+            assert not overdraft
+            assert account.balance - amount < -account.credit_limit
+            return
+        if self._is_replay(user_id, key, tx.id, "charge", amount):
+            return
+        assert overdraft or account.status is AccountStatus.ACTIVE
+        assert overdraft or account.balance - amount >= -account.credit_limit
+        account.balance -= amount
+        account.spent += amount
+
+    def _conflicts(self, user_id: int, key: str | None, kind: str, amount: int) -> bool:
+        """A reused key with another request must raise IdempotencyConflict."""
+        previous = self.keys.get((user_id, key)) if key else None
+        if previous is None or previous[0] == f"{kind}:{amount}":
+            return False
+        if kind == "charge":
+            with pytest.raises(IdempotencyConflict):
+                self.svc.charge_service(user_id, amount, "vps", idempotency_key=key)
+        else:
+            with pytest.raises(IdempotencyConflict):
+                self.svc.recharge(user_id, amount, idempotency_key=key)
+        return True
+
+    def _is_replay(self, user_id: int, key: str | None, tx_id: int, kind: str, amount: int) -> bool:
+        if key is None:
+            return False
+        if (user_id, key) in self.keys:
+            assert self.keys[(user_id, key)] == (f"{kind}:{amount}", tx_id)
+            return True
+        self.keys[(user_id, key)] = (f"{kind}:{amount}", tx_id)
+        return False
+
+    @invariant()
+    def cache_ledger_and_model_agree(self) -> None:
+        for user_id, account in self.model.items():
+            cached = self.svc.get_balance(user_id)
+            totals = self.svc.ledger_totals(user_id)
+            expected = (account.balance, account.recharged, account.spent)
+            assert (cached.balance, cached.total_recharged, cached.total_spent) == expected
+            assert (totals.balance, totals.total_recharged, totals.total_spent) == expected
+            assert cached.status is account.status
+
+    @invariant()
+    def snapshot_chain_is_unbroken(self) -> None:
+        with self.svc.engine.connect() as conn:
+            rows = conn.execute(
+                select(ledger.c.user_id, ledger.c.balance_before, ledger.c.balance_after).order_by(
+                    ledger.c.user_id, ledger.c.id
+                )
+            ).all()
+        last: dict[int, int] = {}
+        for row in rows:
+            assert row.balance_before == last.get(row.user_id, 0)
+            last[row.user_id] = row.balance_after
+
+
+def test_random_operation_sequences_keep_every_invariant(svc, database_url, backend):
+    LedgerMachine.svc = svc
+    LedgerMachine.url = database_url
+    run_state_machine_as_test(
+        LedgerMachine,
+        settings=settings(
+            max_examples=EXAMPLES[backend],
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        ),
+    )
