@@ -14,6 +14,7 @@ from .errors import (
     InvalidAmount,
     InvalidRequest,
     RetriesExhausted,
+    SchemaMissing,
     StorageError,
 )
 from .models import AccountStatus, Balance, LedgerTotals, StatusChange, Transaction, TransactionType
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidRequest",
     "LedgerTotals",
     "RetriesExhausted",
+    "SchemaMissing",
     "StatusChange",
     "StorageError",
     "Transaction",

@@ -10,6 +10,7 @@
     ├── InvalidRequest            an argument is malformed (user id, text, currency, ...)
     │   └── InvalidAmount         not a positive int within BIGINT (or the result overflows)
     └── StorageError              the database failed or could not be reached
+        ├── SchemaMissing         the ledger's tables are not there: migrate first
         └── RetriesExhausted      deadlock / serialization failure retried too many times
 
 A rejected call never writes: the database transaction is rolled back before the
@@ -92,6 +93,14 @@ class InvalidAmount(InvalidRequest):
 
 class StorageError(BalanceError):
     """The database failed; the operation was rolled back (or never started)."""
+
+
+class SchemaMissing(StorageError):
+    def __init__(self, cause: object) -> None:
+        super().__init__(
+            "the ledger's tables do not exist in this database; run `balance db upgrade` "
+            f"(or BalanceService.create_schema()) first ({cause})"
+        )
 
 
 class RetriesExhausted(StorageError):

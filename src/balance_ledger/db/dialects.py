@@ -7,7 +7,8 @@
   transaction with ``BEGIN IMMEDIATE``, which takes the database's write lock up
   front, so two writers can never both read a balance and then both debit it.
 * Which driver errors mean "the server aborted this transaction, run it again"
-  (deadlock, serialization failure, lock timeout, SQLite busy).
+  (deadlock, serialization failure, lock timeout, SQLite busy), and which mean
+  "the tables are not there".
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 30
 _PG_RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock timeout
 # MariaDB error numbers: lock wait timeout, deadlock.
 _MARIADB_RETRYABLE = {1205, 1213}
+_PG_UNDEFINED_TABLE = "42P01"
+_MARIADB_NO_SUCH_TABLE = 1146
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,15 @@ class Backend:
             return bool(args) and args[0] in _MARIADB_RETRYABLE
         # SQLite: the busy timeout ran out waiting for another writer.
         return "database is locked" in str(original) or "database is busy" in str(original)
+
+    def is_missing_table(self, error: DBAPIError) -> bool:
+        original = error.orig
+        if self.name == "postgresql":
+            return getattr(original, "sqlstate", None) == _PG_UNDEFINED_TABLE
+        if self.name == "mariadb":
+            args = getattr(original, "args", ())
+            return bool(args) and args[0] == _MARIADB_NO_SUCH_TABLE
+        return "no such table" in str(original)
 
 
 def backend_of(engine: Engine) -> Backend:

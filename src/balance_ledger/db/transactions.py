@@ -17,7 +17,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..errors import RetriesExhausted, StorageError
+from ..errors import RetriesExhausted, SchemaMissing, StorageError
 from .dialects import WRITE_OPTION, Backend, backend_of
 
 T = TypeVar("T")
@@ -47,6 +47,8 @@ class Database:
                     with conn.begin():
                         return work(conn)
             except DBAPIError as error:
+                if self.backend.is_missing_table(error):
+                    raise SchemaMissing(error.orig) from error
                 if not self.backend.is_retryable(error):
                     raise StorageError(f"database error: {error.orig}") from error
                 if attempt == self.max_attempts:

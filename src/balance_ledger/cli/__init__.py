@@ -1,0 +1,37 @@
+"""The ``balance`` command-line tool: a thin adapter over BalanceService."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from ..errors import BalanceError, InvalidRequest
+from .app import app
+
+__all__ = ["app", "main"]
+
+EXIT_REFUSED = 1  # the ledger refused the operation (insufficient balance, …)
+EXIT_USAGE = 2  # malformed command line or argument
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one clear line on stderr for any error, never a traceback."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        code = app(args=argv, prog_name="balance", standalone_mode=False)
+    except InvalidRequest as error:
+        err.print(f"error: {error}", markup=False)
+        sys.exit(EXIT_USAGE)
+    except BalanceError as error:
+        err.print(f"error: {type(error).__name__}: {error}", markup=False)
+        sys.exit(EXIT_REFUSED)
+    except typer.TyperException as error:  # click's usage errors
+        if message := error.format_message():  # empty when help was shown instead
+            err.print(f"error: {message}", markup=False)
+        sys.exit(EXIT_USAGE)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,192 @@
+"""The ``balance`` command: parse, call one BalanceService method, format the result."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..models import Balance, Transaction
+from ..service import BalanceService
+from . import format as fmt
+
+DEFAULT_DATABASE_URL = "sqlite:///balance.db"
+
+app = typer.Typer(
+    help="Prepaid-balance ledger: charge, recharge and inspect accounts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+account_app = typer.Typer(help="Open and inspect accounts.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(account_app, name="account")
+
+console = Console()
+
+UserId = Annotated[int, typer.Argument(help="The account's user id.", show_default=False)]
+Amount = Annotated[int, typer.Argument(help="Amount in minor units (cents; VND has none).")]
+Description = Annotated[str | None, typer.Option(help="Free text shown in the history.")]
+ReferenceModel = Annotated[
+    str | None, typer.Option(help="What the movement pays for, e.g. VpsUsage.")
+]
+ReferenceId = Annotated[str | None, typer.Option(help="The id of that thing.")]
+IdempotencyKey = Annotated[
+    str | None, typer.Option(help="Retrying with the same key returns the first result.")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            envvar="BALANCE_DATABASE_URL",
+            help="sqlite:///FILE, postgresql+psycopg://… or mysql+pymysql://…",
+        ),
+    ] = DEFAULT_DATABASE_URL,
+) -> None:
+    ctx.obj = database_url
+
+
+def _service(ctx: typer.Context) -> BalanceService:
+    svc = BalanceService.from_url(ctx.find_root().obj)
+    ctx.call_on_close(svc.close)
+    return svc
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Create or migrate the tables to the newest schema."""
+    _service(ctx).create_schema()
+    console.print("schema is up to date")
+
+
+@account_app.command("open")
+def account_open(
+    ctx: typer.Context,
+    user_id: UserId,
+    currency: Annotated[str, typer.Option(help="ISO 4217 code.")] = "VND",
+    credit_limit: Annotated[int, typer.Option(help="How far below zero charges may go.")] = 0,
+    as_json: Json = False,
+) -> None:
+    """Open an account (again with the same settings is a no-op)."""
+    balance = _service(ctx).open_account(user_id, currency=currency, credit_limit=credit_limit)
+    _print_balance(balance, as_json)
+
+
+@app.command()
+def recharge(
+    ctx: typer.Context,
+    user_id: UserId,
+    amount: Amount,
+    description: Description = None,
+    reference_model: ReferenceModel = None,
+    reference_id: ReferenceId = None,
+    idempotency_key: IdempotencyKey = None,
+    as_json: Json = False,
+) -> None:
+    """Credit an account."""
+    svc = _service(ctx)
+    tx = svc.recharge(
+        user_id,
+        amount,
+        description=description,
+        reference_model=reference_model,
+        reference_id=reference_id,
+        idempotency_key=idempotency_key,
+    )
+    _print_transaction(svc, tx, as_json)
+
+
+@app.command()
+def charge(
+    ctx: typer.Context,
+    user_id: UserId,
+    amount: Amount,
+    service_type: Annotated[str, typer.Argument(help="What is charged: vps, bandwidth, api…")],
+    description: Description = None,
+    reference_model: ReferenceModel = None,
+    reference_id: ReferenceId = None,
+    idempotency_key: IdempotencyKey = None,
+    allow_overdraft: Annotated[
+        bool, typer.Option(help="Record usage already delivered even past the credit limit.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Debit an account for a service; refused if the balance cannot cover it."""
+    svc = _service(ctx)
+    tx = svc.charge_service(
+        user_id,
+        amount,
+        service_type,
+        description=description,
+        reference_model=reference_model,
+        reference_id=reference_id,
+        idempotency_key=idempotency_key,
+        allow_overdraft=allow_overdraft,
+    )
+    _print_transaction(svc, tx, as_json)
+
+
+def _print_balance(balance: Balance, as_json: bool) -> None:
+    if as_json:
+        console.print_json(fmt.to_json(balance))
+    else:
+        console.print(fmt.balance_card(balance))
+
+
+def _print_transaction(svc: BalanceService, tx: Transaction, as_json: bool) -> None:
+    if as_json:
+        console.print_json(fmt.to_json(tx))
+        return
+    balance = svc.get_balance(tx.user_id)
+    console.print(fmt.transaction_line(tx, balance.currency))
+    console.print(fmt.balance_card(balance))
+
+
+@app.command()
+def show(ctx: typer.Context, user_id: UserId, as_json: Json = False) -> None:
+    """Show an account's balance card."""
+    _print_balance(_service(ctx).get_balance(user_id), as_json)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    user_id: UserId,
+    limit: Annotated[int, typer.Option(help="Rows per page (1-1000).")] = 50,
+    before_id: Annotated[
+        int | None, typer.Option(help="Continue after this row id (the last one shown).")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """List an account's ledger rows, newest first."""
+    svc = _service(ctx)
+    transactions = svc.get_transactions(user_id, limit=limit, before_id=before_id)
+    if as_json:
+        console.print_json(fmt.to_json(transactions))
+        return
+    currency = svc.get_balance(user_id).currency
+    console.print(fmt.history_table(transactions, currency))
+    if len(transactions) == limit:
+        console.print(f"[dim]next page: --before-id {transactions[-1].id}[/]")
+
+
+@app.command()
+def demo(
+    path: Annotated[str, typer.Option(help="SQLite file to (re)create for the demo.")] = (
+        "balance-demo.db"
+    ),
+    threads: Annotated[int, typer.Option(min=2, max=256, help="Racing threads.")] = 32,
+    charges: Annotated[int, typer.Option(min=1, max=10_000, help="Charges per thread.")] = 50,
+) -> None:
+    """Run a charge storm on a fresh SQLite file and check that nothing was overdrawn."""
+    from .demo import run_demo
+
+    if not run_demo(console, path=path, threads=threads, charges_per_thread=charges):
+        raise typer.Exit(1)

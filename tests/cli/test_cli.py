@@ -1,0 +1,135 @@
+"""The ``balance`` command, invoked through its real entry point, on every backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from balance_ledger import BalanceService
+from balance_ledger.cli import main
+
+
+@pytest.fixture
+def balance(database_url: str, capsys: pytest.CaptureFixture[str]):
+    """Run ``balance --database-url … ARGS``; return (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exited:
+            main(["--database-url", database_url, *args])
+        out, err = capsys.readouterr()
+        return exited.value.code, out, err
+
+    return run
+
+
+def test_account_open_recharge_charge_show(balance, svc: BalanceService):
+    assert balance("account", "open", "5", "--currency", "USD")[0] == 0
+    code, out, _ = balance("recharge", "5", "123456", "--idempotency-key", "pay-1")
+    assert code == 0
+    assert "1,234.56 USD" in out
+    code, out, _ = balance("charge", "5", "456", "vps", "--reference-id", "77")
+    assert code == 0
+    assert "charge #" in out
+    assert svc.get_balance(5).balance == 123_000
+
+    code, out, _ = balance("show", "5")
+    assert code == 0
+    assert "1,230.00 USD" in out
+    assert "active" in out
+
+
+def test_charge_json_output_is_the_ledger_row(balance):
+    balance("account", "open", "1")
+    balance("recharge", "1", "1000")
+    code, out, _ = balance("charge", "1", "250", "vps", "--json")
+    row = json.loads(out)
+    assert code == 0
+    assert (row["transaction_type"], row["amount"], row["balance_after"]) == ("charge", 250, 750)
+
+
+def test_history_lists_rows_newest_first(balance):
+    balance("account", "open", "1")
+    for amount in ("100", "200", "300"):
+        balance("recharge", "1", amount)
+    code, out, _ = balance("history", "1", "--json", "--limit", "2")
+    assert code == 0
+    assert [row["amount"] for row in json.loads(out)] == [300, 200]
+    code, out, _ = balance("history", "1", "--limit", "2")
+    assert "next page: --before-id" in out
+
+
+def test_refused_charge_prints_one_line_and_exits_1(balance, svc: BalanceService):
+    balance("account", "open", "1")
+    code, _, err = balance("charge", "1", "10", "vps")
+    assert code == 1
+    assert err.strip().count("\n") == 0
+    assert err.startswith("error: InsufficientBalance: account 1 cannot be charged 10")
+    assert svc.get_transactions(1) == []
+
+
+def test_unknown_account_exits_1(balance):
+    code, _, err = balance("show", "999")
+    assert code == 1
+    assert "account 999 does not exist" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("charge", "1", "abc", "vps"), "Invalid value for 'amount'"),
+        (("charge", "1", "1.5", "vps"), "Invalid value for 'amount'"),
+        (("charge", "1"), "Missing argument"),
+        (("charge", "1", "0", "vps"), "must be positive"),
+        (("recharge", "1", "99999999999999999999"), "must not exceed"),
+        (("account", "open", "1", "--currency", "ZZZ"), "unknown currency"),
+        (("nonsense",), "No such command"),
+    ],
+)
+def test_bad_input_prints_one_clear_line_and_exits_2(balance, args, message):
+    balance("account", "open", "1")
+    code, _, err = balance(*args)
+    assert code == 2
+    assert message in err
+    assert err.strip().count("\n") == 0
+    assert "Traceback" not in err
+
+
+def test_missing_schema_says_to_upgrade(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--database-url", f"sqlite:///{tmp_path / 'empty.db'}", "show", "1"])
+    assert exited.value.code == 1
+    assert "balance db upgrade" in capsys.readouterr().err
+
+
+def test_db_upgrade_creates_the_schema(tmp_path: Path, capsys):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    with pytest.raises(SystemExit) as exited:
+        main(["--database-url", url, "db", "upgrade"])
+    assert exited.value.code == 0
+    with BalanceService.from_url(url) as svc:
+        assert svc.open_account(1).balance == 0
+
+
+def test_database_url_comes_from_the_environment(tmp_path: Path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("BALANCE_DATABASE_URL", url)
+    with pytest.raises(SystemExit):
+        main(["db", "upgrade"])
+    with pytest.raises(SystemExit) as exited:
+        main(["account", "open", "3"])
+    assert exited.value.code == 0
+    with BalanceService.from_url(url) as svc:
+        assert svc.get_balance(3).user_id == 3
+
+
+def test_demo_races_and_reports_every_check_held(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--path", str(tmp_path / "demo.db"), "--threads", "8", "--charges", "20"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert out.count("✔") == 5
+    assert "✘" not in out
+    with BalanceService.from_url(f"sqlite:///{tmp_path / 'demo.db'}") as svc:
+        assert svc.get_balance(1).balance == 0
