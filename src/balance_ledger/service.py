@@ -107,18 +107,33 @@ class BalanceService:
         on_suspend: StatusCallback | None = None,
         on_reactivate: StatusCallback | None = None,
     ) -> None:
+        """``max_attempts``: how often a transaction the server aborted is run before
+        ``RetriesExhausted``."""
         self.engine = engine
         self._db = Database(engine, max_attempts=max_attempts)
         self._on_suspend: list[StatusCallback] = [on_suspend] if on_suspend else []
         self._on_reactivate: list[StatusCallback] = [on_reactivate] if on_reactivate else []
 
     @classmethod
-    def from_url(cls, url: str | URL, **engine_options: Any) -> Self:
+    def from_url(
+        cls,
+        url: str | URL,
+        *,
+        max_attempts: int = 8,
+        on_suspend: StatusCallback | None = None,
+        on_reactivate: StatusCallback | None = None,
+        **engine_options: Any,
+    ) -> Self:
         """Connect to ``sqlite:///…``, ``postgresql+psycopg://…`` or ``mysql+pymysql://…``.
 
         ``engine_options`` go to SQLAlchemy's ``create_engine`` (``pool_size``, …).
         """
-        return cls(create_ledger_engine(url, **engine_options))
+        return cls(
+            create_ledger_engine(url, **engine_options),
+            max_attempts=max_attempts,
+            on_suspend=on_suspend,
+            on_reactivate=on_reactivate,
+        )
 
     def create_schema(self) -> None:
         """Apply every migration up to the newest (creates the tables if missing)."""

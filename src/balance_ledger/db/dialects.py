@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import StaticPool
 
 # Execution option a write transaction carries; SQLite's begin hook reads it.
 WRITE_OPTION = "balance_ledger_write"
@@ -36,6 +37,9 @@ _MARIADB_NO_SUCH_TABLE = 1146
 @dataclass(frozen=True)
 class Backend:
     name: str  # "sqlite" | "postgresql" | "mariadb"
+    # An in-memory SQLite database lives in one connection that every thread shares,
+    # so its transactions must take turns in Python.
+    single_connection: bool = False
 
     def is_retryable(self, error: DBAPIError) -> bool:
         """True when the server aborted the transaction and running it again is safe."""
@@ -62,7 +66,9 @@ def backend_of(engine: Engine) -> Backend:
     name = engine.dialect.name
     if name in ("mysql", "mariadb"):
         return Backend("mariadb")
-    if name in ("postgresql", "sqlite"):
+    if name == "sqlite":
+        return Backend(name, single_connection=_is_memory(engine.url))
+    if name == "postgresql":
         return Backend(name)
     raise ValueError(f"unsupported database {name!r}: use SQLite, PostgreSQL or MariaDB")
 
@@ -88,10 +94,18 @@ def create_ledger_engine(url: str | URL, **options: Any) -> Engine:
     return create_engine(url, **options)
 
 
+def _is_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:")
+
+
 def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
     connect_args = options.setdefault("connect_args", {})
     connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_SECONDS)
     connect_args.setdefault("check_same_thread", False)
+    if _is_memory(url):
+        options.setdefault("poolclass", StaticPool)
+        for pool_only in ("pool_size", "max_overflow", "pool_timeout"):
+            options.pop(pool_only, None)
     engine = create_engine(url, **options)
 
     @event.listens_for(engine, "connect")
@@ -100,7 +114,7 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
-        if url.database not in (None, "", ":memory:"):
+        if not _is_memory(url):
             cursor.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
         cursor.execute("PRAGMA synchronous = FULL")  # a committed charge survives power loss
         cursor.close()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -25,11 +27,19 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+def _backoff(attempt: int) -> float:
+    """Full jitter, 10 ms doubling per attempt, at most 1 s: racers spread out."""
+    return random.uniform(0, min(1.0, 0.01 * 2**attempt))
+
+
 class Database:
     def __init__(self, engine: Engine, *, max_attempts: int = 8) -> None:
         self.engine = engine
         self.backend: Backend = backend_of(engine)
         self.max_attempts = max_attempts
+        self._turn: AbstractContextManager[object] = (
+            threading.Lock() if self.backend.single_connection else nullcontext()
+        )
 
     def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a write transaction (SQLite: ``BEGIN IMMEDIATE``)."""
@@ -41,7 +51,7 @@ class Database:
     def _run(self, work: Callable[[Connection], T], *, write: bool) -> T:
         for attempt in range(1, self.max_attempts + 1):
             try:
-                with self.engine.connect() as conn:
+                with self._turn, self.engine.connect() as conn:
                     if write:
                         conn = conn.execution_options(**{WRITE_OPTION: True})
                     with conn.begin():
@@ -54,7 +64,7 @@ class Database:
                 if attempt == self.max_attempts:
                     raise RetriesExhausted(attempt, error.orig or error) from error
                 log.info("transaction aborted by the server (%s); retry %d", error.orig, attempt)
-                time.sleep(random.uniform(0, 0.002 * 2**attempt))
+                time.sleep(_backoff(attempt))
             except SQLAlchemyError as error:  # pool timeout and the like
                 raise StorageError(f"database error: {error}") from error
         raise AssertionError("unreachable")  # pragma: no cover
