@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, select, text
+from sqlalchemy import create_engine, make_url, select
 
 from balance_ledger import Balance, BalanceService
 from balance_ledger.db.tables import user_balance_transactions, user_balances
+from tests.databases import recreate_database
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 TEST_DATABASE = "balance_ledger_test"
@@ -33,23 +34,6 @@ def _required(backend: str) -> bool:
     return backend in required or "all" in required
 
 
-def _fresh_server_database(backend: str) -> str:
-    """Drop and create the test database on the server; return its URL."""
-    server_url = make_url(SERVER_URLS[backend])
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            if backend == "postgresql":
-                conn.execute(text(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)"))
-                conn.execute(text(f"CREATE DATABASE {TEST_DATABASE}"))
-            else:
-                conn.execute(text(f"DROP DATABASE IF EXISTS {TEST_DATABASE}"))
-                conn.execute(text(f"CREATE DATABASE {TEST_DATABASE} CHARACTER SET utf8mb4"))
-    finally:
-        admin.dispose()
-    return server_url.set(database=TEST_DATABASE).render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated, empty database of one backend, shared by that backend's tests."""
@@ -58,7 +42,7 @@ def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'ledger.db'}"
     else:
         try:
-            url = _fresh_server_database(backend)
+            url = recreate_database(SERVER_URLS[backend], TEST_DATABASE)
         except Exception as error:
             reason = f"{backend} server not reachable at {SERVER_URLS[backend]}: {error}"
             if _required(backend):

@@ -51,20 +51,20 @@ def in_bigint_range(value: int, what: str) -> int:
     return value
 
 
-def user_id(value: object) -> int:
+def _bounded_int(value: object, what: str, low: int) -> int:
     if not _is_int(value):
-        raise InvalidRequest(f"user id must be an int, not {type(value).__name__}")
-    if not 1 <= value <= BIGINT_MAX:
-        raise InvalidRequest(f"user id must be between 1 and {BIGINT_MAX}, got {value}")
+        raise InvalidRequest(f"{what} must be an int, not {type(value).__name__}")
+    if not low <= value <= BIGINT_MAX:
+        raise InvalidRequest(f"{what} must be between {low} and {BIGINT_MAX}, got {value}")
     return value
+
+
+def user_id(value: object) -> int:
+    return _bounded_int(value, "user id", 1)
 
 
 def credit_limit(value: object) -> int:
-    if not _is_int(value):
-        raise InvalidRequest(f"credit limit must be an int, not {type(value).__name__}")
-    if not 0 <= value <= BIGINT_MAX:
-        raise InvalidRequest(f"credit limit must be between 0 and {BIGINT_MAX}, got {value}")
-    return value
+    return _bounded_int(value, "credit limit", 0)
 
 
 def currency(value: object) -> str:
@@ -98,27 +98,21 @@ def text(field: str, value: object, *, required: bool = False) -> str | None:
 def reference_id(value: object) -> str | None:
     """A reference id is stored as text; an int is accepted as its decimal string."""
     if _is_int(value):
-        value = str(value)
+        value = str(_bounded_int(value, "reference_id", 0))
     return text("reference_id", value)
 
 
 def idempotency_key(value: object) -> str | None:
-    if value is not None and value == "":
+    if value == "":
         raise InvalidRequest("idempotency_key must not be empty; pass None for no key")
     return text("idempotency_key", value)
 
 
 def page_size(value: object) -> int:
-    if not _is_int(value):
-        raise InvalidRequest(f"limit must be an int, not {type(value).__name__}")
-    if not 1 <= value <= 1000:
-        raise InvalidRequest(f"limit must be between 1 and 1000, got {value}")
+    if not _is_int(value) or not 1 <= value <= 1000:
+        raise InvalidRequest(f"limit must be an int between 1 and 1000, got {value!r}")
     return value
 
 
 def optional_row_id(value: object) -> int | None:
-    if value is None:
-        return None
-    if not _is_int(value) or not 1 <= value <= BIGINT_MAX:
-        raise InvalidRequest(f"before_id must be a positive int, got {value!r}")
-    return value
+    return None if value is None else _bounded_int(value, "before_id", 1)

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench charges --help``. They print figures; they assert nothing."""

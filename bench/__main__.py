@@ -1,0 +1,14 @@
+"""``python -m bench charges [options]``"""
+
+from __future__ import annotations
+
+import sys
+
+from . import charges
+
+COMMANDS = {"charges": charges.main}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        sys.exit(f"usage: python -m bench {{{','.join(COMMANDS)}}} [--help]")
+    COMMANDS[sys.argv[1]](sys.argv[2:])

@@ -1,0 +1,22 @@
+"""Throw-away databases on a server, for the tests and the benchmarks."""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, make_url, text
+
+
+def recreate_database(server_url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server; return its URL."""
+    url = make_url(server_url)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if url.get_backend_name() == "postgresql":
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                conn.execute(text(f"CREATE DATABASE {name}"))
+            else:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+                conn.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
