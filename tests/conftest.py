@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, select
 
 from balance_ledger import Balance, BalanceService
-from balance_ledger.db.tables import user_balance_transactions, user_balances
+from balance_ledger.db.tables import metadata, user_balance_transactions, user_balances
 from tests.databases import recreate_database
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
@@ -60,11 +60,11 @@ def backend(backend_url: str) -> str:
 
 
 def empty_database(url: str) -> None:
-    """Remove every row (ledger first: it references the balances)."""
+    """Remove every row, referencing tables first."""
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(user_balance_transactions.delete())
-        conn.execute(user_balances.delete())
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
     engine.dispose()
 
 
@@ -127,3 +127,16 @@ def dump(svc: BalanceService) -> Dump:
             }
 
     return dump_rows
+
+
+@pytest.fixture
+def corrupt(svc: BalanceService) -> Callable[..., None]:
+    """Overwrite cache columns behind the service's back (how drift looks)."""
+
+    def overwrite(user_id: int, **values: object) -> None:
+        with svc.engine.begin() as conn:
+            conn.execute(
+                user_balances.update().where(user_balances.c.user_id == user_id).values(**values)
+            )
+
+    return overwrite

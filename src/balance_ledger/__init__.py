@@ -18,6 +18,15 @@ from .errors import (
     StorageError,
 )
 from .models import AccountStatus, Balance, LedgerTotals, StatusChange, Transaction, TransactionType
+from .reconcile import (
+    ColumnChange,
+    Discrepancy,
+    RebuildReport,
+    SyncError,
+    SyncReport,
+    SyncRun,
+    UserSync,
+)
 from .service import BalanceService
 
 __all__ = [
@@ -28,16 +37,23 @@ __all__ = [
     "Balance",
     "BalanceError",
     "BalanceService",
+    "ColumnChange",
     "CurrencyMismatch",
+    "Discrepancy",
     "IdempotencyConflict",
     "InsufficientBalance",
     "InvalidAmount",
     "InvalidRequest",
     "LedgerTotals",
+    "RebuildReport",
     "RetriesExhausted",
     "SchemaMissing",
     "StatusChange",
     "StorageError",
+    "SyncError",
+    "SyncReport",
+    "SyncRun",
     "Transaction",
     "TransactionType",
+    "UserSync",
 ]

@@ -14,6 +14,25 @@ class TransactionType(StrEnum):
     ADJUSTMENT = "adjustment"
 
 
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """How one unit of a movement's amount moves the balance and the two totals."""
+
+    balance: int
+    total_recharged: int
+    total_spent: int
+
+
+# The one definition of each movement's sign; the verifier's SQL is generated from it
+# (db/queries.py). An ADJUSTMENT moves only the balance, in the direction its
+# balance_before → balance_after says.
+EFFECTS: dict[TransactionType, Effect] = {
+    TransactionType.RECHARGE: Effect(balance=+1, total_recharged=+1, total_spent=0),
+    TransactionType.CHARGE: Effect(balance=-1, total_recharged=0, total_spent=+1),
+    TransactionType.REFUND: Effect(balance=+1, total_recharged=0, total_spent=-1),
+}
+
+
 class AccountStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"

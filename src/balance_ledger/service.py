@@ -40,6 +40,7 @@ from .errors import (
     InvalidRequest,
 )
 from .models import (
+    EFFECTS,
     AccountStatus,
     Balance,
     LedgerTotals,
@@ -47,6 +48,15 @@ from .models import (
     Transaction,
     TransactionType,
     status_for,
+)
+from .reconcile import (
+    ColumnChange,
+    Discrepancy,
+    Progress,
+    RebuildReport,
+    Reconciler,
+    SyncReport,
+    SyncRun,
 )
 
 log = logging.getLogger(__name__)
@@ -111,6 +121,7 @@ class BalanceService:
         ``RetriesExhausted``."""
         self.engine = engine
         self._db = Database(engine, max_attempts=max_attempts)
+        self._reconciler = Reconciler(self._db)
         self._on_suspend: list[StatusCallback] = [on_suspend] if on_suspend else []
         self._on_reactivate: list[StatusCallback] = [on_reactivate] if on_reactivate else []
 
@@ -276,6 +287,59 @@ class BalanceService:
         )
         return self._post(movement)
 
+    # -- reconciliation (layer 3; the logic lives in reconcile.py) --------------------------
+
+    def verify_and_fix_balance(
+        self,
+        user_id: int | None = None,
+        *,
+        fix: bool = False,
+        full: bool = False,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Compare every account's cache (or one account's) with the ledger.
+
+        ``fix`` rewrites what disagrees, under the account's lock, and records each
+        change. Incremental by default: only ledger rows after each account's checkpoint
+        are read; ``full`` re-reads every row (and looks for ledger rows without a
+        balance row). Every run is recorded in ``balance_sync_runs``.
+        """
+        if user_id is not None:
+            user_id = valid.user_id(user_id)
+        return self._reconciler.verify(user_id, fix=fix, full=full, progress=progress)
+
+    def get_balance_discrepancies(self) -> list[Discrepancy]:
+        """Every account out of sync, largest |difference| first (a full scan; writes nothing)."""
+        return self._reconciler.discrepancies()
+
+    def rebuild_all_balances(
+        self, *, dry_run: bool = False, progress: Progress | None = None
+    ) -> RebuildReport:
+        """Recompute every cache column from the ledger, chunk by chunk under its locks.
+
+        ``dry_run`` computes the same changes and writes nothing.
+        """
+        return self._reconciler.rebuild(dry_run=dry_run, progress=progress)
+
+    def sync_runs(self, limit: int = 20) -> list[SyncRun]:
+        """The most recent verify / rebuild runs, newest first."""
+        return self._reconciler.runs(valid.page_size(limit))
+
+    def sync_fixes(self, run_id: int) -> list[ColumnChange]:
+        """Every cache column a run rewrote, with old and new values."""
+        return self._reconciler.fixes(run_id)
+
+    def run_scheduled_job(
+        self, job: str, scheduled_for: datetime
+    ) -> SyncReport | RebuildReport | None:
+        """Run ``verify-fix`` or ``rebuild`` for a schedule slot, once across all runners.
+
+        Returns None (and logs why) when another runner holds the job or ran the slot.
+        """
+        if job not in ("verify-fix", "rebuild"):
+            raise InvalidRequest(f"unknown job {job!r}: use verify-fix or rebuild")
+        return self._reconciler.run_scheduled(job, scheduled_for)
+
     def _post(self, movement: _Movement) -> Transaction:
         posted = self._db.write(lambda conn: _apply(conn, movement))
         if posted.status_change is not None:
@@ -342,11 +406,10 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
 
     if movement.transaction_type is TransactionType.CHARGE:
         _check_chargeable(account, movement)
-        delta, recharged, spent = -movement.amount, 0, movement.amount
-    else:
-        delta, recharged, spent = movement.amount, movement.amount, 0
+    effect = EFFECTS[movement.transaction_type]
+    amount = movement.amount
 
-    new_balance = valid.in_bigint_range(account.balance + delta, "balance")
+    new_balance = valid.in_bigint_range(account.balance + effect.balance * amount, "balance")
     new_status = status_for(new_balance, account.credit_limit)
     now = _now()
     transaction = queries.insert_transaction(
@@ -369,8 +432,12 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
         conn,
         user_id=movement.user_id,
         balance=new_balance,
-        total_recharged=valid.in_bigint_range(account.total_recharged + recharged, "total"),
-        total_spent=valid.in_bigint_range(account.total_spent + spent, "total"),
+        total_recharged=valid.in_bigint_range(
+            account.total_recharged + effect.total_recharged * amount, "total"
+        ),
+        total_spent=valid.in_bigint_range(
+            account.total_spent + effect.total_spent * amount, "total"
+        ),
         status=new_status,
         now=now,
     )

@@ -6,6 +6,8 @@
   drops the clause on SQLite). SQLite has no row locks: a writer opens its
   transaction with ``BEGIN IMMEDIATE``, which takes the database's write lock up
   front, so two writers can never both read a balance and then both debit it.
+* Upserts (the verifier's checkpoints) and the cross-host lock a scheduled job
+  takes: a PostgreSQL advisory lock, MariaDB ``GET_LOCK``, a lease row on SQLite.
 * Which driver errors mean "the server aborted this transaction, run it again"
   (deadlock, serialization failure, lock timeout, SQLite busy), and which mean
   "the tables are not there".
@@ -13,13 +15,32 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    make_url,
+    select,
+    text,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
+
+from .tables import balance_job_locks
 
 # Execution option a write transaction carries; SQLite's begin hook reads it.
 WRITE_OPTION = "balance_ledger_write"
@@ -51,6 +72,52 @@ class Backend:
             return bool(args) and args[0] in _MARIADB_RETRYABLE
         # SQLite: the busy timeout ran out waiting for another writer.
         return "database is locked" in str(original) or "database is busy" in str(original)
+
+    def upsert(
+        self, conn: Connection, table: Table, rows: list[dict[str, Any]], *, key: str
+    ) -> None:
+        """Insert ``rows``; where ``key`` exists already, overwrite the other columns."""
+        columns = [name for name in rows[0] if name != key]
+        if self.name == "mariadb":
+            mariadb_stmt = mysql.insert(table)
+            stmt: Any = mariadb_stmt.on_duplicate_key_update(
+                {name: mariadb_stmt.inserted[name] for name in columns}
+            )
+        else:
+            dialect_insert = postgresql.insert if self.name == "postgresql" else sqlite.insert
+            insert_stmt = dialect_insert(table)
+            stmt = insert_stmt.on_conflict_do_update(
+                index_elements=[key], set_={name: insert_stmt.excluded[name] for name in columns}
+            )
+        conn.execute(stmt, rows)
+
+    @contextmanager
+    def job_lock(self, engine: Engine, name: str, lease: timedelta) -> Iterator[bool]:
+        """Try, without waiting, to become the one runner of job ``name`` on any host.
+
+        Yields True while held. PostgreSQL and MariaDB use session locks that the
+        server frees if this process dies; SQLite uses a lease row that expires.
+        """
+        key = f"balance_ledger:{name}"
+        if self.name == "sqlite":
+            with _sqlite_lease(engine, key, lease) as held:
+                yield held
+            return
+        acquire, release = {
+            "postgresql": (
+                "SELECT pg_try_advisory_lock(hashtext(:key))",
+                "SELECT pg_advisory_unlock(hashtext(:key))",
+            ),
+            "mariadb": ("SELECT GET_LOCK(:key, 0)", "SELECT RELEASE_LOCK(:key)"),
+        }[self.name]
+        with engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            held = bool(conn.execute(text(acquire), {"key": key}).scalar())
+            try:
+                yield held
+            finally:
+                if held:
+                    conn.execute(text(release), {"key": key})
 
     def is_missing_table(self, error: DBAPIError) -> bool:
         original = error.orig
@@ -125,3 +192,24 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+@contextmanager
+def _sqlite_lease(engine: Engine, key: str, lease: timedelta) -> Iterator[bool]:
+    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    locks = balance_job_locks
+    now = datetime.now(UTC)
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            current = conn.execute(select(locks).where(locks.c.name == key)).first()
+            held = current is None or current.expires_at <= now
+            if held:
+                row = {"name": key, "holder": holder, "expires_at": now + lease}
+                Backend("sqlite").upsert(conn, locks, [row], key="name")
+    try:
+        yield held
+    finally:
+        if held:
+            with engine.begin() as conn:
+                conn.execute(delete(locks).where(locks.c.name == key, locks.c.holder == holder))

@@ -6,9 +6,26 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    RowMapping,
+    case,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 
-from ..models import AccountStatus, Balance, LedgerTotals, Transaction, TransactionType
+from ..models import EFFECTS, AccountStatus, Balance, LedgerTotals, Transaction, TransactionType
+from .dialects import Backend
+from .tables import balance_sync_checkpoints as checkpoints
+from .tables import balance_sync_fixes as sync_fixes
+from .tables import balance_sync_runs as sync_runs
 from .tables import user_balance_transactions as ledger
 from .tables import user_balances as balances
 
@@ -102,23 +119,224 @@ def transactions_page(
     return [_transaction(row) for row in conn.execute(stmt).mappings()]
 
 
-def _sum_of(transaction_type: TransactionType) -> Any:
-    amount = case((ledger.c.transaction_type == transaction_type.value, ledger.c.amount), else_=0)
-    return func.coalesce(func.sum(amount), 0)
+# -- the ledger's sums ---------------------------------------------------------------
+
+
+def _effect_on(column: str) -> ColumnElement[int]:
+    """A row's signed effect on one cache column, generated from models.EFFECTS."""
+    signs = {t.value: getattr(effect, column) for t, effect in EFFECTS.items()}
+    whens = [
+        (ledger.c.transaction_type == t, sign * ledger.c.amount)
+        for t, sign in signs.items()
+        if sign
+    ]
+    if column == "balance":
+        direction = case((ledger.c.balance_after >= ledger.c.balance_before, 1), else_=-1)
+        whens.append(
+            (
+                ledger.c.transaction_type == TransactionType.ADJUSTMENT.value,
+                direction * ledger.c.amount,
+            )
+        )
+    return case(*whens, else_=0)
+
+
+def _sums() -> list[Any]:
+    """Per-account aggregates of ledger rows: what the cache must hold."""
+    return [
+        func.count().label("row_count"),
+        func.coalesce(func.sum(_effect_on("balance")), 0).label("balance"),
+        func.coalesce(func.sum(_effect_on("total_recharged")), 0).label("total_recharged"),
+        func.coalesce(func.sum(_effect_on("total_spent")), 0).label("total_spent"),
+        func.max(ledger.c.id).label("last_transaction_id"),
+    ]
 
 
 def ledger_totals(conn: Connection, user_id: int) -> LedgerTotals:
-    """The account's figures recomputed from its ledger rows (charges and recharges)."""
-    stmt = select(
-        _sum_of(TransactionType.RECHARGE).label("recharged"),
-        _sum_of(TransactionType.CHARGE).label("spent"),
-        func.count().label("rows"),
-    ).where(ledger.c.user_id == user_id)
-    recharged, spent, rows = conn.execute(stmt).one()
+    """The account's figures recomputed from its ledger rows alone."""
+    row = conn.execute(select(*_sums()).where(ledger.c.user_id == user_id)).one()
     return LedgerTotals(
         user_id=user_id,
-        balance=int(recharged) - int(spent),
-        total_recharged=int(recharged),
-        total_spent=int(spent),
-        row_count=int(rows),
+        balance=int(row.balance),
+        total_recharged=int(row.total_recharged),
+        total_spent=int(row.total_spent),
+        row_count=int(row.row_count),
     )
+
+
+# -- reconciliation ------------------------------------------------------------------
+
+
+def count_accounts(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(balances)).scalar_one())
+
+
+def next_user_ids(conn: Connection, *, after: int, limit: int) -> list[int]:
+    """The next chunk of account ids, in order (keyset: ``after`` is the last one seen)."""
+    stmt = (
+        select(balances.c.user_id)
+        .where(balances.c.user_id > after)
+        .order_by(balances.c.user_id)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt).scalars())
+
+
+def lock_balances(conn: Connection, low: int, high: int) -> None:
+    """Lock a chunk of balance rows, in user_id order (the order every locker uses)."""
+    stmt = (
+        select(balances.c.user_id)
+        .where(balances.c.user_id.between(low, high))
+        .order_by(balances.c.user_id)
+        .with_for_update()
+    )
+    conn.execute(stmt).all()
+
+
+def _new_rows(low: int, high: int, incremental: bool) -> tuple[Any, list[Any]]:
+    """The ledger rows of accounts low..high still to verify (after their checkpoint)."""
+    where = [ledger.c.user_id.between(low, high)]
+    if not incremental:
+        return ledger, where
+    joined = ledger.outerjoin(checkpoints, checkpoints.c.user_id == ledger.c.user_id)
+    where.append(ledger.c.id > func.coalesce(checkpoints.c.last_transaction_id, 0))
+    return joined, where
+
+
+def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -> list[Row[Any]]:
+    """Cache, checkpoint and new-row sums of accounts low..high, in ONE statement.
+
+    One statement reads one snapshot, so a charge committing mid-scan moves the cache
+    and the ledger sums together and is never mistaken for a discrepancy.
+    """
+    source, where = _new_rows(low, high, incremental)
+    new = select(ledger.c.user_id, *_sums()).select_from(source).where(*where)
+    new = new.group_by(ledger.c.user_id).subquery("new")
+    checkpoint_columns: list[Any] = [
+        checkpoints.c.last_transaction_id.label("cp_last_transaction_id"),
+        checkpoints.c.last_balance_after.label("cp_last_balance_after"),
+        checkpoints.c.balance.label("cp_balance"),
+        checkpoints.c.total_recharged.label("cp_total_recharged"),
+        checkpoints.c.total_spent.label("cp_total_spent"),
+        checkpoints.c.row_count.label("cp_row_count"),
+    ]
+    joined = balances.outerjoin(new, new.c.user_id == balances.c.user_id)
+    if incremental:
+        joined = joined.outerjoin(checkpoints, checkpoints.c.user_id == balances.c.user_id)
+    else:
+        checkpoint_columns = [null().label(column.name) for column in checkpoint_columns]
+    stmt = (
+        select(
+            balances.c.user_id,
+            balances.c.balance.label("cached_balance"),
+            balances.c.total_recharged.label("cached_total_recharged"),
+            balances.c.total_spent.label("cached_total_spent"),
+            balances.c.credit_limit,
+            balances.c.status.label("cached_status"),
+            new.c.row_count,
+            new.c.balance,
+            new.c.total_recharged,
+            new.c.total_spent,
+            new.c.last_transaction_id,
+            *checkpoint_columns,
+        )
+        .select_from(joined)
+        .where(balances.c.user_id.between(low, high))
+        .order_by(balances.c.user_id)
+    )
+    return list(conn.execute(stmt))
+
+
+def chain_breaks(conn: Connection, low: int, high: int, *, incremental: bool) -> list[Row[Any]]:
+    """Ledger rows of accounts low..high whose snapshot does not follow the previous row.
+
+    A row is broken when ``balance_after != balance_before ± amount`` or when its
+    ``balance_before`` is not the previous row's ``balance_after`` (0 before the first
+    row; the checkpoint's last balance before the first unverified row).
+    """
+    source, where = _new_rows(low, high, incremental)
+    start = func.coalesce(checkpoints.c.last_balance_after, 0) if incremental else literal(0)
+    walk = (
+        select(
+            ledger.c.id,
+            ledger.c.user_id,
+            ledger.c.transaction_type,
+            ledger.c.amount,
+            ledger.c.balance_before,
+            ledger.c.balance_after,
+            _effect_on("balance").label("effect"),
+            func.coalesce(
+                func.lag(ledger.c.balance_after).over(
+                    partition_by=ledger.c.user_id, order_by=ledger.c.id
+                ),
+                start,
+            ).label("previous_after"),
+        )
+        .select_from(source)
+        .where(*where)
+        .subquery("walk")
+    )
+    stmt = (
+        select(walk)
+        .where(
+            or_(
+                walk.c.balance_after != walk.c.balance_before + walk.c.effect,
+                walk.c.balance_before != walk.c.previous_after,
+            )
+        )
+        .order_by(walk.c.user_id, walk.c.id)
+    )
+    return list(conn.execute(stmt))
+
+
+def orphan_ledger_accounts(conn: Connection, user_id: int | None = None) -> list[Row[Any]]:
+    """Accounts with ledger rows but no balance row, with their ledger sums."""
+    has_balance = select(balances.c.user_id).where(balances.c.user_id == ledger.c.user_id)
+    stmt = select(ledger.c.user_id, *_sums()).where(~has_balance.exists())
+    if user_id is not None:
+        stmt = stmt.where(ledger.c.user_id == user_id)
+    return list(conn.execute(stmt.group_by(ledger.c.user_id).order_by(ledger.c.user_id)))
+
+
+def save_checkpoints(conn: Connection, backend: Backend, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        backend.upsert(conn, checkpoints, rows, key="user_id")
+
+
+def rewrite_balance(conn: Connection, user_id: int, values: dict[str, Any], now: datetime) -> None:
+    """The verifier's write to the cache (the ledger is never written here)."""
+    conn.execute(
+        update(balances).where(balances.c.user_id == user_id).values(**values, updated_at=now)
+    )
+
+
+def start_sync_run(conn: Connection, values: dict[str, Any]) -> int:
+    result = conn.execute(insert(sync_runs).values(outcome="running", **values))
+    (run_id,) = result.inserted_primary_key or (None,)
+    return int(run_id)
+
+
+def finish_sync_run(conn: Connection, run_id: int, values: dict[str, Any]) -> None:
+    conn.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(**values))
+
+
+def slot_was_run(conn: Connection, kind: str, scheduled_for: datetime) -> bool:
+    stmt = select(sync_runs.c.id).where(
+        sync_runs.c.kind == kind, sync_runs.c.scheduled_for == scheduled_for
+    )
+    return conn.execute(stmt).first() is not None
+
+
+def record_fixes(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(sync_fixes), rows)
+
+
+def recent_sync_runs(conn: Connection, limit: int) -> list[RowMapping]:
+    stmt = select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
+    return list(conn.execute(stmt).mappings())
+
+
+def fixes_of_run(conn: Connection, run_id: int) -> list[RowMapping]:
+    stmt = select(sync_fixes).where(sync_fixes.c.run_id == run_id).order_by(sync_fixes.c.id)
+    return list(conn.execute(stmt).mappings())

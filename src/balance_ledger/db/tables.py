@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -133,5 +134,78 @@ user_balance_transactions = Table(
     Index(None, "user_id", "id"),
     Index(None, "reference_model", "reference_id"),
     sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)
+
+# -- reconciliation ----------------------------------------------------------------
+
+# One row per verify / fix / rebuild run: the audit trail of layer 3.
+balance_sync_runs = Table(
+    "balance_sync_runs",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # verify | rebuild
+    Column("fix", Boolean, nullable=False),
+    Column("full_scan", Boolean, nullable=False),
+    Column("user_id", BigInteger),  # set when one account was verified
+    # The schedule slot a scheduler ran it for; unique, so two schedulers on two hosts
+    # that fire for the same slot record (and run) it once.
+    Column("scheduled_for", UtcDateTime),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+    Column("checked", BigInteger, nullable=False, server_default="0"),
+    Column("synced", BigInteger, nullable=False, server_default="0"),
+    Column("fixed", BigInteger, nullable=False, server_default="0"),
+    Column("discrepancies", BigInteger, nullable=False, server_default="0"),
+    Column("errors", BigInteger, nullable=False, server_default="0"),
+    Column(
+        "outcome", String(16), nullable=False
+    ),  # running | in_sync | fixed | out_of_sync | failed
+    Column("message", String(1024)),
+    UniqueConstraint("kind", "scheduled_for"),
+    Index(None, "started_at"),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)
+
+# One row per cache column a fix or rebuild rewrote.
+balance_sync_fixes = Table(
+    "balance_sync_fixes",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("run_id", BigInteger, ForeignKey("balance_sync_runs.id"), nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("column_name", String(32), nullable=False),
+    Column("old_value", String(32), nullable=False),
+    Column("new_value", String(32), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index(None, "user_id"),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)
+
+# Per account: the ledger verified so far (up to last_transaction_id) and its sums,
+# so an incremental verify reads only the rows added since.
+balance_sync_checkpoints = Table(
+    "balance_sync_checkpoints",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("last_transaction_id", BigInteger, nullable=False),
+    Column("last_balance_after", BigInteger, nullable=False),
+    Column("balance", BigInteger, nullable=False),
+    Column("total_recharged", BigInteger, nullable=False),
+    Column("total_spent", BigInteger, nullable=False),
+    Column("row_count", BigInteger, nullable=False),
+    Column("verified_at", UtcDateTime, nullable=False),
+    **_MARIADB_TABLE,
+)
+
+# Leases for scheduled jobs on SQLite, which has no advisory locks.
+balance_job_locks = Table(
+    "balance_job_locks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
     **_MARIADB_TABLE,
 )

@@ -1,0 +1,658 @@
+"""Layer 3: verify the balance cache against the ledger, fix it, rebuild it.
+
+The ledger is the truth; the cache (``user_balances``) must equal it:
+
+* ``balance``, ``total_recharged`` and ``total_spent`` equal the ledger's sums
+  (signs from ``models.EFFECTS``), and ``status`` follows the balance;
+* every ledger row's snapshot follows its predecessor (``balance_before`` is the
+  previous ``balance_after``, ``balance_after = balance_before ± amount``);
+* no account has ledger rows without a balance row.
+
+How it scales and stays safe under live charges:
+
+* Accounts are scanned in chunks of ``CHUNK_SIZE`` user ids; each chunk is compared
+  with ONE set-based statement (GROUP BY over the ledger joined to the cache), which
+  reads one snapshot, so a charge committing mid-scan is never a false discrepancy.
+* Incremental mode reads only the ledger rows after each account's checkpoint
+  (``balance_sync_checkpoints``: last verified row id and the sums up to it).
+* A fix locks the account's row, recomputes its sums inside the lock, and writes
+  only if they still disagree; every rewritten column is recorded in
+  ``balance_sync_fixes`` under the run's ``balance_sync_runs`` row. The ledger itself
+  is never written: a broken chain is reported, not "fixed".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection, Row
+
+from .db import queries
+from .db.transactions import Database
+from .errors import AccountNotFound, BalanceError
+from .models import LedgerTotals, status_for
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1_000
+JOB_LEASE = timedelta(hours=6)  # SQLite only: how long a crashed runner blocks its job
+
+Progress = Callable[[int, int], object]  # (accounts done, accounts in all)
+
+
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=_json_default, ensure_ascii=False)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy(_Serialisable):
+    """An account whose cache disagrees with its ledger."""
+
+    user_id: int
+    stored_balance: int
+    actual_balance: int
+    stored_total_recharged: int
+    actual_total_recharged: int
+    stored_total_spent: int
+    actual_total_spent: int
+    stored_status: str | None
+    expected_status: str
+    difference: int  # stored balance - actual balance
+    missing_balance_row: bool = False
+
+    def sort_key(self) -> tuple[int, int, int]:
+        """Largest |difference| first, then the largest difference in the totals."""
+        totals = max(
+            abs(self.stored_total_recharged - self.actual_total_recharged),
+            abs(self.stored_total_spent - self.actual_total_spent),
+        )
+        return (-abs(self.difference), -totals, self.user_id)
+
+    def changed_columns(self) -> list[tuple[str, object, object]]:
+        """(column, stored, actual) for every cache column that is wrong."""
+        pairs = [
+            ("balance", self.stored_balance, self.actual_balance),
+            ("total_recharged", self.stored_total_recharged, self.actual_total_recharged),
+            ("total_spent", self.stored_total_spent, self.actual_total_spent),
+            ("status", self.stored_status, self.expected_status),
+        ]
+        return [(column, old, new) for column, old, new in pairs if old != new]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncError(_Serialisable):
+    """Something verify could not fix: a broken ledger chain, an orphan, a failed fix."""
+
+    user_id: int
+    transaction_id: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserSync(_Serialisable):
+    """One account's outcome: ``in_sync``, ``out_of_sync``, ``fixed`` or ``chain_broken``."""
+
+    user_id: int
+    status: str
+    discrepancy: Discrepancy | None = None
+
+
+@dataclass(slots=True)
+class SyncReport(_Serialisable):
+    """What a verify run found (the seed's array, plus the audit ``run_id``).
+
+    ``details`` lists every account that was not in sync (and the one account asked
+    for, when verify was given a ``user_id``).
+    """
+
+    run_id: int | None
+    checked: int = 0
+    synced: int = 0
+    fixed: int = 0
+    errors: list[SyncError] = field(default_factory=list)
+    details: list[UserSync] = field(default_factory=list)
+
+    @property
+    def discrepancies(self) -> list[Discrepancy]:
+        """The discrepancies left unfixed, largest first."""
+        found = [d.discrepancy for d in self.details if d.status == "out_of_sync" and d.discrepancy]
+        return sorted(found, key=Discrepancy.sort_key)
+
+    @property
+    def in_sync(self) -> bool:
+        """True when nothing is left out of sync (after fixes) and nothing is broken."""
+        return not self.errors and not self.discrepancies
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnChange(_Serialisable):
+    user_id: int
+    column: str
+    old_value: str
+    new_value: str
+
+
+@dataclass(slots=True)
+class RebuildReport(_Serialisable):
+    """A rebuild: every cache column recomputed. ``dry_run`` reports without writing."""
+
+    run_id: int | None
+    dry_run: bool
+    checked: int = 0
+    changed: int = 0  # accounts with at least one column changed
+    changes: list[ColumnChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRun(_Serialisable):
+    """One row of the ``balance_sync_runs`` audit table."""
+
+    id: int
+    kind: str
+    fix: bool
+    full_scan: bool
+    user_id: int | None
+    scheduled_for: datetime | None
+    started_at: datetime
+    finished_at: datetime | None
+    checked: int
+    synced: int
+    fixed: int
+    discrepancies: int
+    errors: int
+    outcome: str
+    message: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- comparing one account --------------------------------------------------------------
+
+
+def _actual(row: Row[Any]) -> LedgerTotals:
+    """Checkpoint sums plus the sums of the rows after it (or all rows, in full mode)."""
+    return LedgerTotals(
+        user_id=row.user_id,
+        balance=int(row.cp_balance or 0) + int(row.balance or 0),
+        total_recharged=int(row.cp_total_recharged or 0) + int(row.total_recharged or 0),
+        total_spent=int(row.cp_total_spent or 0) + int(row.total_spent or 0),
+        row_count=int(row.cp_row_count or 0) + int(row.row_count or 0),
+    )
+
+
+def _discrepancy(
+    user_id: int,
+    stored: tuple[int, int, int, str] | None,
+    actual: LedgerTotals,
+    credit_limit: int,
+) -> Discrepancy | None:
+    """The discrepancy between a cache row (None: missing) and the ledger, if any."""
+    expected_status = status_for(actual.balance, credit_limit).value
+    if stored is None:
+        stored_values: tuple[int, int, int, str | None] = (0, 0, 0, None)
+    else:
+        stored_values = stored
+    actual_values = (actual.balance, actual.total_recharged, actual.total_spent, expected_status)
+    if stored is not None and stored_values == actual_values:
+        return None
+    balance, recharged, spent, status = stored_values
+    return Discrepancy(
+        user_id=user_id,
+        stored_balance=balance,
+        actual_balance=actual.balance,
+        stored_total_recharged=recharged,
+        actual_total_recharged=actual.total_recharged,
+        stored_total_spent=spent,
+        actual_total_spent=actual.total_spent,
+        stored_status=status,
+        expected_status=expected_status,
+        difference=balance - actual.balance,
+        missing_balance_row=stored is None,
+    )
+
+
+def _stored(row: Row[Any]) -> tuple[int, int, int, str]:
+    return (
+        int(row.cached_balance),
+        int(row.cached_total_recharged),
+        int(row.cached_total_spent),
+        str(row.cached_status),
+    )
+
+
+def _chain_errors(conn: Connection, low: int, high: int, incremental: bool) -> dict[int, SyncError]:
+    """The first broken row of each account in the chunk."""
+    first: dict[int, SyncError] = {}
+    for row in queries.chain_breaks(conn, low, high, incremental=incremental):
+        if row.user_id in first:
+            continue
+        if row.balance_before != row.previous_after:
+            why = (
+                f"balance_before {row.balance_before} != previous balance_after "
+                f"{row.previous_after}"
+            )
+        else:
+            why = (
+                f"balance_after {row.balance_after} != balance_before {row.balance_before} "
+                f"{row.effect:+d} ({row.transaction_type} of {row.amount})"
+            )
+        first[row.user_id] = SyncError(
+            row.user_id,
+            row.id,
+            f"ledger chain broken at row {row.id} of account {row.user_id}: {why}",
+        )
+    return first
+
+
+def _checkpoint(row: Row[Any], actual: LedgerTotals, now: datetime) -> dict[str, Any] | None:
+    last_id = row.last_transaction_id or row.cp_last_transaction_id
+    if last_id is None or row.row_count is None:
+        return None  # no rows, or nothing new since the checkpoint
+    return {
+        "user_id": row.user_id,
+        "last_transaction_id": int(last_id),
+        "last_balance_after": actual.balance,  # the chain holds, so the last row ends here
+        "balance": actual.balance,
+        "total_recharged": actual.total_recharged,
+        "total_spent": actual.total_spent,
+        "row_count": actual.row_count,
+        "verified_at": now,
+    }
+
+
+# -- the runs -------------------------------------------------------------------------
+
+
+class Reconciler:
+    """Verify, fix and rebuild over a Database; BalanceService delegates here."""
+
+    def __init__(self, db: Database, *, chunk_size: int = CHUNK_SIZE) -> None:
+        self.db = db
+        self.chunk_size = chunk_size
+
+    def _chunks(self, user_id: int | None) -> Iterator[tuple[int, int, int]]:
+        """(low, high, accounts) of each chunk of user ids, read with keyset pagination."""
+        if user_id is not None:
+            yield user_id, user_id, 1
+            return
+        after = 0
+        while ids := self.db.read(
+            partial(queries.next_user_ids, after=after, limit=self.chunk_size)
+        ):
+            yield ids[0], ids[-1], len(ids)
+            after = ids[-1]
+
+    def _total(self, user_id: int | None) -> int:
+        return 1 if user_id is not None else self.db.read(queries.count_accounts)
+
+    def verify(
+        self,
+        user_id: int | None = None,
+        *,
+        fix: bool = False,
+        full: bool = False,
+        record: bool = True,
+        scheduled_for: datetime | None = None,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Compare (and with ``fix``, repair) the cache; ``record=False`` writes nothing."""
+        run_id = (
+            self._start_run("verify", fix=fix, full=full, user_id=user_id, at=scheduled_for)
+            if record
+            else None
+        )
+        report = SyncReport(run_id=run_id)
+        try:
+            self._verify_into(
+                report, user_id, fix=fix, incremental=not full, record=record, progress=progress
+            )
+        except BaseException as error:
+            if run_id is not None:
+                self._finish_run(
+                    run_id, _verify_counts(report), outcome="failed", message=str(error)
+                )
+            raise
+        if run_id is not None:
+            self._finish_run(run_id, _verify_counts(report), outcome=_outcome(report))
+        log.info(
+            "verify run %s: checked %d, synced %d, fixed %d, out of sync %d, errors %d",
+            run_id,
+            report.checked,
+            report.synced,
+            report.fixed,
+            len(report.discrepancies),
+            len(report.errors),
+        )
+        return report
+
+    def _verify_into(
+        self,
+        report: SyncReport,
+        user_id: int | None,
+        *,
+        fix: bool,
+        incremental: bool,
+        record: bool,
+        progress: Progress | None,
+    ) -> None:
+        total = self._total(user_id)
+        for low, high, _count in self._chunks(user_id):
+            rows, breaks = self.db.read(
+                partial(self._scan, low=low, high=high, incremental=incremental)
+            )
+            now = _now()
+            checkpoints = []
+            for row in rows:
+                actual = _actual(row)
+                found = _discrepancy(row.user_id, _stored(row), actual, int(row.credit_limit))
+                self._account_outcome(
+                    report, row.user_id, found, breaks.get(row.user_id), fix, user_id
+                )
+                if row.user_id not in breaks and (point := _checkpoint(row, actual, now)):
+                    checkpoints.append(point)
+            if record and checkpoints:
+                self.db.write(
+                    partial(queries.save_checkpoints, backend=self.db.backend, rows=checkpoints)
+                )
+            if progress is not None:
+                progress(report.checked, total)
+        if user_id is not None or not incremental:
+            self._check_orphans(report, user_id)
+        if user_id is not None and report.checked == 0:
+            raise AccountNotFound(user_id)
+
+    def _scan(
+        self, conn: Connection, low: int, high: int, incremental: bool
+    ) -> tuple[list[Row[Any]], dict[int, SyncError]]:
+        rows = queries.compare_chunk(conn, low, high, incremental=incremental)
+        return rows, _chain_errors(conn, low, high, incremental)
+
+    def _account_outcome(
+        self,
+        report: SyncReport,
+        user_id: int,
+        found: Discrepancy | None,
+        broken: SyncError | None,
+        fix: bool,
+        asked_for: int | None,
+    ) -> None:
+        report.checked += 1
+        if broken is not None:
+            report.errors.append(broken)
+            log.error("%s", broken.message)
+        if found is not None and fix:
+            found = self._fix(user_id, report)
+            if found is not None:
+                report.fixed += 1
+                report.details.append(UserSync(user_id, "fixed", found))
+                return
+        if found is None:
+            report.synced += 1
+            if broken is not None:
+                report.details.append(UserSync(user_id, "chain_broken"))
+            elif asked_for is not None:
+                report.details.append(UserSync(user_id, "in_sync"))
+            return
+        log.warning("account %s out of sync: %s", user_id, found.to_json())
+        report.details.append(UserSync(user_id, "out_of_sync", found))
+
+    def _fix(self, user_id: int, report: SyncReport) -> Discrepancy | None:
+        """Lock the account, recompute inside the lock, rewrite only what is still wrong."""
+        assert report.run_id is not None, "a fix is always recorded"
+        run_id = report.run_id
+
+        def work(conn: Connection) -> Discrepancy | None:
+            account = queries.lock_balance(conn, user_id)
+            if account is None:
+                return None
+            stored = (
+                account.balance,
+                account.total_recharged,
+                account.total_spent,
+                account.status.value,
+            )
+            found = _discrepancy(
+                user_id, stored, queries.ledger_totals(conn, user_id), account.credit_limit
+            )
+            if found is None:
+                return None  # a commit between the scan and the lock already agreed
+            _rewrite(conn, run_id, found)
+            return found
+
+        try:
+            fixed = self.db.write(work)
+        except BalanceError as error:
+            report.errors.append(
+                SyncError(user_id, None, f"fix of account {user_id} failed: {error}")
+            )
+            return None
+        if fixed is not None:
+            log.warning("fixed account %s: %s", user_id, fixed.changed_columns())
+        return fixed
+
+    def _check_orphans(self, report: SyncReport, user_id: int | None) -> None:
+        """Ledger rows without a balance row: reported; a fix cannot guess the currency."""
+        for row in self.db.read(lambda conn: queries.orphan_ledger_accounts(conn, user_id)):
+            actual = _actual_of_sums(row)
+            found = _discrepancy(row.user_id, None, actual, credit_limit=0)
+            assert found is not None
+            report.checked += 1
+            report.details.append(UserSync(row.user_id, "out_of_sync", found))
+            report.errors.append(
+                SyncError(
+                    row.user_id,
+                    None,
+                    f"account {row.user_id} has {actual.row_count} ledger rows but no balance "
+                    "row; open the account (with its currency), then run verify with fix",
+                )
+            )
+
+    def discrepancies(self) -> list[Discrepancy]:
+        """Every account out of sync, from a full scan that writes nothing."""
+        report = self.verify(full=True, record=False)
+        return report.discrepancies
+
+    def rebuild(
+        self,
+        *,
+        dry_run: bool = False,
+        scheduled_for: datetime | None = None,
+        progress: Progress | None = None,
+    ) -> RebuildReport:
+        """Recompute every cache column from the ledger, chunk by chunk under its locks."""
+        run_id = (
+            None
+            if dry_run
+            else self._start_run("rebuild", fix=True, full=True, user_id=None, at=scheduled_for)
+        )
+        report = RebuildReport(run_id=run_id, dry_run=dry_run)
+        total = self._total(None)
+        try:
+            for low, high, _count in self._chunks(None):
+                work = self._rebuild_chunk(low, high, run_id)
+                changes = self.db.read(work) if dry_run else self.db.write(work)
+                report.checked += _count
+                report.changed += len({change.user_id for change in changes})
+                report.changes.extend(changes)
+                if progress is not None:
+                    progress(report.checked, total)
+        except BaseException as error:
+            if run_id is not None:
+                self._finish_run(
+                    run_id, _rebuild_counts(report), outcome="failed", message=str(error)
+                )
+            raise
+        if run_id is not None:
+            outcome = "fixed" if report.changed else "in_sync"
+            self._finish_run(run_id, _rebuild_counts(report), outcome=outcome)
+        log.info(
+            "rebuild run %s (dry run: %s): %d accounts, %d changed",
+            run_id,
+            dry_run,
+            report.checked,
+            report.changed,
+        )
+        return report
+
+    def _rebuild_chunk(
+        self, low: int, high: int, run_id: int | None
+    ) -> Callable[[Connection], list[ColumnChange]]:
+        def work(conn: Connection) -> list[ColumnChange]:
+            if run_id is not None:
+                queries.lock_balances(conn, low, high)
+            changes: list[ColumnChange] = []
+            for row in queries.compare_chunk(conn, low, high, incremental=False):
+                found = _discrepancy(row.user_id, _stored(row), _actual(row), int(row.credit_limit))
+                if found is None:
+                    continue
+                changes.extend(
+                    ColumnChange(found.user_id, column, str(old), str(new))
+                    for column, old, new in found.changed_columns()
+                )
+                if run_id is not None:
+                    _rewrite(conn, run_id, found)
+            return changes
+
+        return work
+
+    # -- audit ------------------------------------------------------------------------
+
+    def _start_run(
+        self, kind: str, *, fix: bool, full: bool, user_id: int | None, at: datetime | None
+    ) -> int:
+        values = {
+            "kind": kind,
+            "fix": fix,
+            "full_scan": full,
+            "user_id": user_id,
+            "scheduled_for": at,
+            "started_at": _now(),
+        }
+        return self.db.write(lambda conn: queries.start_sync_run(conn, values))
+
+    def _finish_run(
+        self, run_id: int, counts: dict[str, int], *, outcome: str, message: str | None = None
+    ) -> None:
+        values = {
+            **counts,
+            "finished_at": _now(),
+            "outcome": outcome,
+            "message": None if message is None else message[:1024],
+        }
+        self.db.write(lambda conn: queries.finish_sync_run(conn, run_id, values))
+
+    def runs(self, limit: int) -> list[SyncRun]:
+        return [
+            SyncRun(**row)
+            for row in self.db.read(lambda conn: queries.recent_sync_runs(conn, limit))
+        ]
+
+    def fixes(self, run_id: int) -> list[ColumnChange]:
+        rows = self.db.read(lambda conn: queries.fixes_of_run(conn, run_id))
+        return [
+            ColumnChange(r["user_id"], r["column_name"], r["old_value"], r["new_value"])
+            for r in rows
+        ]
+
+    # -- scheduled jobs -----------------------------------------------------------------
+
+    def run_scheduled(self, job: str, scheduled_for: datetime) -> SyncReport | RebuildReport | None:
+        """Run ``verify-fix`` or ``rebuild`` for one schedule slot, once across every host.
+
+        Returns None when another runner holds the job's lock or already ran the slot.
+        """
+        kind = {"verify-fix": "verify", "rebuild": "rebuild"}[job]
+        with self.db.backend.job_lock(self.db.engine, job, JOB_LEASE) as held:
+            if not held:
+                log.info("%s skipped: another run holds the lock", job)
+                return None
+            if self.db.read(lambda conn: queries.slot_was_run(conn, kind, scheduled_for)):
+                log.info(
+                    "%s skipped: the run for %s already happened", job, scheduled_for.isoformat()
+                )
+                return None
+            if kind == "verify":
+                return self.verify(fix=True, scheduled_for=scheduled_for)
+            return self.rebuild(scheduled_for=scheduled_for)
+
+
+def _actual_of_sums(row: Row[Any]) -> LedgerTotals:
+    return LedgerTotals(
+        user_id=row.user_id,
+        balance=int(row.balance),
+        total_recharged=int(row.total_recharged),
+        total_spent=int(row.total_spent),
+        row_count=int(row.row_count),
+    )
+
+
+def _rewrite(conn: Connection, run_id: int, found: Discrepancy) -> None:
+    """Set the cache to the ledger's figures and record each changed column."""
+    now = _now()
+    values = {
+        "balance": found.actual_balance,
+        "total_recharged": found.actual_total_recharged,
+        "total_spent": found.actual_total_spent,
+        "status": found.expected_status,
+    }
+    queries.rewrite_balance(conn, found.user_id, values, now)
+    queries.record_fixes(conn, _fix_rows(run_id, found, now))
+
+
+def _fix_rows(run_id: int, found: Discrepancy, now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": run_id,
+            "user_id": found.user_id,
+            "column_name": column,
+            "old_value": str(old),
+            "new_value": str(new),
+            "created_at": now,
+        }
+        for column, old, new in found.changed_columns()
+    ]
+
+
+def _outcome(report: SyncReport) -> str:
+    if not report.in_sync:
+        return "out_of_sync"
+    return "fixed" if report.fixed else "in_sync"
+
+
+def _verify_counts(report: SyncReport) -> dict[str, int]:
+    return {
+        "checked": report.checked,
+        "synced": report.synced,
+        "fixed": report.fixed,
+        "discrepancies": report.fixed + len(report.discrepancies),
+        "errors": len(report.errors),
+    }
+
+
+def _rebuild_counts(report: RebuildReport) -> dict[str, int]:
+    return {
+        "checked": report.checked,
+        "synced": report.checked - report.changed,
+        "fixed": report.changed,
+        "discrepancies": report.changed,
+        "errors": 0,
+    }
