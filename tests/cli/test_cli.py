@@ -99,7 +99,7 @@ def test_bad_input_prints_one_clear_line_and_exits_2(balance, args, message):
 def test_missing_schema_says_to_upgrade(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--database-url", f"sqlite:///{tmp_path / 'empty.db'}", "show", "1"])
-    assert exited.value.code == 1
+    assert exited.value.code == 2
     assert "balance db upgrade" in capsys.readouterr().err
 
 
@@ -124,12 +124,12 @@ def test_database_url_comes_from_the_environment(tmp_path: Path, monkeypatch, ca
         assert svc.get_balance(3).user_id == 3
 
 
-def test_demo_races_and_reports_every_check_held(tmp_path: Path, capsys):
+def test_demo_races_corrupts_fixes_and_reports_every_check_held(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["demo", "--path", str(tmp_path / "demo.db"), "--threads", "8", "--charges", "20"])
     out = capsys.readouterr().out
     assert exited.value.code == 0
-    assert out.count("✔") == 5
+    assert out.count("✔") == 8
     assert "✘" not in out
     with BalanceService.from_url(f"sqlite:///{tmp_path / 'demo.db'}") as svc:
         assert svc.get_balance(1).balance == 0

@@ -7,13 +7,14 @@ import sys
 import typer
 from rich.console import Console
 
-from ..errors import BalanceError, InvalidRequest
+from ..errors import BalanceError, InvalidRequest, StorageError
+from . import sync as _sync  # noqa: F401  (registers its commands on app)
 from .app import app
 
 __all__ = ["app", "main"]
 
-EXIT_REFUSED = 1  # the ledger refused the operation (insufficient balance, …)
-EXIT_USAGE = 2  # malformed command line or argument
+EXIT_REFUSED = 1  # the ledger refused the operation (insufficient balance, …) / out of sync
+EXIT_ERROR = 2  # malformed command line or argument, or the database failed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,14 +24,17 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, prog_name="balance", standalone_mode=False)
     except InvalidRequest as error:
         err.print(f"error: {error}", markup=False)
-        sys.exit(EXIT_USAGE)
+        sys.exit(EXIT_ERROR)
+    except StorageError as error:
+        err.print(f"error: {type(error).__name__}: {error}", markup=False)
+        sys.exit(EXIT_ERROR)
     except BalanceError as error:
         err.print(f"error: {type(error).__name__}: {error}", markup=False)
         sys.exit(EXIT_REFUSED)
     except typer.TyperException as error:  # click's usage errors
         if message := error.format_message():  # empty when help was shown instead
             err.print(f"error: {message}", markup=False)
-        sys.exit(EXIT_USAGE)
+        sys.exit(EXIT_ERROR)
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)

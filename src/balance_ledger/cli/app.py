@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -24,7 +27,8 @@ account_app = typer.Typer(help="Open and inspect accounts.", no_args_is_help=Tru
 app.add_typer(db_app, name="db")
 app.add_typer(account_app, name="account")
 
-console = Console()
+# Piped output (logs, files, tests) gets room for the wide tables instead of Rich's 80.
+console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "120")))
 
 UserId = Annotated[int, typer.Argument(help="The account's user id.", show_default=False)]
 Amount = Annotated[int, typer.Argument(help="Amount in minor units (cents; VND has none).")]
@@ -49,7 +53,15 @@ def main_options(
             help="sqlite:///FILE, postgresql+psycopg://… or mysql+pymysql://…",
         ),
     ] = DEFAULT_DATABASE_URL,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what the ledger does to stderr.")
+    ] = False,
 ) -> None:
+    # Without --verbose the command's own output says everything; keep logs quiet.
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.CRITICAL,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     ctx.obj = database_url
 
 

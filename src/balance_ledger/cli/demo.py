@@ -2,7 +2,8 @@
 
 Opens accounts, charges, retries idempotently, is refused, then runs a real charge
 storm (threads, each with its own connection) on one account and checks the outcome
-against the ledger. Returns False if any guarantee did not hold.
+against the ledger; finally corrupts a few cache rows and lets verify-sync find and
+fix them. Returns False if any guarantee did not hold.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import update
 
+from ..db.tables import user_balances
 from ..errors import BalanceError, InsufficientBalance
 from ..models import StatusChange
 from ..service import BalanceService
+from . import format
 from .format import money, transaction_line
 
 STORM_ACCOUNT, OVERDRAFT_ACCOUNT = 1, 2
@@ -34,10 +38,11 @@ def run_demo(console: Console, *, path: str, threads: int, charges_per_thread: i
         _basics(console, svc)
         storm_ok = _storm(console, svc, threads=threads, charges_per_thread=charges_per_thread)
         _suspension(console, svc)
-    console.print(
-        f"\nInspect it: balance --database-url sqlite:///{db_file} history {STORM_ACCOUNT}"
-    )
-    return storm_ok
+        sync_ok = _drift(console, svc)
+    url = f"sqlite:///{db_file}"
+    console.print(f"\nInspect it: balance --database-url {url} history {STORM_ACCOUNT}")
+    console.print(f"            balance --database-url {url} sync-runs")
+    return storm_ok and sync_ok
 
 
 def _basics(console: Console, svc: BalanceService) -> None:
@@ -120,6 +125,42 @@ def _suspension(console: Console, svc: BalanceService) -> None:
     tx = svc.charge_service(OVERDRAFT_ACCOUNT, 2_000, "bandwidth", allow_overdraft=True)
     console.print(" ", transaction_line(tx, "USD"))
     console.print(" ", transaction_line(svc.recharge(OVERDRAFT_ACCOUNT, 600), "USD"))
+
+
+def _drift(console: Console, svc: BalanceService) -> bool:
+    console.print(
+        "\n[bold]6. Drift: three cache rows are corrupted behind the ledger's back; "
+        "verify-sync finds and fixes them[/]"
+    )
+    for user_id in range(3, 8):
+        svc.open_account(user_id)
+        svc.recharge(user_id, 50_000 * user_id)
+        svc.charge_service(user_id, 7_000, "vps")
+    # What a bad manual edit or a buggy script would do: write the cache directly.
+    corruptions = {3: {"balance": 999_999}, 5: {"total_spent": 0}, 7: {"status": "suspended"}}
+    with svc.engine.begin() as conn:
+        for user_id, values in corruptions.items():
+            conn.execute(
+                update(user_balances).where(user_balances.c.user_id == user_id).values(**values)
+            )
+
+    found = svc.verify_and_fix_balance()
+    console.print(format.sync_summary(found))
+    console.print(format.discrepancy_table(found.discrepancies, "Discrepancies found"))
+    fixed = svc.verify_and_fix_balance(fix=True)
+    console.print(
+        f"  verify-sync --fix: fixed {fixed.fixed} accounts (audited in run {fixed.run_id})"
+    )
+    after = svc.verify_and_fix_balance(full=True)
+    checks = {
+        "verify found exactly the corrupted accounts": {d.user_id for d in found.discrepancies}
+        == set(corruptions),
+        "fix repaired them all": fixed.fixed == len(corruptions),
+        "a full verify finds everything in sync": after.in_sync,
+    }
+    for check, held in checks.items():
+        console.print(f"  {'[green]✔[/]' if held else '[bold red]✘[/]'} {check}")
+    return all(checks.values())
 
 
 def _announce(console: Console, change: StatusChange) -> None:

@@ -12,6 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from ..models import AccountStatus, Balance, Transaction
+from ..reconcile import ColumnChange, Discrepancy, SyncError, SyncReport, SyncRun
 
 
 def money(amount: int, currency: str) -> str:
@@ -90,5 +91,97 @@ def history_table(transactions: list[Transaction], currency: str) -> Table:
             tx.service_type or "",
             tx.description or "",
             reference,
+        )
+    return table
+
+
+def sync_summary(report: SyncReport) -> str:
+    lines = [
+        f"Checked: {report.checked:,} users",
+        f"✅ Synced: {report.synced:,} users",
+        f"⚠️  Fixed: {report.fixed:,} users",
+    ]
+    if report.errors:
+        lines.append(f"❌ Errors: {len(report.errors):,}")
+    return "\n".join(lines)
+
+
+def discrepancy_table(discrepancies: list[Discrepancy], title: str) -> Table:
+    table = Table(title=title)
+    for name in ("User ID", "Stored Balance", "Actual Balance", "Difference", "Other columns"):
+        table.add_column(name, justify="left" if name == "Other columns" else "right")
+    for found in discrepancies:
+        others = [
+            f"{column} {_grouped(str(old))} → {_grouped(str(new))}"
+            for column, old, new in found.changed_columns()
+            if column != "balance"
+        ]
+        if found.missing_balance_row:
+            others.insert(0, "no balance row")
+        table.add_row(
+            str(found.user_id),
+            f"{found.stored_balance:,}",
+            f"{found.actual_balance:,}",
+            f"{found.difference:+,}",
+            "; ".join(others),
+        )
+    return table
+
+
+def errors_table(errors: list[SyncError]) -> Table:
+    table = Table(title="Errors (the ledger itself; never fixed automatically)")
+    table.add_column("User ID", justify="right")
+    table.add_column("Row ID", justify="right")
+    table.add_column("Problem")
+    for error in errors:
+        row_id = "" if error.transaction_id is None else str(error.transaction_id)
+        table.add_row(str(error.user_id), row_id, error.message)
+    return table
+
+
+def changes_table(changes: list[ColumnChange], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("User ID", justify="right")
+    table.add_column("Column")
+    table.add_column("Old", justify="right")
+    table.add_column("New", justify="right")
+    for change in changes:
+        old, new = _grouped(change.old_value), _grouped(change.new_value)
+        table.add_row(str(change.user_id), change.column, old, new)
+    return table
+
+
+def _grouped(value: str) -> str:
+    """Thousands separators for a number stored as text; other text unchanged."""
+    return f"{int(value):,}" if value.lstrip("-").isdigit() else value
+
+
+def runs_table(runs: list[SyncRun]) -> Table:
+    table = Table(title="Sync runs (newest first)")
+    for name in ("ID", "Run", "Started (UTC)", "Secs", "Checked", "Synced", "Fixed", "Errors"):
+        table.add_column(name, justify="left" if name in ("Run", "Started (UTC)") else "right")
+    table.add_column("Outcome")
+    for run in runs:
+        flags = [
+            "fix" if run.fix and run.kind == "verify" else "",
+            "full" if run.full_scan and run.kind == "verify" else "",
+            f"user {run.user_id}" if run.user_id is not None else "",
+            "scheduled" if run.scheduled_for else "",
+        ]
+        label = " ".join([run.kind, *filter(None, flags)])
+        seconds = (
+            f"{(run.finished_at - run.started_at).total_seconds():.1f}" if run.finished_at else "…"
+        )
+        outcome_style = {"in_sync": "green", "fixed": "yellow"}.get(run.outcome, "bold red")
+        table.add_row(
+            str(run.id),
+            label,
+            run.started_at.strftime("%m-%d %H:%M:%S"),
+            seconds,
+            f"{run.checked:,}",
+            f"{run.synced:,}",
+            f"{run.fixed:,}",
+            f"{run.errors:,}",
+            f"[{outcome_style}]{run.outcome}[/]",
         )
     return table

@@ -1,0 +1,72 @@
+"""``balance scheduler``: run the reconciliation schedule in-process.
+
+Each firing calls ``BalanceService.run_scheduled_job`` for its slot (the fire time,
+to the minute), which takes a cross-host database lock and records the slot, so
+several schedulers on several hosts run each job once.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from ..errors import InvalidRequest
+from ..service import BalanceService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VERIFY_CRON = "0 2 * * *"  # daily at 02:00: verify-sync --fix
+DEFAULT_REBUILD_CRON = "0 3 1 * *"  # the 1st of each month at 03:00: --rebuild
+DEFAULT_TIMEZONE = "UTC"
+
+
+def time_zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise InvalidRequest(f"unknown time zone {name!r}") from error
+
+
+def cron_trigger(expression: str, timezone: str) -> CronTrigger:
+    try:
+        return CronTrigger.from_crontab(expression, timezone=time_zone(timezone))
+    except ValueError as error:
+        raise InvalidRequest(f"invalid cron expression {expression!r}: {error}") from error
+
+
+def run_job(svc: BalanceService, job: str, timezone: str) -> None:
+    """One firing: its slot is the fire time truncated to the minute."""
+    slot = datetime.now(time_zone(timezone)).replace(second=0, microsecond=0)
+    try:
+        result = svc.run_scheduled_job(job, slot)
+    except Exception:
+        log.exception("scheduled %s for %s failed", job, slot.isoformat())
+        return
+    if result is not None:
+        log.info("scheduled %s for %s: run %s", job, slot.isoformat(), result.run_id)
+
+
+def build_scheduler(
+    svc: BalanceService,
+    *,
+    verify_cron: str = DEFAULT_VERIFY_CRON,
+    rebuild_cron: str = DEFAULT_REBUILD_CRON,
+    timezone: str = DEFAULT_TIMEZONE,
+) -> BlockingScheduler:
+    scheduler = BlockingScheduler(timezone=time_zone(timezone))
+    for job, expression in (("verify-fix", verify_cron), ("rebuild", rebuild_cron)):
+        scheduler.add_job(
+            run_job,
+            cron_trigger(expression, timezone),
+            args=(svc, job, timezone),
+            id=job,
+            name=f"balance {job}",
+            max_instances=1,  # in this process; the database lock covers other hosts
+            coalesce=True,  # after downtime, run a missed slot once, not once per slot
+            misfire_grace_time=3600,
+        )
+    return scheduler

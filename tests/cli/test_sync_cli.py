@@ -1,0 +1,175 @@
+"""verify-sync, discrepancies, sync-runs and scheduler: output and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from balance_ledger import BalanceService
+from balance_ledger.cli import main
+from balance_ledger.jobs.scheduler import build_scheduler, run_job
+
+
+@pytest.fixture
+def balance(database_url: str, capsys: pytest.CaptureFixture[str]):
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exited:
+            main(["--database-url", database_url, *args])
+        out, err = capsys.readouterr()
+        return exited.value.code, out, err
+
+    return run
+
+
+@pytest.fixture
+def drifted(svc: BalanceService, account_factory, corrupt) -> int:
+    """Three accounts; the second one's cached balance is 50,000 too high."""
+    for _ in range(3):
+        account = account_factory(balance=500_000)
+        svc.charge_service(account.user_id, 50_000, "vps")
+    corrupt(2, balance=500_000)
+    return 2
+
+
+def test_verify_sync_reports_and_exits_1_when_out_of_sync(balance, drifted):
+    code, out, _ = balance("verify-sync")
+    assert code == 1
+    assert "Checked: 3 users" in out
+    assert "Synced: 2 users" in out
+    assert "Fixed: 0 users" in out
+    assert "500,000" in out
+    assert "450,000" in out
+    assert "+50,000" in out
+
+
+def test_verify_sync_fix_exits_0_and_leaves_everything_in_sync(balance, drifted, svc):
+    code, out, _ = balance("verify-sync", "--fix")
+    assert code == 0
+    assert "Fixed: 1 users" in out
+    assert svc.get_balance(drifted).balance == 450_000
+    assert balance("verify-sync")[0] == 0
+
+
+def test_verify_sync_json_is_the_report(balance, drifted):
+    code, out, _ = balance("verify-sync", "--json", "--full")
+    report = json.loads(out)
+    assert code == 1
+    assert (report["checked"], report["synced"], report["fixed"]) == (3, 2, 0)
+    assert report["details"][0]["discrepancy"]["difference"] == 50_000
+
+
+def test_verify_sync_of_one_user(balance, drifted):
+    code, out, _ = balance("verify-sync", "--user-id", "1", "--json")
+    assert code == 0
+    assert json.loads(out)["checked"] == 1
+
+
+def test_verify_sync_rebuild_dry_run_writes_nothing(balance, drifted, svc):
+    code, out, _ = balance("verify-sync", "--rebuild", "--dry-run")
+    assert code == 0
+    assert "Would change: 1 users" in out
+    assert "Dry run: nothing was written" in out
+    assert svc.get_balance(drifted).balance == 500_000
+    assert svc.sync_runs() == []
+
+
+def test_verify_sync_rebuild_repairs(balance, drifted, svc):
+    code, out, _ = balance("verify-sync", "--rebuild")
+    assert code == 0
+    assert "Changed: 1 users" in out
+    assert svc.get_balance(drifted).balance == 450_000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--dry-run",), ("--rebuild", "--fix"), ("--rebuild", "--user-id", "1"), ("--user-id", "x")],
+)
+def test_verify_sync_rejects_contradictory_options_with_exit_2(balance, drifted, args):
+    code, _, err = balance("verify-sync", *args)
+    assert code == 2
+    assert err.startswith("error: ")
+
+
+def test_verify_sync_of_unknown_user_exits_1(balance, drifted):
+    code, _, err = balance("verify-sync", "--user-id", "999")
+    assert code == 1
+    assert "account 999 does not exist" in err
+
+
+def test_verify_sync_database_failure_exits_2(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--database-url", "postgresql+psycopg://nobody@127.0.0.1:1/x", "verify-sync"])
+    assert exited.value.code == 2
+    assert "StorageError" in capsys.readouterr().err
+
+
+def test_discrepancies_csv_lists_each_account(balance, drifted):
+    code, out, _ = balance("discrepancies", "--csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 1
+    assert [(r["user_id"], r["difference"]) for r in rows] == [("2", "50000")]
+
+
+def test_discrepancies_json_and_none_found(balance, drifted):
+    code, out, _ = balance("discrepancies", "--json")
+    assert (code, json.loads(out)[0]["user_id"]) == (1, 2)
+    balance("verify-sync", "--fix")
+    code, out, _ = balance("discrepancies")
+    assert code == 0
+    assert "no discrepancies" in out
+
+
+def test_sync_runs_lists_the_audit_trail(balance, drifted):
+    balance("verify-sync")
+    balance("verify-sync", "--fix")
+    code, out, _ = balance("sync-runs", "--json")
+    runs = json.loads(out)
+    assert code == 0
+    assert [(r["fix"], r["outcome"]) for r in runs] == [(True, "fixed"), (False, "out_of_sync")]
+    code, out, _ = balance("sync-runs")
+    assert "out_of_sync" in out
+
+
+def test_scheduler_has_the_seed_schedule_by_default(svc):
+    jobs = {job.id: job for job in build_scheduler(svc).get_jobs()}
+    assert set(jobs) == {"verify-fix", "rebuild"}
+    after = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    assert jobs["verify-fix"].trigger.get_next_fire_time(None, after) == datetime(
+        2026, 11, 25, 2, 0, tzinfo=UTC
+    )
+    assert jobs["rebuild"].trigger.get_next_fire_time(None, after) == datetime(
+        2026, 12, 1, 3, 0, tzinfo=UTC
+    )
+
+
+def test_scheduler_times_and_timezone_are_configurable(svc):
+    scheduler = build_scheduler(svc, verify_cron="30 1 * * *", timezone="Asia/Ho_Chi_Minh")
+    job = scheduler.get_job("verify-fix")
+    fire = job.trigger.get_next_fire_time(None, datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
+    assert fire.astimezone(UTC) == datetime(2026, 11, 24, 18, 30, tzinfo=UTC)
+
+
+def test_scheduled_job_records_one_run_per_slot(svc, account_factory):
+    account_factory(balance=10)
+    run_job(svc, "verify-fix", "UTC")
+    run_job(svc, "verify-fix", "UTC")  # same minute: the same slot
+    (run,) = svc.sync_runs()
+    assert (run.kind, run.fix, run.scheduled_for.second) == ("verify", True, 0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--verify-cron", "every night", "invalid cron expression"),
+        ("--rebuild-cron", "0 3 32 * *", "invalid cron expression"),
+        ("--timezone", "Mars/Olympus", "unknown time zone"),
+    ],
+)
+def test_scheduler_rejects_bad_schedules_with_exit_2(balance, option, value, message):
+    code, _, err = balance("scheduler", option, value)
+    assert code == 2
+    assert message in err
