@@ -1,12 +1,12 @@
-"""``python -m bench charges [options]``"""
+"""``python -m bench charges|verify [options]``"""
 
 from __future__ import annotations
 
 import sys
 
-from . import charges
+from . import charges, verify
 
-COMMANDS = {"charges": charges.main}
+COMMANDS = {"charges": charges.main, "verify": verify.main}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

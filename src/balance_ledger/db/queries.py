@@ -9,8 +9,11 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    FromClause,
     Row,
     RowMapping,
+    Subquery,
+    and_,
     case,
     func,
     insert,
@@ -18,6 +21,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    union_all,
     update,
 )
 
@@ -122,33 +126,26 @@ def transactions_page(
 # -- the ledger's sums ---------------------------------------------------------------
 
 
-def _effect_on(column: str) -> ColumnElement[int]:
+def _effect_on(column: str, rows: FromClause = ledger) -> ColumnElement[int]:
     """A row's signed effect on one cache column, generated from models.EFFECTS."""
+    c = rows.c
     signs = {t.value: getattr(effect, column) for t, effect in EFFECTS.items()}
-    whens = [
-        (ledger.c.transaction_type == t, sign * ledger.c.amount)
-        for t, sign in signs.items()
-        if sign
-    ]
+    whens = [(c.transaction_type == t, sign * c.amount) for t, sign in signs.items() if sign]
     if column == "balance":
-        direction = case((ledger.c.balance_after >= ledger.c.balance_before, 1), else_=-1)
-        whens.append(
-            (
-                ledger.c.transaction_type == TransactionType.ADJUSTMENT.value,
-                direction * ledger.c.amount,
-            )
-        )
+        direction = case((c.balance_after >= c.balance_before, 1), else_=-1)
+        adjustment = TransactionType.ADJUSTMENT.value
+        whens.append((c.transaction_type == adjustment, direction * c.amount))
     return case(*whens, else_=0)
 
 
-def _sums() -> list[Any]:
+def _sums(rows: FromClause = ledger) -> list[Any]:
     """Per-account aggregates of ledger rows: what the cache must hold."""
     return [
         func.count().label("row_count"),
-        func.coalesce(func.sum(_effect_on("balance")), 0).label("balance"),
-        func.coalesce(func.sum(_effect_on("total_recharged")), 0).label("total_recharged"),
-        func.coalesce(func.sum(_effect_on("total_spent")), 0).label("total_spent"),
-        func.max(ledger.c.id).label("last_transaction_id"),
+        func.coalesce(func.sum(_effect_on("balance", rows)), 0).label("balance"),
+        func.coalesce(func.sum(_effect_on("total_recharged", rows)), 0).label("total_recharged"),
+        func.coalesce(func.sum(_effect_on("total_spent", rows)), 0).label("total_spent"),
+        func.max(rows.c.id).label("last_transaction_id"),
     ]
 
 
@@ -193,14 +190,42 @@ def lock_balances(conn: Connection, low: int, high: int) -> None:
     conn.execute(stmt).all()
 
 
-def _new_rows(low: int, high: int, incremental: bool) -> tuple[Any, list[Any]]:
-    """The ledger rows of accounts low..high still to verify (after their checkpoint)."""
-    where = [ledger.c.user_id.between(low, high)]
+_ROW_COLUMNS = ("id", "user_id", "transaction_type", "amount", "balance_before", "balance_after")
+
+
+def _rows_to_verify(low: int, high: int, incremental: bool) -> Subquery:
+    """Ledger rows of accounts low..high still to verify, with the balance they start from.
+
+    Full mode: every row, starting from 0. Incremental mode: the rows after each
+    account's checkpoint, starting from its last verified balance; accounts without a
+    checkpoint contribute every row.
+    """
+    columns = [ledger.c[name] for name in _ROW_COLUMNS]
     if not incremental:
-        return ledger, where
-    joined = ledger.outerjoin(checkpoints, checkpoints.c.user_id == ledger.c.user_id)
-    where.append(ledger.c.id > func.coalesce(checkpoints.c.last_transaction_id, 0))
-    return joined, where
+        in_chunk = ledger.c.user_id.between(low, high)
+        return select(*columns, literal(0).label("start_after")).where(in_chunk).subquery("rows")
+    # Driven from the chunk's checkpoints, so each account is one (user_id, id) index
+    # seek past its checkpoint: rows verified before are not read at all.
+    after_checkpoint = (
+        select(*columns, checkpoints.c.last_balance_after.label("start_after"))
+        .select_from(checkpoints.join(ledger, ledger.c.user_id == checkpoints.c.user_id))
+        .where(
+            checkpoints.c.user_id.between(low, high),
+            ledger.c.id > checkpoints.c.last_transaction_id,
+        )
+    )
+    chunk_checkpoints = and_(
+        checkpoints.c.user_id == balances.c.user_id, checkpoints.c.user_id.between(low, high)
+    )
+    never_verified = (
+        select(balances.c.user_id)
+        .outerjoin(checkpoints, chunk_checkpoints)
+        .where(balances.c.user_id.between(low, high), checkpoints.c.user_id.is_(None))
+    )
+    from_start = select(*columns, literal(0).label("start_after")).where(
+        ledger.c.user_id.in_(never_verified)
+    )
+    return union_all(after_checkpoint, from_start).subquery("rows")
 
 
 def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -> list[Row[Any]]:
@@ -209,9 +234,8 @@ def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -
     One statement reads one snapshot, so a charge committing mid-scan moves the cache
     and the ledger sums together and is never mistaken for a discrepancy.
     """
-    source, where = _new_rows(low, high, incremental)
-    new = select(ledger.c.user_id, *_sums()).select_from(source).where(*where)
-    new = new.group_by(ledger.c.user_id).subquery("new")
+    rows = _rows_to_verify(low, high, incremental)
+    new = select(rows.c.user_id, *_sums(rows)).group_by(rows.c.user_id).subquery("new")
     checkpoint_columns: list[Any] = [
         checkpoints.c.last_transaction_id.label("cp_last_transaction_id"),
         checkpoints.c.last_balance_after.label("cp_last_balance_after"),
@@ -254,28 +278,15 @@ def chain_breaks(conn: Connection, low: int, high: int, *, incremental: bool) ->
     ``balance_before`` is not the previous row's ``balance_after`` (0 before the first
     row; the checkpoint's last balance before the first unverified row).
     """
-    source, where = _new_rows(low, high, incremental)
-    start = func.coalesce(checkpoints.c.last_balance_after, 0) if incremental else literal(0)
-    walk = (
-        select(
-            ledger.c.id,
-            ledger.c.user_id,
-            ledger.c.transaction_type,
-            ledger.c.amount,
-            ledger.c.balance_before,
-            ledger.c.balance_after,
-            _effect_on("balance").label("effect"),
-            func.coalesce(
-                func.lag(ledger.c.balance_after).over(
-                    partition_by=ledger.c.user_id, order_by=ledger.c.id
-                ),
-                start,
-            ).label("previous_after"),
-        )
-        .select_from(source)
-        .where(*where)
-        .subquery("walk")
+    rows = _rows_to_verify(low, high, incremental)
+    previous_after = func.lag(rows.c.balance_after).over(
+        partition_by=rows.c.user_id, order_by=rows.c.id
     )
+    walk = select(
+        *[rows.c[name] for name in _ROW_COLUMNS],
+        _effect_on("balance", rows).label("effect"),
+        func.coalesce(previous_after, rows.c.start_after).label("previous_after"),
+    ).subquery("walk")
     stmt = (
         select(walk)
         .where(
