@@ -88,7 +88,15 @@ class InvalidRequest(BalanceError):
 class InvalidAmount(InvalidRequest):
     def __init__(self, amount: object, reason: str) -> None:
         self.amount = amount
-        super().__init__(f"invalid amount {amount!r}: {reason}")
+        super().__init__(f"invalid amount {shown(amount)}: {reason}")
+
+
+def shown(value: object) -> str:
+    """``repr`` for messages; an enormous int is described (repr of one can itself fail)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"<a {value.bit_length()}-bit integer>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class StorageError(BalanceError):
@@ -96,7 +104,7 @@ class StorageError(BalanceError):
 
 
 class SchemaMissing(StorageError):
-    def __init__(self, cause: object) -> None:
+    def __init__(self, cause: str) -> None:
         super().__init__(
             "the ledger's tables do not exist in this database; run `balance db upgrade` "
             f"(or BalanceService.create_schema()) first ({cause})"
@@ -104,7 +112,7 @@ class SchemaMissing(StorageError):
 
 
 class RetriesExhausted(StorageError):
-    def __init__(self, attempts: int, cause: BaseException) -> None:
+    def __init__(self, attempts: int, cause: str) -> None:
         self.attempts = attempts
         super().__init__(
             f"gave up after {attempts} attempts: the database kept aborting the transaction "

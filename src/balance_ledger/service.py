@@ -16,6 +16,7 @@ appended to; the balance row is a cache of it that the lock keeps exact.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ class BalanceService:
 
     def create_schema(self) -> None:
         """Apply every migration up to the newest (creates the tables if missing)."""
-        upgrade_to_head(self.engine)
+        self._db.run_outside_transaction(upgrade_to_head)
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -183,19 +184,22 @@ class BalanceService:
         credit_limit = valid.credit_limit(credit_limit)
 
         def work(conn: Connection) -> Balance:
-            existing = queries.lock_balance(conn, user_id)
-            if existing is None:
-                queries.insert_balance(
-                    conn, user_id=user_id, currency=currency, credit_limit=credit_limit, now=_now()
-                )
-                existing = queries.get_balance(conn, user_id)
-                assert existing is not None
-            elif (existing.currency, existing.credit_limit) != (currency, credit_limit):
+            # Insert-if-absent, then lock: two racing opens of a new account both succeed.
+            queries.insert_balance(
+                conn,
+                self._db.backend,
+                user_id=user_id,
+                currency=currency,
+                credit_limit=credit_limit,
+                now=_now(),
+            )
+            account = queries.lock_balance(conn, user_id)
+            assert account is not None
+            if (account.currency, account.credit_limit) != (currency, credit_limit):
                 raise AccountExists(
-                    user_id,
-                    f"currency {existing.currency} and credit limit {existing.credit_limit}",
+                    user_id, f"currency {account.currency} and credit limit {account.credit_limit}"
                 )
-            return existing
+            return account
 
         return self._db.write(work)
 
@@ -224,7 +228,13 @@ class BalanceService:
     def ledger_totals(self, user_id: int) -> LedgerTotals:
         """The account's balance and totals recomputed from the ledger, not the cache."""
         user_id = valid.user_id(user_id)
-        return self._db.read(lambda conn: queries.ledger_totals(conn, user_id))
+
+        def work(conn: Connection) -> LedgerTotals:
+            if queries.get_balance(conn, user_id) is None:
+                raise AccountNotFound(user_id)
+            return queries.ledger_totals(conn, user_id)
+
+        return self._db.read(work)
 
     # -- money movements -------------------------------------------------------
 
@@ -306,6 +316,7 @@ class BalanceService:
         """
         if user_id is not None:
             user_id = valid.user_id(user_id)
+        fix, full = valid.flag(fix, "fix"), valid.flag(full, "full")
         return self._reconciler.verify(user_id, fix=fix, full=full, progress=progress)
 
     def get_balance_discrepancies(self) -> list[Discrepancy]:
@@ -319,7 +330,7 @@ class BalanceService:
 
         ``dry_run`` computes the same changes and writes nothing.
         """
-        return self._reconciler.rebuild(dry_run=dry_run, progress=progress)
+        return self._reconciler.rebuild(dry_run=valid.flag(dry_run, "dry_run"), progress=progress)
 
     def sync_runs(self, limit: int = 20) -> list[SyncRun]:
         """The most recent verify / rebuild runs, newest first."""
@@ -327,7 +338,7 @@ class BalanceService:
 
     def sync_fixes(self, run_id: int) -> list[ColumnChange]:
         """Every cache column a run rewrote, with old and new values."""
-        return self._reconciler.fixes(run_id)
+        return self._reconciler.fixes(valid.row_id(run_id, "run id"))
 
     def run_scheduled_job(
         self, job: str, scheduled_for: datetime
@@ -338,7 +349,8 @@ class BalanceService:
         """
         if job not in ("verify-fix", "rebuild"):
             raise InvalidRequest(f"unknown job {job!r}: use verify-fix or rebuild")
-        return self._reconciler.run_scheduled(job, scheduled_for)
+        slot = valid.instant(scheduled_for, "scheduled_for")
+        return self._reconciler.run_scheduled(job, slot)
 
     def _post(self, movement: _Movement) -> Transaction:
         posted = self._db.write(lambda conn: _apply(conn, movement))
@@ -396,21 +408,18 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
     if account is None:
         raise AccountNotFound(movement.user_id)
 
+    # Currency first: a request in the wrong currency is wrong, retried or not.
+    if movement.currency is not None and movement.currency != account.currency:
+        raise CurrencyMismatch(account.user_id, account.currency, movement.currency)
+
     if movement.idempotency_key is not None:
         replayed = _replay(conn, movement, movement.idempotency_key)
         if replayed is not None:
             return _Posted(replayed, status_change=None)
 
-    if movement.currency is not None and movement.currency != account.currency:
-        raise CurrencyMismatch(account.user_id, account.currency, movement.currency)
-
     if movement.transaction_type is TransactionType.CHARGE:
         _check_chargeable(account, movement)
-    effect = EFFECTS[movement.transaction_type]
-    amount = movement.amount
-
-    new_balance = valid.in_bigint_range(account.balance + effect.balance * amount, "balance")
-    new_status = status_for(new_balance, account.credit_limit)
+    after = _moved(account, movement)  # every check passes before anything is written
     now = _now()
     transaction = queries.insert_transaction(
         conn,
@@ -419,7 +428,7 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
             "transaction_type": movement.transaction_type.value,
             "amount": movement.amount,
             "balance_before": account.balance,
-            "balance_after": new_balance,
+            "balance_after": after.balance,
             "service_type": movement.service_type,
             "description": movement.description,
             "reference_model": movement.reference_model,
@@ -431,26 +440,38 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
     queries.update_balance(
         conn,
         user_id=movement.user_id,
-        balance=new_balance,
-        total_recharged=valid.in_bigint_range(
-            account.total_recharged + effect.total_recharged * amount, "total"
-        ),
-        total_spent=valid.in_bigint_range(
-            account.total_spent + effect.total_spent * amount, "total"
-        ),
-        status=new_status,
+        balance=after.balance,
+        total_recharged=after.total_recharged,
+        total_spent=after.total_spent,
+        status=after.status,
         now=now,
     )
     change = None
-    if new_status is not account.status:
+    if after.status is not account.status:
         change = StatusChange(
             user_id=movement.user_id,
             old_status=account.status,
-            new_status=new_status,
-            balance=new_balance,
+            new_status=after.status,
+            balance=after.balance,
             transaction_id=transaction.id,
         )
     return _Posted(transaction, change)
+
+
+def _moved(account: Balance, movement: _Movement) -> Balance:
+    """The account after the movement; InvalidAmount if a figure would overflow BIGINT."""
+    effect = EFFECTS[movement.transaction_type]
+    amount = movement.amount
+    balance = account.balance + effect.balance * amount
+    recharged = account.total_recharged + effect.total_recharged * amount
+    spent = account.total_spent + effect.total_spent * amount
+    return dataclasses.replace(
+        account,
+        balance=valid.in_bigint_range(balance, "balance", amount=amount),
+        total_recharged=valid.in_bigint_range(recharged, "total_recharged", amount=amount),
+        total_spent=valid.in_bigint_range(spent, "total_spent", amount=amount),
+        status=status_for(balance, account.credit_limit),
+    )
 
 
 def _replay(conn: Connection, movement: _Movement, key: str) -> Transaction | None:

@@ -6,11 +6,12 @@ round trip, takes no lock and can leave nothing behind.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TypeGuard
 
 from babel.numbers import list_currencies
 
-from .errors import InvalidAmount, InvalidRequest
+from .errors import InvalidAmount, InvalidRequest, shown
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
@@ -25,7 +26,8 @@ TEXT_LIMITS = {
     "idempotency_key": 255,
 }
 
-_KNOWN_CURRENCIES = frozenset(list_currencies())
+# XXX ("no currency") and XTS (reserved for testing) are codes, but no account's money.
+_KNOWN_CURRENCIES = frozenset(list_currencies()) - {"XXX", "XTS"}
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -44,10 +46,10 @@ def amount(value: object) -> int:
     return value
 
 
-def in_bigint_range(value: int, what: str) -> int:
+def in_bigint_range(value: int, what: str, *, amount: int) -> int:
     """Guard a computed balance or total; an overflowing result refuses the amount."""
     if not BIGINT_MIN <= value <= BIGINT_MAX:
-        raise InvalidAmount(value, f"the resulting {what} would not fit in a 64-bit integer")
+        raise InvalidAmount(amount, f"the resulting {what} would not fit in a 64-bit integer")
     return value
 
 
@@ -55,7 +57,7 @@ def _bounded_int(value: object, what: str, low: int) -> int:
     if not _is_int(value):
         raise InvalidRequest(f"{what} must be an int, not {type(value).__name__}")
     if not low <= value <= BIGINT_MAX:
-        raise InvalidRequest(f"{what} must be between {low} and {BIGINT_MAX}, got {value}")
+        raise InvalidRequest(f"{what} must be between {low} and {BIGINT_MAX}, got {shown(value)}")
     return value
 
 
@@ -92,6 +94,10 @@ def text(field: str, value: object, *, required: bool = False) -> str | None:
         raise InvalidRequest(f"{field} is {len(value)} characters long; the limit is {limit}")
     if "\x00" in value:
         raise InvalidRequest(f"{field} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:  # lone surrogates, e.g. from undecodable argv
+        raise InvalidRequest(f"{field} is not valid Unicode text: {error.reason}") from None
     return value
 
 
@@ -110,9 +116,26 @@ def idempotency_key(value: object) -> str | None:
 
 def page_size(value: object) -> int:
     if not _is_int(value) or not 1 <= value <= 1000:
-        raise InvalidRequest(f"limit must be an int between 1 and 1000, got {value!r}")
+        raise InvalidRequest(f"limit must be an int between 1 and 1000, got {shown(value)}")
     return value
 
 
 def optional_row_id(value: object) -> int | None:
     return None if value is None else _bounded_int(value, "before_id", 1)
+
+
+def row_id(value: object, what: str) -> int:
+    return _bounded_int(value, what, 1)
+
+
+def flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{what} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def instant(value: object, what: str) -> datetime:
+    """An aware datetime (a point in time, not a wall-clock reading)."""
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise InvalidRequest(f"{what} must be a timezone-aware datetime, got {shown(value)}")
+    return value

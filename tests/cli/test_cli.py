@@ -133,3 +133,36 @@ def test_demo_races_corrupts_fixes_and_reports_every_check_held(tmp_path: Path, 
     assert "✘" not in out
     with BalanceService.from_url(f"sqlite:///{tmp_path / 'demo.db'}") as svc:
         assert svc.get_balance(1).balance == 0
+
+
+def test_stored_text_is_shown_verbatim_never_as_markup(balance):
+    balance("account", "open", "1")
+    balance("recharge", "1", "100")
+    text = "[/bold] [red]x[/red] [link=http://evil]click[/link]"
+    assert balance("charge", "1", "1", "api[/]", "--description", text)[0] == 0
+    code, out, err = balance("history", "1")
+    assert code == 0
+    assert "[red]x[/red]" in out
+    assert "api[/]" in out
+    assert err == ""
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nonsense", "oracle://x@y/z", "postgresql+psycopg://nobody@127.0.0.1:1/none"],
+)
+def test_unusable_database_exits_2_with_one_line(url, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--database-url", url, "db", "upgrade"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err.startswith("error: ")
+    assert err.strip().count("\n") == 0
+
+
+def test_demo_in_a_missing_directory_exits_2_with_one_line(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--path", str(tmp_path / "missing" / "demo.db")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert err.strip().count("\n") == 0

@@ -11,7 +11,7 @@ import pytest
 
 from balance_ledger import BalanceService
 from balance_ledger.cli import main
-from balance_ledger.jobs.scheduler import build_scheduler, run_job
+from balance_ledger.jobs.scheduler import build_scheduler, cron_trigger, run_job, slot_of
 
 
 @pytest.fixture
@@ -155,10 +155,19 @@ def test_scheduler_times_and_timezone_are_configurable(svc):
 
 def test_scheduled_job_records_one_run_per_slot(svc, account_factory):
     account_factory(balance=10)
-    run_job(svc, "verify-fix", "UTC")
-    run_job(svc, "verify-fix", "UTC")  # same minute: the same slot
+    trigger = cron_trigger("0 2 * * *", "UTC")
+    run_job(svc, "verify-fix", trigger, now=datetime(2026, 11, 25, 2, 0, 1, tzinfo=UTC))
+    # Another host whose scheduler fired 40 minutes late: the same slot, so no second run.
+    run_job(svc, "verify-fix", trigger, now=datetime(2026, 11, 25, 2, 40, tzinfo=UTC))
     (run,) = svc.sync_runs()
-    assert (run.kind, run.fix, run.scheduled_for.second) == ("verify", True, 0)
+    assert (run.kind, run.fix) == ("verify", True)
+    assert run.scheduled_for == datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
+
+
+def test_slot_is_the_latest_fire_time_not_after_the_firing():
+    trigger = cron_trigger("0 3 1 * *", "Asia/Ho_Chi_Minh")
+    late = datetime(2026, 12, 1, 3, 59, tzinfo=trigger.timezone)
+    assert slot_of(trigger, late) == datetime(2026, 12, 1, 3, 0, tzinfo=trigger.timezone)
 
 
 @pytest.mark.parametrize(

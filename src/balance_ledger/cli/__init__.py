@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -12,6 +13,8 @@ from . import sync as _sync  # noqa: F401  (registers its commands on app)
 from .app import app
 
 __all__ = ["app", "main"]
+
+log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 1  # the ledger refused the operation (insufficient balance, …) / out of sync
 EXIT_ERROR = 2  # malformed command line or argument, or the database failed
@@ -38,4 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
+    except Exception as error:  # a bug: still one line; `balance -v` logs the traceback
+        log.exception("unexpected error")
+        err.print(f"error: unexpected {type(error).__name__}: {error}", markup=False)
+        sys.exit(EXIT_ERROR)
     sys.exit(code if isinstance(code, int) else 0)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from babel.numbers import get_currency_precision
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -88,9 +89,9 @@ def history_table(transactions: list[Transaction], currency: str) -> Table:
             tx.transaction_type.value,
             signed_money(tx.balance_after - tx.balance_before, currency),
             money(tx.balance_after, currency),
-            tx.service_type or "",
-            tx.description or "",
-            reference,
+            escape(tx.service_type or ""),
+            escape(tx.description or ""),
+            escape(reference),
         )
     return table
 
@@ -135,7 +136,7 @@ def errors_table(errors: list[SyncError]) -> Table:
     table.add_column("Problem")
     for error in errors:
         row_id = "" if error.transaction_id is None else str(error.transaction_id)
-        table.add_row(str(error.user_id), row_id, error.message)
+        table.add_row(str(error.user_id), row_id, escape(error.message))
     return table
 
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -164,8 +165,9 @@ def scheduler(
         _service(ctx), verify_cron=verify_cron, rebuild_cron=rebuild_cron, timezone=timezone
     )
     for job in runner.get_jobs():
-        console.print(f"{job.name}: {job.trigger} ({timezone})")
+        console.print(escape(f"{job.name}: {job.trigger} ({timezone})"))
     try:
         runner.start()
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         runner.shutdown(wait=False)
+        raise typer.Exit(130) from None

@@ -37,9 +37,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
+from ..errors import InvalidRequest, shown
 from .tables import balance_job_locks
 
 # Execution option a write transaction carries; SQLite's begin hook reads it.
@@ -72,6 +73,18 @@ class Backend:
             return bool(args) and args[0] in _MARIADB_RETRYABLE
         # SQLite: the busy timeout ran out waiting for another writer.
         return "database is locked" in str(original) or "database is busy" in str(original)
+
+    def insert_if_absent(
+        self, conn: Connection, table: Table, row: dict[str, Any], *, key: str
+    ) -> None:
+        """Insert ``row`` unless a row with the same ``key`` exists (never an error for it)."""
+        if self.name == "mariadb":
+            # A no-op update, not INSERT IGNORE, which would also swallow CHECK violations.
+            stmt: Any = mysql.insert(table).on_duplicate_key_update({key: table.c[key]})
+        else:
+            dialect_insert = postgresql.insert if self.name == "postgresql" else sqlite.insert
+            stmt = dialect_insert(table).on_conflict_do_nothing(index_elements=[key])
+        conn.execute(stmt, [row])
 
     def upsert(
         self, conn: Connection, table: Table, rows: list[dict[str, Any]], *, key: str
@@ -137,12 +150,18 @@ def backend_of(engine: Engine) -> Backend:
         return Backend(name, single_connection=_is_memory(engine.url))
     if name == "postgresql":
         return Backend(name)
-    raise ValueError(f"unsupported database {name!r}: use SQLite, PostgreSQL or MariaDB")
+    raise InvalidRequest(f"unsupported database {name!r}: use SQLite, PostgreSQL or MariaDB")
 
 
 def create_ledger_engine(url: str | URL, **options: Any) -> Engine:
     """An engine configured for the ledger on whichever backend ``url`` names."""
-    url = make_url(url)
+    try:
+        return _create_ledger_engine(make_url(url), options)
+    except (ArgumentError, NoSuchModuleError, ImportError) as error:
+        raise InvalidRequest(f"cannot use database URL {shown(str(url))}: {error}") from error
+
+
+def _create_ledger_engine(url: URL, options: dict[str, Any]) -> Engine:
     backend = url.get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(url, options)
@@ -152,11 +171,12 @@ def create_ledger_engine(url: str | URL, **options: Any) -> Engine:
         # READ COMMITTED: a plain SELECT after the row lock sees rows committed by the
         # previous lock holder (REPEATABLE READ could keep an older snapshot).
         options.setdefault("isolation_level", "READ COMMITTED")
-        if "charset" not in url.query:
-            url = url.update_query_dict({"charset": "utf8mb4"})
+        if url.query.get("charset", "utf8mb4") != "utf8mb4":
+            raise InvalidRequest("MariaDB connections must use charset=utf8mb4")
+        url = url.update_query_dict({"charset": "utf8mb4"})
         options.setdefault("pool_recycle", 3600)
     else:
-        raise ValueError(f"unsupported database {backend!r}: use sqlite, postgresql or mysql")
+        raise InvalidRequest(f"unsupported database {backend!r}: use sqlite, postgresql or mysql")
     options.setdefault("pool_pre_ping", True)
     return create_engine(url, **options)
 
@@ -174,24 +194,41 @@ def _sqlite_engine(url: URL, options: dict[str, Any]) -> Engine:
         for pool_only in ("pool_size", "max_overflow", "pool_timeout"):
             options.pop(pool_only, None)
     engine = create_engine(url, **options)
-
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's begin hook, not the driver, decide when transactions start.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA foreign_keys = ON")
-        if not _is_memory(url):
-            cursor.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer
-        cursor.execute("PRAGMA synchronous = FULL")  # a committed charge survives power loss
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        write = connection.get_execution_options().get(WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
+    prepare_sqlite(engine)
     return engine
+
+
+def prepare_sqlite(engine: Engine) -> None:
+    """Install the connection and BEGIN hooks the ledger's locking relies on (idempotent).
+
+    Also applied to SQLite engines the caller built, which lack them: without
+    ``BEGIN IMMEDIATE`` two writers could both read a balance and both debit it.
+    """
+    if event.contains(engine, "begin", _sqlite_begin):
+        return
+    if _is_memory(engine.url) and not isinstance(engine.pool, StaticPool):
+        raise InvalidRequest(
+            "an in-memory SQLite engine must use StaticPool (one shared connection); "
+            "BalanceService.from_url('sqlite://') builds one"
+        )
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    engine.dispose()  # connections opened before the hooks would lack them
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let the begin hook, not the driver, decide when transactions start.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA journal_mode = WAL")  # readers never wait; a no-op in memory
+    cursor.execute("PRAGMA synchronous = FULL")  # a committed charge survives power loss
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    write = connection.get_execution_options().get(WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 @contextmanager

@@ -59,21 +59,27 @@ def lock_balance(conn: Connection, user_id: int) -> Balance | None:
 
 
 def insert_balance(
-    conn: Connection, *, user_id: int, currency: str, credit_limit: int, now: datetime
+    conn: Connection,
+    backend: Backend,
+    *,
+    user_id: int,
+    currency: str,
+    credit_limit: int,
+    now: datetime,
 ) -> None:
-    conn.execute(
-        insert(balances).values(
-            user_id=user_id,
-            currency=currency,
-            balance=0,
-            total_recharged=0,
-            total_spent=0,
-            credit_limit=credit_limit,
-            status=AccountStatus.ACTIVE.value,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    """Create the account's balance row unless it exists (then nothing changes)."""
+    row = {
+        "user_id": user_id,
+        "currency": currency,
+        "balance": 0,
+        "total_recharged": 0,
+        "total_spent": 0,
+        "credit_limit": credit_limit,
+        "status": AccountStatus.ACTIVE.value,
+        "created_at": now,
+        "updated_at": now,
+    }
+    backend.insert_if_absent(conn, balances, row, key="user_id")
 
 
 def update_balance(
@@ -223,7 +229,7 @@ def _rows_to_verify(low: int, high: int, incremental: bool) -> Subquery:
         .where(balances.c.user_id.between(low, high), checkpoints.c.user_id.is_(None))
     )
     from_start = select(*columns, literal(0).label("start_after")).where(
-        ledger.c.user_id.in_(never_verified)
+        ledger.c.user_id.between(low, high), ledger.c.user_id.in_(never_verified)
     )
     return union_all(after_checkpoint, from_start).subquery("rows")
 

@@ -19,12 +19,18 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..errors import RetriesExhausted, SchemaMissing, StorageError
-from .dialects import WRITE_OPTION, Backend, backend_of
+from ..errors import InvalidRequest, RetriesExhausted, SchemaMissing, StorageError
+from .dialects import WRITE_OPTION, Backend, backend_of, prepare_sqlite
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+
+def _one_line(cause: object) -> str:
+    # Drivers put DETAIL / HINT / the SQL on further lines; an error message is one line.
+    text = str(cause).split("\n[SQL:", 1)[0]
+    return " ".join(text.split())
 
 
 def _backoff(attempt: int) -> float:
@@ -34,8 +40,12 @@ def _backoff(attempt: int) -> float:
 
 class Database:
     def __init__(self, engine: Engine, *, max_attempts: int = 8) -> None:
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise InvalidRequest(f"max_attempts must be an int of at least 1, got {max_attempts!r}")
         self.engine = engine
         self.backend: Backend = backend_of(engine)
+        if self.backend.name == "sqlite":
+            prepare_sqlite(engine)
         self.max_attempts = max_attempts
         self._turn: AbstractContextManager[object] = (
             threading.Lock() if self.backend.single_connection else nullcontext()
@@ -57,14 +67,28 @@ class Database:
                     with conn.begin():
                         return work(conn)
             except DBAPIError as error:
-                if self.backend.is_missing_table(error):
-                    raise SchemaMissing(error.orig) from error
-                if not self.backend.is_retryable(error):
-                    raise StorageError(f"database error: {error.orig}") from error
-                if attempt == self.max_attempts:
-                    raise RetriesExhausted(attempt, error.orig or error) from error
+                if not self.backend.is_retryable(error) or attempt == self.max_attempts:
+                    raise self._storage_error(error, attempt) from error
                 log.info("transaction aborted by the server (%s); retry %d", error.orig, attempt)
                 time.sleep(_backoff(attempt))
             except SQLAlchemyError as error:  # pool timeout and the like
-                raise StorageError(f"database error: {error}") from error
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise self._storage_error(error, attempt) from error
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def run_outside_transaction(self, work: Callable[[Engine], T]) -> T:
+        """Run ``work`` that manages its own transactions (migrations), mapping errors."""
+        try:
+            return work(self.engine)
+        except SQLAlchemyError as error:
+            raise self._storage_error(error, attempt=1) from error
+
+    def _storage_error(self, error: SQLAlchemyError, attempt: int) -> StorageError:
+        """The typed error for a driver error, with a one-line message (no SQL, no DETAIL)."""
+        cause = getattr(error, "orig", None) or error
+        if isinstance(error, DBAPIError):
+            if self.backend.is_missing_table(error):
+                return SchemaMissing(_one_line(cause))
+            if self.backend.is_retryable(error):
+                return RetriesExhausted(attempt, _one_line(cause))
+            return StorageError(f"database error: {_one_line(cause)}")
+        return StorageError(f"database error: {type(error).__name__}: {_one_line(cause)}")

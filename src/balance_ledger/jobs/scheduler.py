@@ -1,14 +1,14 @@
 """``balance scheduler``: run the reconciliation schedule in-process.
 
-Each firing calls ``BalanceService.run_scheduled_job`` for its slot (the fire time,
-to the minute), which takes a cross-host database lock and records the slot, so
-several schedulers on several hosts run each job once.
+Each firing calls ``BalanceService.run_scheduled_job`` for its slot (the cron fire
+time it belongs to), which takes a cross-host database lock and records the slot,
+so several schedulers on several hosts run each job once.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 DEFAULT_VERIFY_CRON = "0 2 * * *"  # daily at 02:00: verify-sync --fix
 DEFAULT_REBUILD_CRON = "0 3 1 * *"  # the 1st of each month at 03:00: --rebuild
 DEFAULT_TIMEZONE = "UTC"
+MISFIRE_GRACE_SECONDS = 3600  # a firing up to an hour late still runs (once)
 
 
 def time_zone(name: str) -> ZoneInfo:
@@ -38,9 +39,26 @@ def cron_trigger(expression: str, timezone: str) -> CronTrigger:
         raise InvalidRequest(f"invalid cron expression {expression!r}: {error}") from error
 
 
-def run_job(svc: BalanceService, job: str, timezone: str) -> None:
-    """One firing: its slot is the fire time truncated to the minute."""
-    slot = datetime.now(time_zone(timezone)).replace(second=0, microsecond=0)
+def slot_of(trigger: CronTrigger, now: datetime) -> datetime:
+    """The schedule slot a firing at ``now`` belongs to: the latest fire time ≤ now.
+
+    Every host computes the same slot from the cron expression, however late its
+    scheduler fires (within the misfire grace time), so the slot identifies the run.
+    """
+    earliest = now - timedelta(seconds=MISFIRE_GRACE_SECONDS)
+    slot = None
+    fire = trigger.get_next_fire_time(None, earliest)
+    while fire is not None and fire <= now:
+        slot = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+    return slot or now.replace(second=0, microsecond=0)
+
+
+def run_job(
+    svc: BalanceService, job: str, trigger: CronTrigger, now: datetime | None = None
+) -> None:
+    """One firing of ``job``: run it for its slot, once across every runner."""
+    slot = slot_of(trigger, now or datetime.now(trigger.timezone))
     try:
         result = svc.run_scheduled_job(job, slot)
     except Exception:
@@ -59,14 +77,15 @@ def build_scheduler(
 ) -> BlockingScheduler:
     scheduler = BlockingScheduler(timezone=time_zone(timezone))
     for job, expression in (("verify-fix", verify_cron), ("rebuild", rebuild_cron)):
+        trigger = cron_trigger(expression, timezone)
         scheduler.add_job(
             run_job,
-            cron_trigger(expression, timezone),
-            args=(svc, job, timezone),
+            trigger,
+            args=(svc, job, trigger),
             id=job,
             name=f"balance {job}",
             max_instances=1,  # in this process; the database lock covers other hosts
             coalesce=True,  # after downtime, run a missed slot once, not once per slot
-            misfire_grace_time=3600,
+            misfire_grace_time=MISFIRE_GRACE_SECONDS,
         )
     return scheduler

@@ -19,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 MARIADB_TABLE = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
+    "mysql_collate": "utf8mb4_nopad_bin",
 }
 
 
