@@ -17,15 +17,12 @@ from sqlalchemy import create_engine, make_url, select
 
 from balance_ledger import Balance, BalanceService
 from balance_ledger.db.tables import metadata, user_balance_transactions, user_balances
-from tests.databases import recreate_database
+from tests.databases import recreate_database, server_url
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
 TEST_DATABASE = "balance_ledger_test"
 SERVER_URLS = {
-    "postgresql": os.environ.get(
-        "BALANCE_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    ),
-    "mariadb": os.environ.get("BALANCE_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/"),
+    backend: server_url(backend, "BALANCE_TEST") for backend in ("postgresql", "mariadb")
 }
 
 

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 from sqlalchemy import create_engine, make_url, text
+
+DEFAULT_SERVER_URLS = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/",
+}
+
+
+def server_url(backend: str, env_prefix: str) -> str:
+    """The server of ``backend``: ``{env_prefix}_POSTGRESQL_URL`` etc., else the local one."""
+    return os.environ.get(f"{env_prefix}_{backend.upper()}_URL", DEFAULT_SERVER_URLS[backend])
 
 
 def recreate_database(server_url: str, name: str) -> str:

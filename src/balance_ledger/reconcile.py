@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -321,16 +322,10 @@ class Reconciler:
             else None
         )
         report = SyncReport(run_id=run_id)
-        try:
+        with self._failure_recorded(run_id, lambda: _verify_counts(report)):
             self._verify_into(
                 report, user_id, fix=fix, incremental=not full, record=record, progress=progress
             )
-        except BaseException as error:
-            if run_id is not None:
-                self._finish_run(
-                    run_id, _verify_counts(report), outcome="failed", message=str(error)
-                )
-            raise
         if run_id is not None:
             self._finish_run(run_id, _verify_counts(report), outcome=_outcome(report))
         log.info(
@@ -355,7 +350,7 @@ class Reconciler:
         progress: Progress | None,
     ) -> None:
         total = self._total(user_id)
-        for low, high, _count in self._chunks(user_id):
+        for low, high, _ in self._chunks(user_id):
             rows, breaks = self.db.read(
                 partial(self._scan, low=low, high=high, incremental=incremental)
             )
@@ -400,11 +395,18 @@ class Reconciler:
             report.errors.append(broken)
             log.error("%s", broken.message)
         if found is not None and fix:
-            found = self._fix(user_id, report)
-            if found is not None:
-                report.fixed += 1
-                report.details.append(UserSync(user_id, "fixed", found))
-                return
+            assert report.run_id is not None, "a fix is always recorded"
+            try:
+                fixed = self._fix(user_id, report.run_id)
+            except BalanceError as error:  # reported; the account stays out of sync
+                message = f"fix of account {user_id} failed: {error}"
+                report.errors.append(SyncError(user_id, None, message))
+            else:
+                if fixed is not None:
+                    report.fixed += 1
+                    report.details.append(UserSync(user_id, "fixed", fixed))
+                    return
+                found = None  # a commit between the scan and the lock already agreed
         if found is None:
             report.synced += 1
             if broken is not None:
@@ -415,10 +417,8 @@ class Reconciler:
         log.warning("account %s out of sync: %s", user_id, found.to_json())
         report.details.append(UserSync(user_id, "out_of_sync", found))
 
-    def _fix(self, user_id: int, report: SyncReport) -> Discrepancy | None:
+    def _fix(self, user_id: int, run_id: int) -> Discrepancy | None:
         """Lock the account, recompute inside the lock, rewrite only what is still wrong."""
-        assert report.run_id is not None, "a fix is always recorded"
-        run_id = report.run_id
 
         def work(conn: Connection) -> Discrepancy | None:
             account = queries.lock_balance(conn, user_id)
@@ -430,21 +430,13 @@ class Reconciler:
                 account.total_spent,
                 account.status.value,
             )
-            found = _discrepancy(
-                user_id, stored, queries.ledger_totals(conn, user_id), account.credit_limit
-            )
-            if found is None:
-                return None  # a commit between the scan and the lock already agreed
-            _rewrite(conn, run_id, found)
+            totals = queries.ledger_totals(conn, user_id)
+            found = _discrepancy(user_id, stored, totals, account.credit_limit)
+            if found is not None:
+                _rewrite(conn, run_id, found)
             return found
 
-        try:
-            fixed = self.db.write(work)
-        except BalanceError as error:
-            report.errors.append(
-                SyncError(user_id, None, f"fix of account {user_id} failed: {error}")
-            )
-            return None
+        fixed = self.db.write(work)
         if fixed is not None:
             log.warning("fixed account %s: %s", user_id, fixed.changed_columns())
         return fixed
@@ -486,21 +478,15 @@ class Reconciler:
         )
         report = RebuildReport(run_id=run_id, dry_run=dry_run)
         total = self._total(None)
-        try:
-            for low, high, _count in self._chunks(None):
+        with self._failure_recorded(run_id, lambda: _rebuild_counts(report)):
+            for low, high, count in self._chunks(None):
                 work = self._rebuild_chunk(low, high, run_id)
                 changes = self.db.read(work) if dry_run else self.db.write(work)
-                report.checked += _count
+                report.checked += count
                 report.changed += len({change.user_id for change in changes})
                 report.changes.extend(changes)
                 if progress is not None:
                     progress(report.checked, total)
-        except BaseException as error:
-            if run_id is not None:
-                self._finish_run(
-                    run_id, _rebuild_counts(report), outcome="failed", message=str(error)
-                )
-            raise
         if run_id is not None:
             outcome = "fixed" if report.changed else "in_sync"
             self._finish_run(run_id, _rebuild_counts(report), outcome=outcome)
@@ -548,6 +534,21 @@ class Reconciler:
             "started_at": _now(),
         }
         return self.db.write(lambda conn: queries.start_sync_run(conn, values))
+
+    @contextmanager
+    def _failure_recorded(
+        self, run_id: int | None, counts: Callable[[], dict[str, int]]
+    ) -> Iterator[None]:
+        """A run that raises is recorded as failed (with what it had counted), then re-raised."""
+        try:
+            yield
+        except BaseException as error:
+            if run_id is not None:
+                try:
+                    self._finish_run(run_id, counts(), outcome="failed", message=str(error))
+                except BalanceError:
+                    log.exception("could not record the failure of run %s", run_id)
+            raise
 
     def _finish_run(
         self, run_id: int, counts: dict[str, int], *, outcome: str, message: str | None = None

@@ -11,19 +11,6 @@ from balance_ledger import BalanceService
 from balance_ledger.cli import main
 
 
-@pytest.fixture
-def balance(database_url: str, capsys: pytest.CaptureFixture[str]):
-    """Run ``balance --database-url … ARGS``; return (exit code, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exited:
-            main(["--database-url", database_url, *args])
-        out, err = capsys.readouterr()
-        return exited.value.code, out, err
-
-    return run
-
-
 def test_account_open_recharge_charge_show(balance, svc: BalanceService):
     assert balance("account", "open", "5", "--currency", "USD")[0] == 0
     code, out, _ = balance("recharge", "5", "123456", "--idempotency-key", "pay-1")

@@ -15,17 +15,6 @@ from balance_ledger.jobs.scheduler import build_scheduler, cron_trigger, run_job
 
 
 @pytest.fixture
-def balance(database_url: str, capsys: pytest.CaptureFixture[str]):
-    def run(*args: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exited:
-            main(["--database-url", database_url, *args])
-        out, err = capsys.readouterr()
-        return exited.value.code, out, err
-
-    return run
-
-
-@pytest.fixture
 def drifted(svc: BalanceService, account_factory, corrupt) -> int:
     """Three accounts; the second one's cached balance is 50,000 too high."""
     for _ in range(3):

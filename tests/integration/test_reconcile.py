@@ -10,7 +10,7 @@ import sqlite3
 from contextlib import closing
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from balance_ledger import AccountNotFound, BalanceService, ColumnChange
 from balance_ledger.db.tables import balance_sync_checkpoints as checkpoints
@@ -316,3 +316,44 @@ def test_ledger_rows_without_a_balance_row_are_reported(svc, backend, account_fa
         500,
     )
     assert svc.get_balance(keep.user_id).balance == 10
+
+
+def test_a_run_that_fails_is_recorded_as_failed(svc, three_accounts):
+    def fail_the_chain_walk(conn, cursor, statement, parameters, context, many):
+        if "lag(" in statement.lower():
+            raise RuntimeError("disk on fire")
+
+    event.listen(svc.engine, "before_cursor_execute", fail_the_chain_walk)
+    try:
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            svc.verify_and_fix_balance()
+    finally:
+        event.remove(svc.engine, "before_cursor_execute", fail_the_chain_walk)
+
+    (run,) = svc.sync_runs()
+    assert (run.outcome, run.message) == ("failed", "disk on fire")
+    assert run.finished_at is not None
+
+
+def test_a_fix_that_fails_is_reported_and_the_account_stays_out_of_sync(
+    svc, three_accounts, corrupt
+):
+    corrupt(three_accounts[0], balance=0)
+
+    def break_cache_writes(conn, cursor, statement, parameters, context, many):
+        if statement.lstrip().upper().startswith("UPDATE USER_BALANCES"):
+            return "UPDATE user_balances SET status = 'bogus'", ()
+        return statement, parameters
+
+    event.listen(svc.engine, "before_cursor_execute", break_cache_writes, retval=True)
+    try:
+        report = svc.verify_and_fix_balance(fix=True)
+    finally:
+        event.remove(svc.engine, "before_cursor_execute", break_cache_writes)
+
+    assert (report.synced, report.fixed) == (2, 0)
+    (error,) = report.errors
+    assert error.message.startswith(f"fix of account {three_accounts[0]} failed")
+    assert [d.user_id for d in report.discrepancies] == [three_accounts[0]]
+    assert svc.sync_runs()[0].outcome == "out_of_sync"
+    assert svc.sync_fixes(report.run_id) == []
