@@ -41,7 +41,8 @@ def backend_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         try:
             url = recreate_database(SERVER_URLS[backend], TEST_DATABASE)
         except Exception as error:
-            reason = f"{backend} server not reachable at {SERVER_URLS[backend]}: {error}"
+            cause = " ".join(str(getattr(error, "orig", None) or error).split())
+            reason = f"{backend} server not reachable at {SERVER_URLS[backend]}: {cause}"
             if _required(backend):
                 pytest.fail(f"{reason} (required by BALANCE_TEST_REQUIRE)")
             pytest.skip(reason)
