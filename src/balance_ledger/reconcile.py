@@ -31,13 +31,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row
 
 from .db import queries
 from .db.transactions import Database
-from .errors import AccountNotFound, BalanceError
+from .errors import AccountNotFound, BalanceError, StorageError
 from .models import LedgerTotals, status_for
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ CHUNK_SIZE = 1_000
 JOB_LEASE = timedelta(hours=6)  # SQLite only: how long a crashed runner blocks its job
 
 Progress = Callable[[int, int], object]  # (accounts done, accounts in all)
+R = TypeVar("R")
 
 
 class _Serialisable:
@@ -108,7 +109,12 @@ class SyncError(_Serialisable):
 
 @dataclass(frozen=True, slots=True)
 class UserSync(_Serialisable):
-    """One account's outcome: ``in_sync``, ``out_of_sync``, ``fixed`` or ``chain_broken``."""
+    """One account's outcome: ``in_sync``, ``out_of_sync``, ``fixed`` or ``ledger_error``.
+
+    ``ledger_error``: the ledger itself is in doubt (a broken chain, history changed
+    since it was verified, rows the database cannot even sum); see ``SyncReport.errors``.
+    Such an account is never "fixed" from its ledger.
+    """
 
     user_id: int
     status: str
@@ -159,6 +165,7 @@ class RebuildReport(_Serialisable):
     checked: int = 0
     changed: int = 0  # accounts with at least one column changed
     changes: list[ColumnChange] = field(default_factory=list)
+    errors: list[SyncError] = field(default_factory=list)  # accounts left alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +256,7 @@ def _chain_errors(conn: Connection, low: int, high: int, incremental: bool) -> d
         if row.balance_before != row.previous_after:
             why = (
                 f"balance_before {row.balance_before} != previous balance_after "
-                f"{row.previous_after}"
+                f"{row.previous_after} (this row or the one before it was altered or removed)"
             )
         else:
             why = (
@@ -280,6 +287,28 @@ def _checkpoint(row: Row[Any], actual: LedgerTotals, now: datetime) -> dict[str,
     }
 
 
+def _stale_checkpoint(row: Row[Any]) -> SyncError | None:
+    """The checkpoint's last row must still be there, ending where the checkpoint says."""
+    if row.cp_last_transaction_id is None or row.anchor_balance_after == row.cp_last_balance_after:
+        return None
+    return SyncError(
+        row.user_id,
+        int(row.cp_last_transaction_id),
+        f"ledger row {row.cp_last_transaction_id} of account {row.user_id}, where its last "
+        "verification ended, was removed or altered; its checkpoint is dropped: run verify --full",
+    )
+
+
+def _history_changed(user_id: int, checkpoint_id: int | None) -> SyncError:
+    return SyncError(
+        user_id,
+        checkpoint_id,
+        f"the ledger of account {user_id} up to row {checkpoint_id} changed after it was "
+        "verified (its checkpoint's sums no longer match); its checkpoint is dropped: "
+        "run verify --full",
+    )
+
+
 # -- the runs -------------------------------------------------------------------------
 
 
@@ -290,20 +319,43 @@ class Reconciler:
         self.db = db
         self.chunk_size = chunk_size
 
-    def _chunks(self, user_id: int | None) -> Iterator[tuple[int, int, int]]:
-        """(low, high, accounts) of each chunk of user ids, read with keyset pagination."""
+    def _chunks(self, user_id: int | None) -> Iterator[list[int]]:
+        """The account ids of each chunk, read with keyset pagination."""
         if user_id is not None:
-            yield user_id, user_id, 1
+            yield [user_id]
             return
         after = 0
         while ids := self.db.read(
             partial(queries.next_user_ids, after=after, limit=self.chunk_size)
         ):
-            yield ids[0], ids[-1], len(ids)
+            yield ids
             after = ids[-1]
 
     def _total(self, user_id: int | None) -> int:
         return 1 if user_id is not None else self.db.read(queries.count_accounts)
+
+    def _chunk_or_each(
+        self, ids: list[int], run: Callable[[int, int], R]
+    ) -> tuple[list[R], list[SyncError]]:
+        """``run(low, high)`` over the chunk; if the database refuses that, over each account.
+
+        A corrupt row (an amount whose sum overflows 64 bits, say) makes the chunk's SQL
+        fail; alone, it fails only its own account, which becomes an error instead of
+        stopping the run. A database that is down still raises.
+        """
+        try:
+            return [run(ids[0], ids[-1])], []
+        except StorageError:
+            self.db.read(queries.ping)  # raises again if the database itself is the problem
+        results: list[R] = []
+        errors: list[SyncError] = []
+        for user_id in ids:
+            try:
+                results.append(run(user_id, user_id))
+            except StorageError as error:
+                message = f"account {user_id} could not be checked: {error}"
+                errors.append(SyncError(user_id, None, message))
+        return results, errors
 
     def verify(
         self,
@@ -316,6 +368,10 @@ class Reconciler:
         progress: Progress | None = None,
     ) -> SyncReport:
         """Compare (and with ``fix``, repair) the cache; ``record=False`` writes nothing."""
+        if user_id is not None and not self.db.read(
+            partial(queries.account_exists, user_id=user_id)
+        ):
+            raise AccountNotFound(user_id)
         run_id = (
             self._start_run("verify", fix=fix, full=full, user_id=user_id, at=scheduled_for)
             if record
@@ -350,50 +406,92 @@ class Reconciler:
         progress: Progress | None,
     ) -> None:
         total = self._total(user_id)
-        for low, high, _ in self._chunks(user_id):
-            rows, breaks = self.db.read(
-                partial(self._scan, low=low, high=high, incremental=incremental)
+        for ids in self._chunks(user_id):
+            scans, unreadable = self._chunk_or_each(
+                ids, partial(self._scan, incremental=incremental)
             )
             now = _now()
-            checkpoints = []
-            for row in rows:
-                actual = _actual(row)
-                found = _discrepancy(row.user_id, _stored(row), actual, int(row.credit_limit))
-                self._account_outcome(
-                    report, row.user_id, found, breaks.get(row.user_id), fix, user_id
-                )
-                if row.user_id not in breaks and (point := _checkpoint(row, actual, now)):
-                    checkpoints.append(point)
-            if record and checkpoints:
+            checkpoints: list[dict[str, Any]] = []
+            dropped: list[int] = []
+            for rows, breaks in scans:
+                for row in rows:
+                    found, problem = self._judge(row, breaks.get(row.user_id), incremental)
+                    if problem is not None:
+                        dropped.append(row.user_id)
+                    elif point := _checkpoint(row, _actual(row), now):
+                        checkpoints.append(point)
+                    self._account_outcome(report, row.user_id, found, problem, fix, user_id)
+            for error in unreadable:
+                dropped.append(error.user_id)
+                self._account_outcome(report, error.user_id, None, error, fix, user_id)
+            if record and (checkpoints or dropped):
                 self.db.write(
-                    partial(queries.save_checkpoints, backend=self.db.backend, rows=checkpoints)
+                    partial(
+                        queries.save_checkpoints,
+                        backend=self.db.backend,
+                        rows=checkpoints,
+                        drop=dropped,
+                    )
                 )
             if progress is not None:
                 progress(report.checked, total)
         if user_id is not None or not incremental:
             self._check_orphans(report, user_id)
-        if user_id is not None and report.checked == 0:
-            raise AccountNotFound(user_id)
 
     def _scan(
-        self, conn: Connection, low: int, high: int, incremental: bool
+        self, low: int, high: int, *, incremental: bool
     ) -> tuple[list[Row[Any]], dict[int, SyncError]]:
-        rows = queries.compare_chunk(conn, low, high, incremental=incremental)
-        return rows, _chain_errors(conn, low, high, incremental)
+        def work(conn: Connection) -> tuple[list[Row[Any]], dict[int, SyncError]]:
+            rows = queries.compare_chunk(conn, low, high, incremental=incremental)
+            return rows, _chain_errors(conn, low, high, incremental)
+
+        return self.db.read(work)
+
+    def _judge(
+        self, row: Row[Any], broken: SyncError | None, incremental: bool
+    ) -> tuple[Discrepancy | None, SyncError | None]:
+        """(discrepancy, ledger problem) of one scanned account."""
+        problem = broken or (_stale_checkpoint(row) if incremental else None)
+        if problem is not None:
+            return None, problem
+        found = _discrepancy(row.user_id, _stored(row), _actual(row), int(row.credit_limit))
+        if found is not None and incremental:
+            return self._confirm(row)
+        return found, None
+
+    def _confirm(self, row: Row[Any]) -> tuple[Discrepancy | None, SyncError | None]:
+        """Re-check an incremental discrepancy against the account's whole ledger.
+
+        If the whole ledger agrees with the cache, the checkpoint's sums are what is
+        wrong: history before it changed since it was verified.
+        """
+        full = self.db.read(
+            partial(queries.compare_chunk, low=row.user_id, high=row.user_id, incremental=False)
+        )
+        if not full:
+            return None, None  # the account is gone
+        again = full[0]
+        found = _discrepancy(row.user_id, _stored(again), _actual(again), int(again.credit_limit))
+        if found is None:
+            return None, _history_changed(row.user_id, row.cp_last_transaction_id)
+        return found, None
 
     def _account_outcome(
         self,
         report: SyncReport,
         user_id: int,
         found: Discrepancy | None,
-        broken: SyncError | None,
+        problem: SyncError | None,
         fix: bool,
         asked_for: int | None,
     ) -> None:
         report.checked += 1
-        if broken is not None:
-            report.errors.append(broken)
-            log.error("%s", broken.message)
+        if problem is not None:
+            # The ledger itself is in doubt: report it; never copy it into the cache.
+            report.errors.append(problem)
+            report.details.append(UserSync(user_id, "ledger_error", found))
+            log.error("%s", problem.message)
+            return
         if found is not None and fix:
             assert report.run_id is not None, "a fix is always recorded"
             try:
@@ -409,9 +507,7 @@ class Reconciler:
                 found = None  # a commit between the scan and the lock already agreed
         if found is None:
             report.synced += 1
-            if broken is not None:
-                report.details.append(UserSync(user_id, "chain_broken"))
-            elif asked_for is not None:
+            if asked_for is not None:
                 report.details.append(UserSync(user_id, "in_sync"))
             return
         log.warning("account %s out of sync: %s", user_id, found.to_json())
@@ -470,7 +566,11 @@ class Reconciler:
         scheduled_for: datetime | None = None,
         progress: Progress | None = None,
     ) -> RebuildReport:
-        """Recompute every cache column from the ledger, chunk by chunk under its locks."""
+        """Recompute every cache column from the ledger, chunk by chunk under its locks.
+
+        An account whose ledger chain is broken is reported and left as it is: its
+        ledger must be restored first, or the damage would be copied into the cache.
+        """
         run_id = (
             None
             if dry_run
@@ -478,35 +578,44 @@ class Reconciler:
         )
         report = RebuildReport(run_id=run_id, dry_run=dry_run)
         total = self._total(None)
+        transaction = self.db.read if dry_run else self.db.write
         with self._failure_recorded(run_id, lambda: _rebuild_counts(report)):
-            for low, high, count in self._chunks(None):
-                work = self._rebuild_chunk(low, high, run_id)
-                changes = self.db.read(work) if dry_run else self.db.write(work)
-                report.checked += count
-                report.changed += len({change.user_id for change in changes})
-                report.changes.extend(changes)
+            for ids in self._chunks(None):
+                results, unreadable = self._chunk_or_each(
+                    ids, lambda low, high: transaction(self._rebuild_chunk(low, high, run_id))
+                )
+                for changes, broken in results:
+                    report.changed += len({change.user_id for change in changes})
+                    report.changes.extend(changes)
+                    report.errors.extend(broken)
+                report.errors.extend(unreadable)
+                report.checked += len(ids)
                 if progress is not None:
                     progress(report.checked, total)
         if run_id is not None:
-            outcome = "fixed" if report.changed else "in_sync"
+            outcome = "out_of_sync" if report.errors else "fixed" if report.changed else "in_sync"
             self._finish_run(run_id, _rebuild_counts(report), outcome=outcome)
         log.info(
-            "rebuild run %s (dry run: %s): %d accounts, %d changed",
+            "rebuild run %s (dry run: %s): %d accounts, %d changed, %d errors",
             run_id,
             dry_run,
             report.checked,
             report.changed,
+            len(report.errors),
         )
         return report
 
     def _rebuild_chunk(
         self, low: int, high: int, run_id: int | None
-    ) -> Callable[[Connection], list[ColumnChange]]:
-        def work(conn: Connection) -> list[ColumnChange]:
+    ) -> Callable[[Connection], tuple[list[ColumnChange], list[SyncError]]]:
+        def work(conn: Connection) -> tuple[list[ColumnChange], list[SyncError]]:
             if run_id is not None:
                 queries.lock_balances(conn, low, high)
+            broken = _chain_errors(conn, low, high, incremental=False)
             changes: list[ColumnChange] = []
             for row in queries.compare_chunk(conn, low, high, incremental=False):
+                if row.user_id in broken:
+                    continue
                 found = _discrepancy(row.user_id, _stored(row), _actual(row), int(row.credit_limit))
                 if found is None:
                     continue
@@ -516,7 +625,7 @@ class Reconciler:
                 )
                 if run_id is not None:
                     _rewrite(conn, run_id, found)
-            return changes
+            return changes, list(broken.values())
 
         return work
 
@@ -652,8 +761,8 @@ def _verify_counts(report: SyncReport) -> dict[str, int]:
 def _rebuild_counts(report: RebuildReport) -> dict[str, int]:
     return {
         "checked": report.checked,
-        "synced": report.checked - report.changed,
+        "synced": report.checked - report.changed - len(report.errors),
         "fixed": report.changed,
         "discrepancies": report.changed,
-        "errors": 0,
+        "errors": len(report.errors),
     }

@@ -212,6 +212,7 @@ def test_verify_stores_a_checkpoint_per_account(svc, three_accounts):
 def test_incremental_verify_reads_only_rows_after_the_checkpoint(svc, account_factory):
     account = account_factory(balance=1_000)
     old = svc.charge_service(account.user_id, 10, "vps")
+    svc.charge_service(account.user_id, 10, "vps")
     svc.verify_and_fix_balance()
     # Tamper with a row the checkpoint already covers: an incremental run cannot see it...
     shift_snapshot(svc, old.id, 3)
@@ -226,6 +227,53 @@ def test_incremental_verify_reads_only_rows_after_the_checkpoint(svc, account_fa
     assert error.transaction_id == old.id
 
 
+def test_a_full_run_finding_a_break_drops_the_checkpoint_so_it_stays_reported(svc, account_factory):
+    account = account_factory(balance=1_000)
+    old = svc.charge_service(account.user_id, 10, "vps")
+    svc.charge_service(account.user_id, 10, "vps")
+    svc.verify_and_fix_balance()
+    shift_snapshot(svc, old.id, 3)
+
+    assert svc.verify_and_fix_balance(full=True).errors[0].transaction_id == old.id
+
+    assert checkpoint_of(svc, account.user_id) is None
+    assert svc.verify_and_fix_balance().errors[0].transaction_id == old.id
+
+
+def test_incremental_verify_notices_the_checkpoint_row_was_altered(svc, account_factory):
+    account = account_factory(balance=1_000)
+    last = svc.charge_service(account.user_id, 10, "vps")
+    svc.verify_and_fix_balance()
+    shift_snapshot(svc, last.id, 2)
+
+    (error,) = svc.verify_and_fix_balance().errors
+
+    assert error.transaction_id == last.id
+    assert "removed or altered" in error.message
+    assert checkpoint_of(svc, account.user_id) is None
+
+
+def test_incremental_verify_notices_history_changed_behind_the_checkpoint(
+    svc, account_factory, corrupt
+):
+    account = account_factory(balance=1_000)
+    old = svc.charge_service(account.user_id, 10, "vps")
+    svc.charge_service(account.user_id, 10, "vps")
+    svc.verify_and_fix_balance()
+    # Remove an old row and make the cache agree with what is left: the checkpoint's
+    # sums are now the only witness of the old history.
+    with svc.engine.begin() as conn:
+        conn.execute(ledger.delete().where(ledger.c.id == old.id))
+    corrupt(account.user_id, balance=990, total_spent=10)
+
+    report = svc.verify_and_fix_balance(fix=True)
+
+    (error,) = report.errors
+    assert "changed after it was verified" in error.message
+    assert report.fixed == 0
+    assert svc.get_balance(account.user_id).balance == 990
+
+
 def test_incremental_verify_checks_new_rows_against_the_checkpoint(svc, account_factory):
     account = account_factory(balance=1_000)
     svc.verify_and_fix_balance()
@@ -235,8 +283,8 @@ def test_incremental_verify_checks_new_rows_against_the_checkpoint(svc, account_
     (error,) = svc.verify_and_fix_balance().errors
 
     assert error.transaction_id == new.id
-    # A broken chain never advances the checkpoint: the next run reports it again.
-    assert checkpoint_of(svc, account.user_id).last_transaction_id < new.id
+    # A broken chain drops the checkpoint: the next run re-reads and reports it again.
+    assert checkpoint_of(svc, account.user_id) is None
     assert svc.verify_and_fix_balance().errors[0].transaction_id == new.id
 
 
@@ -357,3 +405,68 @@ def test_a_fix_that_fails_is_reported_and_the_account_stays_out_of_sync(
     assert [d.user_id for d in report.discrepancies] == [three_accounts[0]]
     assert svc.sync_runs()[0].outcome == "out_of_sync"
     assert svc.sync_fixes(report.run_id) == []
+
+
+def test_fix_never_copies_a_damaged_ledger_into_the_cache(svc, account_factory):
+    account = account_factory(balance=1_000)
+    charge = svc.charge_service(account.user_id, 100, "vps")
+    svc.charge_service(account.user_id, 100, "vps")
+    # The CHECK constraints allow a refund of any shape: turn a charge into one.
+    with svc.engine.begin() as conn:
+        conn.execute(
+            ledger.update().where(ledger.c.id == charge.id).values(transaction_type="refund")
+        )
+
+    report = svc.verify_and_fix_balance(full=True, fix=True)
+
+    (error,) = report.errors
+    assert error.transaction_id == charge.id
+    assert report.fixed == 0
+    assert [(d.user_id, d.status) for d in report.details] == [(account.user_id, "ledger_error")]
+    assert svc.get_balance(account.user_id).balance == 800
+
+
+def test_rebuild_leaves_an_account_with_a_broken_chain_alone(svc, account_factory, corrupt):
+    damaged, drifted = account_factory(balance=1_000), account_factory(balance=1_000)
+    rows = [svc.charge_service(damaged.user_id, 10, "vps") for _ in range(2)]
+    shift_snapshot(svc, rows[0].id, 7)
+    corrupt(damaged.user_id, balance=1)
+    corrupt(drifted.user_id, balance=2)
+
+    report = svc.rebuild_all_balances()
+
+    assert [e.user_id for e in report.errors] == [damaged.user_id]
+    assert {c.user_id for c in report.changes} == {drifted.user_id}
+    assert svc.get_balance(damaged.user_id).balance == 1
+    assert svc.sync_runs()[0].outcome == "out_of_sync"
+
+
+def test_a_row_too_large_to_sum_fails_only_its_own_account(svc, account_factory, corrupt):
+    poisoned, drifted = account_factory(balance=10), account_factory(balance=10)
+    svc.recharge(poisoned.user_id, 2**62)
+    with svc.engine.begin() as conn:
+        conn.execute(
+            ledger.insert().values(
+                user_id=poisoned.user_id,
+                transaction_type="refund",
+                amount=2**63 - 1,
+                balance_before=0,
+                balance_after=0,
+                created_at=svc.get_balance(poisoned.user_id).created_at,
+            )
+        )
+    corrupt(drifted.user_id, balance=5)
+
+    report = svc.verify_and_fix_balance(full=True, fix=True)
+
+    assert [e.user_id for e in report.errors] == [poisoned.user_id]
+    assert report.fixed == 1
+    assert svc.get_balance(drifted.user_id).balance == 10
+    rebuilt = svc.rebuild_all_balances()
+    assert [e.user_id for e in rebuilt.errors] == [poisoned.user_id]
+
+
+def test_verify_of_an_unknown_account_records_no_run(svc):
+    with pytest.raises(AccountNotFound):
+        svc.verify_and_fix_balance(404)
+    assert svc.sync_runs() == []

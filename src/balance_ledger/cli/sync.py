@@ -97,12 +97,16 @@ def _rebuild(svc: BalanceService, *, dry_run: bool, as_json: bool) -> None:
         report = svc.rebuild_all_balances(dry_run=dry_run, progress=progress)
     if as_json:
         console.print_json(report.to_json())
-        return
-    verb = "Would change" if dry_run else "Changed"
-    console.print(f"Checked: {report.checked:,} users\n{verb}: {report.changed:,} users")
-    if report.changes:
-        title = "Dry run: nothing was written" if dry_run else f"Rebuilt (run {report.run_id})"
-        console.print(fmt.changes_table(report.changes, title))
+    else:
+        verb = "Would change" if dry_run else "Changed"
+        console.print(f"Checked: {report.checked:,} users\n{verb}: {report.changed:,} users")
+        if report.changes:
+            title = "Dry run: nothing was written" if dry_run else f"Rebuilt (run {report.run_id})"
+            console.print(fmt.changes_table(report.changes, title))
+        if report.errors:
+            console.print(fmt.errors_table(report.errors))
+    if report.errors:
+        raise typer.Exit(EXIT_OUT_OF_SYNC)
 
 
 @app.command()

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Subquery,
     and_,
     case,
+    delete,
     func,
     insert,
     literal,
@@ -170,6 +171,17 @@ def ledger_totals(conn: Connection, user_id: int) -> LedgerTotals:
 # -- reconciliation ------------------------------------------------------------------
 
 
+def ping(conn: Connection) -> None:
+    conn.execute(select(literal(1))).one()
+
+
+def account_exists(conn: Connection, user_id: int) -> bool:
+    """A balance row or ledger rows (an orphan account is still an account to verify)."""
+    cached = select(balances.c.user_id).where(balances.c.user_id == user_id)
+    ledgered = select(ledger.c.user_id).where(ledger.c.user_id == user_id)
+    return conn.execute(select(or_(cached.exists(), ledgered.exists()))).scalar_one() in (1, True)
+
+
 def count_accounts(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(balances)).scalar_one())
 
@@ -252,8 +264,20 @@ def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -
     ]
     joined = balances.outerjoin(new, new.c.user_id == balances.c.user_id)
     if incremental:
-        joined = joined.outerjoin(checkpoints, checkpoints.c.user_id == balances.c.user_id)
+        # The row the checkpoint ended at, to check it is still there as verified.
+        anchor = ledger.alias("anchor")
+        joined = joined.outerjoin(
+            checkpoints, checkpoints.c.user_id == balances.c.user_id
+        ).outerjoin(
+            anchor,
+            and_(
+                anchor.c.id == checkpoints.c.last_transaction_id,
+                anchor.c.user_id == checkpoints.c.user_id,
+            ),
+        )
+        checkpoint_columns.append(anchor.c.balance_after.label("anchor_balance_after"))
     else:
+        checkpoint_columns.append(null().label("anchor_balance_after"))
         checkpoint_columns = [null().label(column.name) for column in checkpoint_columns]
     stmt = (
         select(
@@ -315,9 +339,14 @@ def orphan_ledger_accounts(conn: Connection, user_id: int | None = None) -> list
     return list(conn.execute(stmt.group_by(ledger.c.user_id).order_by(ledger.c.user_id)))
 
 
-def save_checkpoints(conn: Connection, backend: Backend, rows: list[dict[str, Any]]) -> None:
+def save_checkpoints(
+    conn: Connection, backend: Backend, rows: list[dict[str, Any]], drop: list[int]
+) -> None:
+    """Advance the checkpoints of ``rows``; forget those of ``drop`` (re-read from the start)."""
     if rows:
         backend.upsert(conn, checkpoints, rows, key="user_id")
+    if drop:
+        conn.execute(delete(checkpoints).where(checkpoints.c.user_id.in_(drop)))
 
 
 def rewrite_balance(conn: Connection, user_id: int, values: dict[str, Any], now: datetime) -> None:
