@@ -23,6 +23,7 @@ from balance_ledger import (
     InsufficientBalance,
 )
 from balance_ledger.db.tables import user_balance_transactions as ledger
+from balance_ledger.db.tables import user_balances
 from tests.conftest import empty_database
 
 AMOUNTS = st.integers(min_value=1, max_value=5_000)
@@ -127,6 +128,38 @@ class LedgerMachine(RuleBasedStateMachine):
             return True
         self.keys[(user_id, key)] = (f"{kind}:{amount}", tx_id)
         return False
+
+    @rule(
+        user_id=accounts,
+        column=st.sampled_from(["balance", "total_recharged", "total_spent", "status"]),
+        full=st.booleans(),
+    )
+    def drift_is_found_and_fixed(self, user_id: int, column: str, full: bool) -> None:
+        """Corrupt one cache column; verify must report exactly that account, then fix it."""
+        wrong: object = "suspended" if column == "status" else -987_654
+        if column == "status" and self.model[user_id].status is AccountStatus.SUSPENDED:
+            wrong = "active"
+        with self.svc.engine.begin() as conn:
+            conn.execute(
+                user_balances.update()
+                .where(user_balances.c.user_id == user_id)
+                .values({column: wrong})
+            )
+        found = self.svc.verify_and_fix_balance(full=full)
+        assert [d.user_id for d in found.discrepancies] == [user_id]
+        fixed = self.svc.verify_and_fix_balance(fix=True, full=full)
+        assert (fixed.fixed, fixed.errors) == (1, [])
+
+    @rule(full=st.booleans())
+    def verify_finds_everything_in_sync(self, full: bool) -> None:
+        report = self.svc.verify_and_fix_balance(full=full)
+        assert report.in_sync
+        assert report.checked == len(self.model)
+
+    @rule()
+    def rebuild_changes_nothing(self) -> None:
+        report = self.svc.rebuild_all_balances()
+        assert (report.changes, report.errors) == ([], [])
 
     @invariant()
     def cache_ledger_and_model_agree(self) -> None:
