@@ -17,7 +17,15 @@ from .errors import (
     SchemaMissing,
     StorageError,
 )
-from .models import AccountStatus, Balance, LedgerTotals, StatusChange, Transaction, TransactionType
+from .models import (
+    AccountStatus,
+    Balance,
+    LedgerTotals,
+    Statement,
+    StatusChange,
+    Transaction,
+    TransactionType,
+)
 from .reconcile import (
     ColumnChange,
     Discrepancy,
@@ -48,6 +56,7 @@ __all__ = [
     "RebuildReport",
     "RetriesExhausted",
     "SchemaMissing",
+    "Statement",
     "StatusChange",
     "StorageError",
     "SyncError",

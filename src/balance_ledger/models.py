@@ -93,6 +93,20 @@ class LedgerTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class Statement:
+    """An account's movements in [start, end), between the balances that frame them."""
+
+    user_id: int
+    currency: str
+    start: datetime
+    end: datetime
+    opening_balance: int  # from the ledger, just before ``start``
+    closing_balance: int  # opening + every movement in the period
+    transactions: list[Transaction]
+    totals: dict[str, int]  # sum of amounts per transaction type in the period
+
+
+@dataclass(frozen=True, slots=True)
 class StatusChange:
     """Passed to ``on_suspend`` / ``on_reactivate`` callbacks after the commit."""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ from .models import (
     AccountStatus,
     Balance,
     LedgerTotals,
+    Statement,
     StatusChange,
     Transaction,
     TransactionType,
@@ -234,6 +236,51 @@ class BalanceService:
                 raise AccountNotFound(user_id)
             return queries.ledger_totals(conn, user_id)
 
+        return self._db.read(work)
+
+    # -- history from the ledger (never from the cache) ---------------------------------
+
+    def balance_at(self, user_id: int, at: datetime) -> int:
+        """The balance after every movement written at or before ``at`` (aware datetime)."""
+        user_id = valid.user_id(user_id)
+        at = valid.instant(at, "at")
+
+        def work(conn: Connection) -> int:
+            if queries.get_balance(conn, user_id) is None:
+                raise AccountNotFound(user_id)
+            return queries.balance_before(conn, user_id, at, inclusive=True)
+
+        return self._db.read(work)
+
+    def statement(self, user_id: int, start: datetime, end: datetime) -> Statement:
+        """Opening balance, the movements written in [start, end), closing balance, totals."""
+        user_id = valid.user_id(user_id)
+        start, end = valid.instant(start, "start"), valid.instant(end, "end")
+        if end < start:
+            raise InvalidRequest(f"the period ends ({end.isoformat()}) before it starts")
+
+        def work(conn: Connection) -> Statement:
+            account = queries.get_balance(conn, user_id)
+            if account is None:
+                raise AccountNotFound(user_id)
+            opening = queries.balance_before(conn, user_id, start, inclusive=False)
+            rows = queries.transactions_between(conn, user_id, start, end)
+            totals: Counter[str] = Counter()
+            for tx in rows:
+                totals[tx.transaction_type.value] += tx.amount
+            return Statement(
+                user_id=user_id,
+                currency=account.currency,
+                start=start,
+                end=end,
+                opening_balance=opening,
+                closing_balance=opening + sum(tx.balance_after - tx.balance_before for tx in rows),
+                transactions=rows,
+                totals=dict(totals),
+            )
+
+        # Rows are stamped when written, so one committing between the two statements
+        # falls in the period, not before it; closing = opening + the period's rows always.
         return self._db.read(work)
 
     # -- money movements -------------------------------------------------------

@@ -153,3 +153,27 @@ def test_demo_in_a_missing_directory_exits_2_with_one_line(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert exited.value.code == 2
     assert err.strip().count("\n") == 0
+
+
+def test_statement_prints_opening_rows_closing_and_totals(balance):
+    balance("account", "open", "1")
+    balance("recharge", "1", "1000")
+    balance("charge", "1", "300", "vps")
+    code, out, _ = balance("statement", "1", "--from", "2000-01-01")
+    assert code == 0
+    assert "Opening balance: 0 VND" in out
+    assert "Closing balance: 700 VND" in out
+    assert "charge 300 VND" in out
+    code, out, _ = balance("statement", "1", "--from", "2000-01-01", "--json")
+    assert (json.loads(out)["closing_balance"], len(json.loads(out)["transactions"])) == (700, 2)
+    code, out, _ = balance("statement", "1", "--from", "2000-01-01", "--csv")
+    assert out.splitlines()[0].startswith("id,user_id,transaction_type,amount")
+    assert len(out.splitlines()) == 3
+
+
+@pytest.mark.parametrize("when", ["yesterday", "2026-13-01"])
+def test_statement_with_a_malformed_date_exits_2(balance, when):
+    balance("account", "open", "1")
+    code, _, err = balance("statement", "1", "--from", when)
+    assert code == 2
+    assert "ISO 8601" in err

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -187,6 +189,40 @@ def history(
     console.print(fmt.history_table(transactions, currency))
     if len(transactions) == limit:
         console.print(f"[dim]next page: --before-id {transactions[-1].id}[/]")
+
+
+def _instant(text: str) -> datetime:
+    """ISO 8601 date or date-time; without a zone it is UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an ISO 8601 date or date-time") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@app.command()
+def statement(
+    ctx: typer.Context,
+    user_id: UserId,
+    start: Annotated[
+        str, typer.Option("--from", help="Start (inclusive), ISO 8601; UTC unless a zone is given.")
+    ],
+    end: Annotated[
+        str | None, typer.Option("--to", help="End (exclusive), ISO 8601; default: now.")
+    ] = None,
+    as_json: Json = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the rows as CSV.")] = False,
+) -> None:
+    """Opening balance, the movements of a period and the closing balance, from the ledger."""
+    period_end = _instant(end) if end else datetime.now(UTC)
+    result = _service(ctx).statement(user_id, _instant(start), period_end)
+    if as_json:
+        console.print_json(fmt.to_json(result))
+    elif as_csv:
+        fmt.write_csv(sys.stdout, [dataclasses.asdict(tx) for tx in result.transactions])
+    else:
+        console.print(fmt.statement_header(result))
+        console.print(fmt.history_table(result.transactions[::-1], result.currency))
 
 
 @app.command()

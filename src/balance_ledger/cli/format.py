@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from babel.numbers import get_currency_precision
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from ..models import AccountStatus, Balance, Transaction
+from ..models import AccountStatus, Balance, Statement, Transaction
 from ..reconcile import ColumnChange, Discrepancy, SyncError, SyncReport, SyncRun
 
 
@@ -59,6 +60,26 @@ def balance_card(balance: Balance) -> Panel:
     for label, value in rows:
         grid.add_row(label, value)
     return Panel(grid, title=f"Account {balance.user_id}", expand=False)
+
+
+def statement_header(statement: Statement) -> str:
+    currency = statement.currency
+    totals = ", ".join(f"{kind} {money(n, currency)}" for kind, n in statement.totals.items())
+    period = f"{statement.start.isoformat()} → {statement.end.isoformat()}"
+    return (
+        f"Account {statement.user_id}, {period}\n"
+        f"Opening balance: {money(statement.opening_balance, currency)}\n"
+        f"Closing balance: {money(statement.closing_balance, currency)}\n"
+        f"Totals: {totals or 'no movements'}"
+    )
+
+
+def write_csv(stream: TextIO, rows: list[dict[str, Any]]) -> None:
+    """Rows of one shape as CSV with a header (nothing at all for no rows)."""
+    if rows:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def transaction_line(tx: Transaction, currency: str) -> str:

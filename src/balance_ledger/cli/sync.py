@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import sys
 from collections.abc import Iterator
@@ -120,11 +119,7 @@ def discrepancies(
     if as_json:
         console.print_json(fmt.to_json(found))
     elif as_csv:
-        writer = csv.writer(sys.stdout)
-        if found:
-            rows = [d.to_dict() for d in found]
-            writer.writerow(rows[0].keys())
-            writer.writerows(row.values() for row in rows)
+        fmt.write_csv(sys.stdout, [d.to_dict() for d in found])
     elif found:
         console.print(fmt.discrepancy_table(found, "Discrepancies"))
     else:

@@ -168,6 +168,27 @@ def ledger_totals(conn: Connection, user_id: int) -> LedgerTotals:
     )
 
 
+def balance_before(conn: Connection, user_id: int, instant: datetime, *, inclusive: bool) -> int:
+    """The balance the ledger gives at ``instant``: the sum of the rows written by then."""
+    written = ledger.c.created_at <= instant if inclusive else ledger.c.created_at < instant
+    stmt = select(func.coalesce(func.sum(_effect_on("balance")), 0)).where(
+        ledger.c.user_id == user_id, written
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def transactions_between(
+    conn: Connection, user_id: int, start: datetime, end: datetime
+) -> list[Transaction]:
+    """Rows written in [start, end), oldest first."""
+    stmt = (
+        select(ledger)
+        .where(ledger.c.user_id == user_id, ledger.c.created_at >= start, ledger.c.created_at < end)
+        .order_by(ledger.c.id)
+    )
+    return [_transaction(row) for row in conn.execute(stmt).mappings()]
+
+
 # -- reconciliation ------------------------------------------------------------------
 
 
