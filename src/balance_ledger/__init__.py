@@ -13,9 +13,11 @@ from .errors import (
     InsufficientBalance,
     InvalidAmount,
     InvalidRequest,
+    RefundExceedsCharge,
     RetriesExhausted,
     SchemaMissing,
     StorageError,
+    TransactionNotFound,
 )
 from .models import (
     AccountStatus,
@@ -54,6 +56,7 @@ __all__ = [
     "InvalidRequest",
     "LedgerTotals",
     "RebuildReport",
+    "RefundExceedsCharge",
     "RetriesExhausted",
     "SchemaMissing",
     "Statement",
@@ -63,6 +66,7 @@ __all__ = [
     "SyncReport",
     "SyncRun",
     "Transaction",
+    "TransactionNotFound",
     "TransactionType",
     "UserSync",
 ]

@@ -4,6 +4,8 @@
     ├── AccountNotFound           no balance row for the user
     ├── AccountExists             open_account on a user that exists with other settings
     ├── AccountSuspended          a charge against a suspended account
+    ├── TransactionNotFound       no ledger row with that id
+    ├── RefundExceedsCharge       refunds of a charge would add up to more than it
     ├── InsufficientBalance       the charge would take the balance below -credit_limit
     ├── CurrencyMismatch          the caller's currency is not the account's
     ├── IdempotencyConflict       a reused idempotency key with a different request
@@ -46,6 +48,23 @@ class AccountSuspended(BalanceError):
         super().__init__(
             f"account {user_id} is suspended (balance {balance} is below the credit limit "
             f"of -{credit_limit}); recharge it before charging"
+        )
+
+
+class TransactionNotFound(BalanceError):
+    def __init__(self, transaction_id: int) -> None:
+        self.transaction_id = transaction_id
+        super().__init__(f"ledger row {transaction_id} does not exist")
+
+
+class RefundExceedsCharge(BalanceError):
+    def __init__(self, transaction_id: int, amount: int, refundable: int) -> None:
+        self.transaction_id = transaction_id
+        self.amount = amount
+        self.refundable = refundable
+        super().__init__(
+            f"charge {transaction_id} cannot be refunded {amount}: only {refundable} of it "
+            "is not refunded yet"
         )
 
 

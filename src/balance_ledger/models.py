@@ -79,6 +79,8 @@ class Transaction:
     reference_id: str | None
     idempotency_key: str | None
     created_at: datetime
+    related_transaction_id: int | None = None  # the charge a refund gives back
+    actor: str | None = None  # who made an adjustment
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,12 +39,16 @@ from .errors import (
     CurrencyMismatch,
     IdempotencyConflict,
     InsufficientBalance,
+    InvalidAmount,
     InvalidRequest,
+    RefundExceedsCharge,
+    TransactionNotFound,
 )
 from .models import (
     EFFECTS,
     AccountStatus,
     Balance,
+    Effect,
     LedgerTotals,
     Statement,
     StatusChange,
@@ -74,6 +78,8 @@ _REQUEST_FIELDS = (
     "description",
     "reference_model",
     "reference_id",
+    "related_transaction_id",
+    "actor",
 )
 
 
@@ -83,7 +89,7 @@ class _Movement:
 
     user_id: int
     transaction_type: TransactionType
-    amount: int
+    amount: int | None  # None only for a refund of whatever is left of its charge
     service_type: str | None
     description: str | None
     reference_model: str | None
@@ -91,13 +97,22 @@ class _Movement:
     idempotency_key: str | None
     currency: str | None
     allow_overdraft: bool = False
+    related_transaction_id: int | None = None
+    actor: str | None = None
+    direction: int = +1  # an adjustment's sign; every other type's is in EFFECTS
 
     def differences(self, existing: Transaction) -> list[str]:
-        return [
+        fields = [f for f in _REQUEST_FIELDS if not (f == "amount" and self.amount is None)]
+        found = [
             f"{field} {getattr(existing, field)!r} != {getattr(self, field)!r}"
-            for field in _REQUEST_FIELDS
+            for field in fields
             if getattr(existing, field) != getattr(self, field)
         ]
+        if self.transaction_type is TransactionType.ADJUSTMENT:
+            existing_direction = 1 if existing.balance_after > existing.balance_before else -1
+            if existing_direction != self.direction:
+                found.append("the adjustment's sign differs")
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +414,73 @@ class BalanceService:
         slot = valid.instant(scheduled_for, "scheduled_for")
         return self._reconciler.run_scheduled(job, slot)
 
+    def refund(
+        self,
+        transaction_id: int,
+        amount: int | None = None,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """Give back ``amount`` of a charge (default: all that is not refunded yet).
+
+        Appends a ``refund`` row that names the charge; history is never changed. The
+        refunds of one charge never add up to more than it (``RefundExceedsCharge``),
+        races included. A refund lowers ``total_spent`` and may reactivate the account.
+        """
+        charge_id = valid.row_id(transaction_id, "transaction id")
+        charge = self._db.read(lambda conn: queries.get_transaction(conn, charge_id))
+        if charge is None:
+            raise TransactionNotFound(charge_id)
+        if charge.transaction_type is not TransactionType.CHARGE:
+            raise InvalidRequest(
+                f"ledger row {charge_id} is a {charge.transaction_type}; only charges are refunded"
+            )
+        movement = _movement(
+            TransactionType.REFUND,
+            charge.user_id,
+            amount,
+            service_type=charge.service_type,
+            description=reason,
+            reference_model=charge.reference_model,
+            reference_id=charge.reference_id,
+            idempotency_key=idempotency_key,
+            currency=None,
+            related_transaction_id=charge_id,
+        )
+        return self._post(movement)
+
+    def adjust(
+        self,
+        user_id: int,
+        delta: int,
+        *,
+        reason: str,
+        actor: str,
+        idempotency_key: str | None = None,
+    ) -> Transaction:
+        """An administrator's correction: ``delta`` (signed, minor units) with who and why.
+
+        Moves only the balance (not the totals) and ignores the credit limit; the
+        suspension rule still applies to the result.
+        """
+        if isinstance(delta, bool) or not isinstance(delta, int) or delta == 0:
+            raise InvalidAmount(delta, "an adjustment is a non-zero int; its sign is the direction")
+        movement = _movement(
+            TransactionType.ADJUSTMENT,
+            user_id,
+            abs(delta),
+            service_type=None,
+            description=valid.text("description", reason, required=True),
+            reference_model=None,
+            reference_id=None,
+            idempotency_key=idempotency_key,
+            currency=None,
+            actor=valid.text("actor", actor, required=True),
+            direction=1 if delta > 0 else -1,
+        )
+        return self._post(movement)
+
     def _post(self, movement: _Movement) -> Transaction:
         posted = self._db.write(lambda conn: _apply(conn, movement))
         if posted.status_change is not None:
@@ -432,13 +514,17 @@ def _movement(
     idempotency_key: object,
     currency: object,
     allow_overdraft: object = False,
+    related_transaction_id: int | None = None,
+    actor: str | None = None,
+    direction: int = +1,
 ) -> _Movement:
     if not isinstance(allow_overdraft, bool):
         raise InvalidRequest("allow_overdraft must be a bool")
+    whatever_is_left = amount is None and transaction_type is TransactionType.REFUND
     return _Movement(
         user_id=valid.user_id(user_id),
         transaction_type=transaction_type,
-        amount=valid.amount(amount),
+        amount=None if whatever_is_left else valid.amount(amount),
         service_type=service_type,
         description=valid.text("description", description),
         reference_model=valid.text("reference_model", reference_model),
@@ -446,6 +532,9 @@ def _movement(
         idempotency_key=valid.idempotency_key(idempotency_key),
         currency=None if currency is None else valid.currency(currency),
         allow_overdraft=allow_overdraft,
+        related_transaction_id=related_transaction_id,
+        actor=actor,
+        direction=direction,
     )
 
 
@@ -466,6 +555,8 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
 
     if movement.transaction_type is TransactionType.CHARGE:
         _check_chargeable(account, movement)
+    if movement.transaction_type is TransactionType.REFUND:
+        movement = _within_refundable(conn, movement)
     after = _moved(account, movement)  # every check passes before anything is written
     now = _now()
     transaction = queries.insert_transaction(
@@ -482,6 +573,8 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
             "reference_id": movement.reference_id,
             "idempotency_key": movement.idempotency_key,
             "created_at": now,
+            "related_transaction_id": movement.related_transaction_id,
+            "actor": movement.actor,
         },
     )
     queries.update_balance(
@@ -505,10 +598,28 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
     return _Posted(transaction, change)
 
 
+def _within_refundable(conn: Connection, refund: _Movement) -> _Movement:
+    """The refund with its amount settled; never more than what is left of its charge.
+
+    Runs under the account's lock, which every refund of the charge takes too, so
+    racing refunds see each other and together never exceed the charge.
+    """
+    assert refund.related_transaction_id is not None
+    charge = queries.get_transaction(conn, refund.related_transaction_id)
+    assert charge is not None, "checked before the transaction began; the ledger only grows"
+    refundable = charge.amount - queries.refunded_amount(conn, charge.id)
+    amount = refundable if refund.amount is None else refund.amount
+    if refundable == 0 or amount > refundable:
+        raise RefundExceedsCharge(charge.id, amount or charge.amount, refundable)
+    return dataclasses.replace(refund, amount=amount)
+
+
 def _moved(account: Balance, movement: _Movement) -> Balance:
     """The account after the movement; InvalidAmount if a figure would overflow BIGINT."""
-    effect = EFFECTS[movement.transaction_type]
+    no_totals = Effect(balance=movement.direction, total_recharged=0, total_spent=0)
+    effect = EFFECTS.get(movement.transaction_type, no_totals)  # ADJUSTMENT: its own sign
     amount = movement.amount
+    assert amount is not None, "a refund's amount is settled before it moves money"
     balance = account.balance + effect.balance * amount
     recharged = account.total_recharged + effect.total_recharged * amount
     spent = account.total_spent + effect.total_spent * amount

@@ -24,6 +24,7 @@ TEXT_LIMITS = {
     "reference_model": 128,
     "reference_id": 128,
     "idempotency_key": 255,
+    "actor": 128,
 }
 
 # XXX ("no currency") and XTS (reserved for testing) are codes, but no account's money.

@@ -177,3 +177,21 @@ def test_statement_with_a_malformed_date_exits_2(balance, when):
     code, _, err = balance("statement", "1", "--from", when)
     assert code == 2
     assert "ISO 8601" in err
+
+
+def test_refund_and_adjust_from_the_command_line(balance, svc: BalanceService):
+    balance("account", "open", "1")
+    balance("recharge", "1", "1000")
+    code, out, _ = balance("charge", "1", "300", "vps", "--json")
+    charge_id = json.loads(out)["id"]
+    code, out, _ = balance("refund", str(charge_id), "100", "--reason", "outage", "--json")
+    assert (code, json.loads(out)["related_transaction_id"]) == (0, charge_id)
+    code, _, err = balance("refund", str(charge_id), "500")
+    assert code == 1
+    assert "RefundExceedsCharge" in err
+    code, out, _ = balance("adjust", "1", "--delta", "-50", "--reason", "fee", "--actor", "ops")
+    assert code == 0
+    assert svc.get_balance(1).balance == 750
+    code, _, err = balance("adjust", "1", "--delta", "-50", "--reason", "fee")
+    assert code == 2
+    assert "--actor" in err

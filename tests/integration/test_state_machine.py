@@ -21,6 +21,7 @@ from balance_ledger import (
     BalanceService,
     IdempotencyConflict,
     InsufficientBalance,
+    RefundExceedsCharge,
 )
 from balance_ledger.db.tables import user_balance_transactions as ledger
 from balance_ledger.db.tables import user_balances
@@ -51,6 +52,8 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.model: dict[int, ModelAccount] = {}
         self.keys: dict[tuple[int, str], tuple[str, int]] = {}
+        self.charges: list[tuple[int, int, int]] = []  # (user_id, transaction id, amount)
+        self.refunded: dict[int, int] = {}
 
     @initialize()
     def empty(self) -> None:
@@ -106,6 +109,31 @@ class LedgerMachine(RuleBasedStateMachine):
         assert overdraft or account.balance - amount >= -account.credit_limit
         account.balance -= amount
         account.spent += amount
+        self.charges.append((user_id, tx.id, amount))
+
+    @rule(data=st.data())
+    def refund(self, data: st.DataObject) -> None:
+        if not self.charges:
+            return
+        user_id, charge_id, charged = data.draw(st.sampled_from(self.charges))
+        left = charged - self.refunded.get(charge_id, 0)
+        amount = data.draw(st.none() | st.integers(1, charged))
+        if left == 0 or (amount is not None and amount > left):
+            with pytest.raises(RefundExceedsCharge):
+                self.svc.refund(charge_id, amount)
+            return
+        refund = self.svc.refund(charge_id, amount)
+        given = left if amount is None else amount
+        assert (refund.amount, refund.related_transaction_id) == (given, charge_id)
+        self.refunded[charge_id] = self.refunded.get(charge_id, 0) + given
+        self.model[user_id].balance += given
+        self.model[user_id].spent -= given
+
+    @rule(user_id=accounts, delta=st.integers(-5_000, 5_000).filter(bool))
+    def adjust(self, user_id: int, delta: int) -> None:
+        adjustment = self.svc.adjust(user_id, delta, reason="model", actor="hypothesis")
+        assert adjustment.balance_after - adjustment.balance_before == delta
+        self.model[user_id].balance += delta
 
     def _conflicts(self, user_id: int, key: str | None, kind: str, amount: int) -> bool:
         """A reused key with another request must raise IdempotencyConflict."""

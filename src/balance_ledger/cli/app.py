@@ -147,6 +147,39 @@ def charge(
     _print_transaction(svc, tx, as_json)
 
 
+@app.command()
+def refund(
+    ctx: typer.Context,
+    transaction_id: Annotated[int, typer.Argument(help="The charge's ledger row id.")],
+    amount: Annotated[
+        int | None, typer.Argument(help="Minor units; default: all not refunded yet.")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why; shown in the history.")] = None,
+    idempotency_key: IdempotencyKey = None,
+    as_json: Json = False,
+) -> None:
+    """Give back (part of) a charge as a refund row; refunds never exceed the charge."""
+    svc = _service(ctx)
+    tx = svc.refund(transaction_id, amount, reason=reason, idempotency_key=idempotency_key)
+    _print_transaction(svc, tx, as_json)
+
+
+@app.command()
+def adjust(
+    ctx: typer.Context,
+    user_id: UserId,
+    delta: Annotated[int, typer.Option(help="Signed minor units, e.g. --delta -500.")],
+    reason: Annotated[str, typer.Option(help="Why (required).")],
+    actor: Annotated[str, typer.Option(help="Who (required).")],
+    idempotency_key: IdempotencyKey = None,
+    as_json: Json = False,
+) -> None:
+    """An administrator's signed correction of the balance, with who and why."""
+    svc = _service(ctx)
+    tx = svc.adjust(user_id, delta, reason=reason, actor=actor, idempotency_key=idempotency_key)
+    _print_transaction(svc, tx, as_json)
+
+
 def _print_balance(balance: Balance, as_json: bool) -> None:
     if as_json:
         console.print_json(fmt.to_json(balance))

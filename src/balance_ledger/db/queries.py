@@ -119,6 +119,20 @@ def insert_transaction(conn: Connection, values: dict[str, Any]) -> Transaction:
     return _transaction({**values, "id": row_id})
 
 
+def get_transaction(conn: Connection, transaction_id: int) -> Transaction | None:
+    row = conn.execute(select(ledger).where(ledger.c.id == transaction_id)).mappings().first()
+    return _transaction(row) if row else None
+
+
+def refunded_amount(conn: Connection, charge_id: int) -> int:
+    """How much of a charge its refunds have given back so far."""
+    stmt = select(func.coalesce(func.sum(ledger.c.amount), 0)).where(
+        ledger.c.related_transaction_id == charge_id,
+        ledger.c.transaction_type == TransactionType.REFUND.value,
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
 def transactions_page(
     conn: Connection, user_id: int, *, limit: int, before_id: int | None
 ) -> list[Transaction]:

@@ -117,6 +117,9 @@ user_balance_transactions = Table(
     Column("reference_id", String(128)),
     Column("idempotency_key", String(255)),
     Column("created_at", UtcDateTime, nullable=False),
+    # A refund's charge; an adjustment's author (migration 0003).
+    Column("related_transaction_id", BigInteger),
+    Column("actor", String(128)),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint(
         "transaction_type IN ('recharge', 'charge', 'refund', 'adjustment')",
@@ -134,6 +137,7 @@ user_balance_transactions = Table(
     # History (newest first, keyset) and the verifier's per-user chain walk.
     Index(None, "user_id", "id"),
     Index(None, "reference_model", "reference_id"),
+    Index(None, "related_transaction_id"),
     sqlite_autoincrement=True,
     **_MARIADB_TABLE,
 )
