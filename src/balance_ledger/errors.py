@@ -6,6 +6,8 @@
     ├── AccountSuspended          a charge against a suspended account
     ├── TransactionNotFound       no ledger row with that id
     ├── RefundExceedsCharge       refunds of a charge would add up to more than it
+    ├── HoldNotFound              no hold with that id
+    ├── HoldNotActive             the hold was captured, voided or has expired
     ├── InsufficientBalance       the charge would take the balance below -credit_limit
     ├── CurrencyMismatch          the caller's currency is not the account's
     ├── IdempotencyConflict       a reused idempotency key with a different request
@@ -66,6 +68,19 @@ class RefundExceedsCharge(BalanceError):
             f"charge {transaction_id} cannot be refunded {amount}: only {refundable} of it "
             "is not refunded yet"
         )
+
+
+class HoldNotFound(BalanceError):
+    def __init__(self, hold_id: int) -> None:
+        self.hold_id = hold_id
+        super().__init__(f"hold {hold_id} does not exist")
+
+
+class HoldNotActive(BalanceError):
+    def __init__(self, hold_id: int, status: str) -> None:
+        self.hold_id = hold_id
+        self.status = status
+        super().__init__(f"hold {hold_id} is {status}; only an active hold is captured or voided")
 
 
 class InsufficientBalance(BalanceError):

@@ -33,6 +33,13 @@ EFFECTS: dict[TransactionType, Effect] = {
 }
 
 
+class HoldStatus(StrEnum):
+    ACTIVE = "active"
+    CAPTURED = "captured"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+
+
 class AccountStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
@@ -56,11 +63,12 @@ class Balance:
     status: AccountStatus
     created_at: datetime
     updated_at: datetime
+    held: int = 0  # reserved by active holds
 
     @property
     def available(self) -> int:
-        """How much a charge may still take: the balance plus the credit limit."""
-        return self.balance + self.credit_limit
+        """What a charge or a new hold may still take: balance + credit limit - held."""
+        return self.balance + self.credit_limit - self.held
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,24 @@ class Transaction:
     created_at: datetime
     related_transaction_id: int | None = None  # the charge a refund gives back
     actor: str | None = None  # who made an adjustment
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Money reserved for usage being metered; captured or voided exactly once."""
+
+    id: int
+    user_id: int
+    amount: int
+    service_type: str
+    description: str | None
+    status: HoldStatus
+    expires_at: datetime | None
+    idempotency_key: str | None
+    captured_amount: int | None
+    capture_transaction_id: int | None
+    created_at: datetime
+    closed_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,8 @@ class Discrepancy(_Serialisable):
     expected_status: str
     difference: int  # stored balance - actual balance
     missing_balance_row: bool = False
+    stored_held: int = 0
+    actual_held: int = 0  # the sum of the account's active holds
 
     def sort_key(self) -> tuple[int, int, int]:
         """Largest |difference| first, then the largest difference in the totals."""
@@ -94,6 +96,7 @@ class Discrepancy(_Serialisable):
             ("total_recharged", self.stored_total_recharged, self.actual_total_recharged),
             ("total_spent", self.stored_total_spent, self.actual_total_spent),
             ("status", self.stored_status, self.expected_status),
+            ("held", self.stored_held, self.actual_held),
         ]
         return [(column, old, new) for column, old, new in pairs if old != new]
 
@@ -207,22 +210,28 @@ def _actual(row: Row[Any]) -> LedgerTotals:
     )
 
 
+Stored = tuple[int, int, int, str, int]  # balance, total_recharged, total_spent, status, held
+
+
 def _discrepancy(
     user_id: int,
-    stored: tuple[int, int, int, str] | None,
+    stored: Stored | None,
     actual: LedgerTotals,
     credit_limit: int,
+    actual_held: int = 0,
 ) -> Discrepancy | None:
     """The discrepancy between a cache row (None: missing) and the ledger, if any."""
     expected_status = status_for(actual.balance, credit_limit).value
-    if stored is None:
-        stored_values: tuple[int, int, int, str | None] = (0, 0, 0, None)
-    else:
-        stored_values = stored
-    actual_values = (actual.balance, actual.total_recharged, actual.total_spent, expected_status)
-    if stored is not None and stored_values == actual_values:
+    expected = (
+        actual.balance,
+        actual.total_recharged,
+        actual.total_spent,
+        expected_status,
+        actual_held,
+    )
+    if stored == expected:
         return None
-    balance, recharged, spent, status = stored_values
+    balance, recharged, spent, status, held = stored or (0, 0, 0, None, 0)
     return Discrepancy(
         user_id=user_id,
         stored_balance=balance,
@@ -235,15 +244,25 @@ def _discrepancy(
         expected_status=expected_status,
         difference=balance - actual.balance,
         missing_balance_row=stored is None,
+        stored_held=held,
+        actual_held=actual_held,
     )
 
 
-def _stored(row: Row[Any]) -> tuple[int, int, int, str]:
+def _stored(row: Row[Any]) -> Stored:
     return (
         int(row.cached_balance),
         int(row.cached_total_recharged),
         int(row.cached_total_spent),
         str(row.cached_status),
+        int(row.cached_held),
+    )
+
+
+def _scanned_discrepancy(row: Row[Any]) -> Discrepancy | None:
+    """A compare_chunk row's discrepancy (cache against checkpoint + new rows and holds)."""
+    return _discrepancy(
+        row.user_id, _stored(row), _actual(row), int(row.credit_limit), int(row.actual_held)
     )
 
 
@@ -454,7 +473,7 @@ class Reconciler:
         problem = broken or (_stale_checkpoint(row) if incremental else None)
         if problem is not None:
             return None, problem
-        found = _discrepancy(row.user_id, _stored(row), _actual(row), int(row.credit_limit))
+        found = _scanned_discrepancy(row)
         if found is not None and incremental:
             return self._confirm(row)
         return found, None
@@ -470,8 +489,7 @@ class Reconciler:
         )
         if not full:
             return None, None  # the account is gone
-        again = full[0]
-        found = _discrepancy(row.user_id, _stored(again), _actual(again), int(again.credit_limit))
+        found = _scanned_discrepancy(full[0])
         if found is None:
             return None, _history_changed(row.user_id, row.cp_last_transaction_id)
         return found, None
@@ -525,9 +543,11 @@ class Reconciler:
                 account.total_recharged,
                 account.total_spent,
                 account.status.value,
+                account.held,
             )
             totals = queries.ledger_totals(conn, user_id)
-            found = _discrepancy(user_id, stored, totals, account.credit_limit)
+            held = queries.held_by_active_holds(conn, user_id)
+            found = _discrepancy(user_id, stored, totals, account.credit_limit, held)
             if found is not None:
                 _rewrite(conn, run_id, found)
             return found
@@ -616,7 +636,7 @@ class Reconciler:
             for row in queries.compare_chunk(conn, low, high, incremental=False):
                 if row.user_id in broken:
                     continue
-                found = _discrepancy(row.user_id, _stored(row), _actual(row), int(row.credit_limit))
+                found = _scanned_discrepancy(row)
                 if found is None:
                     continue
                 changes.extend(
@@ -723,6 +743,7 @@ def _rewrite(conn: Connection, run_id: int, found: Discrepancy) -> None:
         "total_recharged": found.actual_total_recharged,
         "total_spent": found.actual_total_spent,
         "status": found.expected_status,
+        "held": found.actual_held,
     }
     queries.rewrite_balance(conn, found.user_id, values, now)
     queries.record_fixes(conn, _fix_rows(run_id, found, now))

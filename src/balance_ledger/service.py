@@ -21,7 +21,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Self
 
 from sqlalchemy import Connection, Engine
@@ -37,6 +38,8 @@ from .errors import (
     AccountNotFound,
     AccountSuspended,
     CurrencyMismatch,
+    HoldNotActive,
+    HoldNotFound,
     IdempotencyConflict,
     InsufficientBalance,
     InvalidAmount,
@@ -49,6 +52,8 @@ from .models import (
     AccountStatus,
     Balance,
     Effect,
+    Hold,
+    HoldStatus,
     LedgerTotals,
     Statement,
     StatusChange,
@@ -481,6 +486,162 @@ class BalanceService:
         )
         return self._post(movement)
 
+    # -- holds: authorize → capture | void (| expire) ----------------------------------
+
+    def authorize(
+        self,
+        user_id: int,
+        amount: int,
+        service_type: str,
+        *,
+        expires_at: datetime | None = None,
+        ttl: timedelta | int | None = None,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Hold:
+        """Reserve ``amount`` for usage being metered; charges and holds cannot use it.
+
+        ``expires_at`` (aware) or ``ttl`` (a timedelta or seconds) bound the hold;
+        ``expire_holds`` releases it after that. Refused like a charge: unknown or
+        suspended account, or more than ``available`` (balance + credit limit - held).
+        """
+        user_id = valid.user_id(user_id)
+        amount = valid.amount(amount)
+        service_type = valid.text("service_type", service_type, required=True)
+        description = valid.text("description", description)
+        key = valid.idempotency_key(idempotency_key)
+        expiry = _expiry(expires_at, ttl)
+
+        def work(conn: Connection) -> Hold:
+            account = queries.lock_balance(conn, user_id)
+            if account is None:
+                raise AccountNotFound(user_id)
+            if key is not None and (existing := queries.find_hold_by_key(conn, user_id, key)):
+                asked = (amount, service_type, description)
+                if (existing.amount, existing.service_type, existing.description) != asked:
+                    raise IdempotencyConflict(user_id, key, f"hold {existing.id} differs")
+                return existing
+            if account.status is AccountStatus.SUSPENDED:
+                raise AccountSuspended(account.user_id, account.balance, account.credit_limit)
+            if amount > account.available:
+                raise InsufficientBalance(user_id, amount, account.available)
+            now = _now()
+            held = valid.in_bigint_range(account.held + amount, "held", amount=amount)
+            hold = queries.insert_hold(
+                conn,
+                {
+                    "user_id": user_id,
+                    "amount": amount,
+                    "service_type": service_type,
+                    "description": description,
+                    "status": HoldStatus.ACTIVE.value,
+                    "expires_at": expiry,
+                    "idempotency_key": key,
+                    "captured_amount": None,
+                    "capture_transaction_id": None,
+                    "created_at": now,
+                    "closed_at": None,
+                },
+            )
+            queries.set_held(conn, user_id, held, now)
+            return hold
+
+        return self._db.write(work)
+
+    def capture(self, hold_id: int, amount: int | None = None) -> Transaction:
+        """Charge up to the held amount (default: all of it) and release the hold.
+
+        The charge goes through the one movement path; the rest of the hold is
+        released. Under races exactly one capture or void of a hold wins; every other
+        raises ``HoldNotActive``.
+        """
+        hold_id = valid.row_id(hold_id, "hold id")
+        take = None if amount is None else valid.amount(amount)
+        user_id = self._hold_owner(hold_id)
+
+        def work(conn: Connection) -> _Posted:
+            account, hold = self._lock_active_hold(conn, user_id, hold_id, capturing=True)
+            charged = hold.amount if take is None else take
+            if charged > hold.amount:
+                raise InvalidAmount(charged, f"hold {hold_id} reserved only {hold.amount}")
+            now = _now()
+            queries.set_held(conn, user_id, account.held - hold.amount, now)
+            movement = _Movement(
+                user_id=user_id,
+                transaction_type=TransactionType.CHARGE,
+                amount=charged,
+                service_type=hold.service_type,
+                description=hold.description,
+                reference_model="hold",
+                reference_id=str(hold_id),
+                idempotency_key=None,
+                currency=None,
+                # Reserved money for usage already delivered: always recorded.
+                allow_overdraft=True,
+            )
+            posted = _apply(conn, movement)
+            queries.close_hold(
+                conn,
+                hold_id,
+                {
+                    "status": HoldStatus.CAPTURED.value,
+                    "captured_amount": charged,
+                    "capture_transaction_id": posted.transaction.id,
+                    "closed_at": now,
+                },
+            )
+            return posted
+
+        posted = self._db.write(work)
+        if posted.status_change is not None:
+            self._notify(posted.status_change)
+        return posted.transaction
+
+    def void(self, hold_id: int) -> Hold:
+        """Release an active hold without charging anything."""
+        hold_id = valid.row_id(hold_id, "hold id")
+        user_id = self._hold_owner(hold_id)
+
+        def work(conn: Connection) -> Hold:
+            account, hold = self._lock_active_hold(conn, user_id, hold_id, capturing=False)
+            return _release(conn, account, hold, HoldStatus.VOIDED)
+
+        return self._db.write(work)
+
+    def expire_holds(self, now: datetime | None = None) -> int:
+        """Release every active hold past its expiry; return how many were released."""
+        moment = _now() if now is None else valid.instant(now, "now")
+        released = 0
+        while due := self._db.read(lambda conn: queries.expired_holds(conn, moment, 500)):
+            for hold_id, user_id in due:
+                released += self._db.write(partial(_expire, user_id=user_id, hold_id=hold_id))
+        return released
+
+    def get_hold(self, hold_id: int) -> Hold:
+        hold_id = valid.row_id(hold_id, "hold id")
+        hold = self._db.read(lambda conn: queries.get_hold(conn, hold_id))
+        if hold is None:
+            raise HoldNotFound(hold_id)
+        return hold
+
+    def _hold_owner(self, hold_id: int) -> int:
+        return self.get_hold(hold_id).user_id
+
+    @staticmethod
+    def _lock_active_hold(
+        conn: Connection, user_id: int, hold_id: int, *, capturing: bool
+    ) -> tuple[Balance, Hold]:
+        """Lock the hold's account, then re-read the hold: only one closer can see it open."""
+        account = queries.lock_balance(conn, user_id)
+        hold = queries.get_hold(conn, hold_id)
+        assert account is not None, "an account with holds is never deleted"
+        assert hold is not None, "holds are never deleted"
+        if hold.status is not HoldStatus.ACTIVE:
+            raise HoldNotActive(hold_id, hold.status.value)
+        if capturing and hold.expires_at is not None and hold.expires_at <= _now():
+            raise HoldNotActive(hold_id, "expired")
+        return account, hold
+
     def _post(self, movement: _Movement) -> Transaction:
         posted = self._db.write(lambda conn: _apply(conn, movement))
         if posted.status_change is not None:
@@ -598,6 +759,41 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
     return _Posted(transaction, change)
 
 
+def _release(conn: Connection, account: Balance, hold: Hold, status: HoldStatus) -> Hold:
+    now = _now()
+    queries.set_held(conn, account.user_id, account.held - hold.amount, now)
+    queries.close_hold(conn, hold.id, {"status": status.value, "closed_at": now})
+    return dataclasses.replace(hold, status=status, closed_at=now)
+
+
+def _expire(conn: Connection, *, user_id: int, hold_id: int) -> int:
+    """Release one due hold, if it is still open (a capture or void may have won)."""
+    account = queries.lock_balance(conn, user_id)
+    hold = queries.get_hold(conn, hold_id)
+    if account is None or hold is None or hold.status is not HoldStatus.ACTIVE:
+        return 0
+    _release(conn, account, hold, HoldStatus.EXPIRED)
+    return 1
+
+
+def _expiry(expires_at: object, ttl: object) -> datetime | None:
+    if expires_at is not None and ttl is not None:
+        raise InvalidRequest("give expires_at or ttl, not both")
+    if expires_at is not None:
+        return valid.instant(expires_at, "expires_at")
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, int) and not isinstance(ttl, bool):
+        seconds = ttl
+    else:
+        raise InvalidRequest(f"ttl must be a timedelta or whole seconds, not {type(ttl).__name__}")
+    if not 0 < seconds <= 366 * 24 * 3600:
+        raise InvalidRequest(f"ttl must be positive and at most a year, got {seconds} s")
+    return _now() + timedelta(seconds=seconds)
+
+
 def _within_refundable(conn: Connection, refund: _Movement) -> _Movement:
     """The refund with its amount settled; never more than what is left of its charge.
 
@@ -648,5 +844,6 @@ def _check_chargeable(account: Balance, movement: _Movement) -> None:
         return
     if account.status is AccountStatus.SUSPENDED:
         raise AccountSuspended(account.user_id, account.balance, account.credit_limit)
-    if account.balance - movement.amount < -account.credit_limit:
+    assert movement.amount is not None
+    if movement.amount > account.available:  # held money is not available
         raise InsufficientBalance(account.user_id, movement.amount, account.available)

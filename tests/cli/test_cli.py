@@ -195,3 +195,27 @@ def test_refund_and_adjust_from_the_command_line(balance, svc: BalanceService):
     code, _, err = balance("adjust", "1", "--delta", "-50", "--reason", "fee")
     assert code == 2
     assert "--actor" in err
+
+
+def test_hold_capture_void_and_expire_from_the_command_line(balance, svc: BalanceService):
+    balance("account", "open", "1")
+    balance("recharge", "1", "1000")
+    code, out, _ = balance("hold", "1", "600", "vps", "--ttl", "3600", "--json")
+    first = json.loads(out)
+    assert (code, first["status"], svc.get_balance(1).held) == (0, "active", 600)
+    code, out, _ = balance("capture", str(first["id"]), "250")
+    assert code == 0
+    assert svc.get_balance(1).balance == 750
+    code, out, _ = balance("hold", "1", "100", "vps")
+    assert code == 0
+    second = svc.get_balance(1).held
+    assert second == 100
+    code, _, _ = balance("void", out.split("#")[1].split(":")[0])
+    assert (code, svc.get_balance(1).held) == (0, 0)
+    code, _, err = balance("capture", str(first["id"]))
+    assert code == 1
+    assert "HoldNotActive" in err
+    code, out, _ = balance("expire-holds")
+    assert (code, out.strip()) == (0, "released 0 expired holds")
+    code, out, _ = balance("show", "1")
+    assert "Held" in out

@@ -125,7 +125,7 @@ def test_sync_runs_lists_the_audit_trail(balance, drifted):
 
 def test_scheduler_has_the_seed_schedule_by_default(svc):
     jobs = {job.id: job for job in build_scheduler(svc).get_jobs()}
-    assert set(jobs) == {"verify-fix", "rebuild"}
+    assert set(jobs) == {"verify-fix", "rebuild", "expire-holds"}
     after = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     assert jobs["verify-fix"].trigger.get_next_fire_time(None, after) == datetime(
         2026, 11, 25, 2, 0, tzinfo=UTC

@@ -34,7 +34,7 @@ EXAMPLES = {"sqlite": 40, "postgresql": 15, "mariadb": 15}
 class ModelAccount:
     def __init__(self, credit_limit: int) -> None:
         self.credit_limit = credit_limit
-        self.balance = self.recharged = self.spent = 0
+        self.balance = self.recharged = self.spent = self.held = 0
 
     @property
     def status(self) -> AccountStatus:
@@ -53,6 +53,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.model: dict[int, ModelAccount] = {}
         self.keys: dict[tuple[int, str], tuple[str, int]] = {}
         self.charges: list[tuple[int, int, int]] = []  # (user_id, transaction id, amount)
+        self.holds: dict[int, tuple[int, int]] = {}  # open hold id -> (user_id, amount)
         self.refunded: dict[int, int] = {}
 
     @initialize()
@@ -101,12 +102,12 @@ class LedgerMachine(RuleBasedStateMachine):
         except InsufficientBalance:
             assert not replay
             assert not overdraft
-            assert account.balance - amount < -account.credit_limit
+            assert account.balance - amount < -account.credit_limit + account.held
             return
         if self._is_replay(user_id, key, tx.id, "charge", amount):
             return
         assert overdraft or account.status is AccountStatus.ACTIVE
-        assert overdraft or account.balance - amount >= -account.credit_limit
+        assert overdraft or account.balance - amount >= -account.credit_limit + account.held
         account.balance -= amount
         account.spent += amount
         self.charges.append((user_id, tx.id, amount))
@@ -128,6 +129,39 @@ class LedgerMachine(RuleBasedStateMachine):
         self.refunded[charge_id] = self.refunded.get(charge_id, 0) + given
         self.model[user_id].balance += given
         self.model[user_id].spent -= given
+
+    @rule(user_id=accounts, amount=AMOUNTS)
+    def authorize(self, user_id: int, amount: int) -> None:
+        account = self.model[user_id]
+        available = account.balance + account.credit_limit - account.held
+        try:
+            hold = self.svc.authorize(user_id, amount, "vps")
+        except AccountSuspended:
+            assert account.status is AccountStatus.SUSPENDED
+            return
+        except InsufficientBalance:
+            assert amount > available
+            return
+        assert amount <= available
+        account.held += amount
+        self.holds[hold.id] = (user_id, amount)
+
+    @rule(data=st.data(), capture=st.booleans())
+    def close_hold(self, data: st.DataObject, capture: bool) -> None:
+        if not self.holds:
+            return
+        hold_id = data.draw(st.sampled_from(sorted(self.holds)))
+        user_id, amount = self.holds.pop(hold_id)
+        account = self.model[user_id]
+        account.held -= amount
+        if capture:
+            taken = data.draw(st.integers(1, amount))
+            charge = self.svc.capture(hold_id, taken)
+            account.balance -= taken
+            account.spent += taken
+            self.charges.append((user_id, charge.id, taken))
+        else:
+            self.svc.void(hold_id)
 
     @rule(user_id=accounts, delta=st.integers(-5_000, 5_000).filter(bool))
     def adjust(self, user_id: int, delta: int) -> None:
@@ -193,6 +227,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def cache_ledger_and_model_agree(self) -> None:
         for user_id, account in self.model.items():
             cached = self.svc.get_balance(user_id)
+            assert cached.held == account.held
             totals = self.svc.ledger_totals(user_id)
             expected = (account.balance, account.recharged, account.spent)
             assert (cached.balance, cached.total_recharged, cached.total_spent) == expected

@@ -11,8 +11,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from ..models import Balance, Transaction
+from ..models import Balance, Hold, Transaction
 from ..service import BalanceService
 from . import format as fmt
 
@@ -178,6 +179,72 @@ def adjust(
     svc = _service(ctx)
     tx = svc.adjust(user_id, delta, reason=reason, actor=actor, idempotency_key=idempotency_key)
     _print_transaction(svc, tx, as_json)
+
+
+@app.command()
+def hold(
+    ctx: typer.Context,
+    user_id: UserId,
+    amount: Amount,
+    service_type: Annotated[str, typer.Argument(help="What the reserved money is for.")],
+    ttl: Annotated[
+        int | None, typer.Option(help="Seconds until the hold expires (default: never).")
+    ] = None,
+    description: Description = None,
+    idempotency_key: IdempotencyKey = None,
+    as_json: Json = False,
+) -> None:
+    """Reserve funds for usage being metered (authorize); capture or void it later."""
+    reserved = _service(ctx).authorize(
+        user_id,
+        amount,
+        service_type,
+        ttl=ttl,
+        description=description,
+        idempotency_key=idempotency_key,
+    )
+    _print_hold(reserved, as_json)
+
+
+@app.command()
+def capture(
+    ctx: typer.Context,
+    hold_id: Annotated[int, typer.Argument(help="The hold's id.")],
+    amount: Annotated[
+        int | None, typer.Argument(help="Minor units to charge; default: all of the hold.")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Charge up to a hold's amount and release the rest."""
+    svc = _service(ctx)
+    _print_transaction(svc, svc.capture(hold_id, amount), as_json)
+
+
+@app.command()
+def void(
+    ctx: typer.Context,
+    hold_id: Annotated[int, typer.Argument(help="The hold's id.")],
+    as_json: Json = False,
+) -> None:
+    """Release a hold without charging."""
+    _print_hold(_service(ctx).void(hold_id), as_json)
+
+
+@app.command("expire-holds")
+def expire_holds(ctx: typer.Context) -> None:
+    """Release every hold past its expiry (the scheduler does this every minute)."""
+    console.print(f"released {_service(ctx).expire_holds():,} expired holds")
+
+
+def _print_hold(reserved: Hold, as_json: bool) -> None:
+    if as_json:
+        console.print_json(fmt.to_json(reserved))
+        return
+    expiry = reserved.expires_at.isoformat(timespec="seconds") if reserved.expires_at else "never"
+    console.print(
+        f"hold #{reserved.id}: {reserved.amount:,} for {escape(reserved.service_type)} on "
+        f"account {reserved.user_id}, {reserved.status}, expires {expiry}"
+    )
 
 
 def _print_balance(balance: Balance, as_json: bool) -> None:

@@ -50,6 +50,7 @@ def balance_card(balance: Balance) -> Panel:
     grid.add_column(justify="right")
     rows = [
         ("Balance", money(balance.balance, balance.currency)),
+        ("Held", money(balance.held, balance.currency)),
         ("Available", money(balance.available, balance.currency)),
         ("Credit limit", money(balance.credit_limit, balance.currency)),
         ("Total recharged", money(balance.total_recharged, balance.currency)),

@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 from ..jobs.scheduler import (
+    DEFAULT_EXPIRE_HOLDS_CRON,
     DEFAULT_REBUILD_CRON,
     DEFAULT_TIMEZONE,
     DEFAULT_VERIFY_CRON,
@@ -151,17 +152,25 @@ def scheduler(
     rebuild_cron: Annotated[
         str, typer.Option(envvar="BALANCE_REBUILD_CRON", help="When to run --rebuild.")
     ] = DEFAULT_REBUILD_CRON,
+    expire_holds_cron: Annotated[
+        str,
+        typer.Option(envvar="BALANCE_EXPIRE_HOLDS_CRON", help="When to release expired holds."),
+    ] = DEFAULT_EXPIRE_HOLDS_CRON,
     timezone: Annotated[
         str, typer.Option(envvar="BALANCE_SCHEDULER_TIMEZONE", help="IANA time zone of the crons.")
     ] = DEFAULT_TIMEZONE,
 ) -> None:
-    """Run the nightly verify+fix and monthly rebuild until interrupted."""
+    """Run the nightly verify+fix, monthly rebuild and minutely hold expiry until interrupted."""
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     runner = build_scheduler(
-        _service(ctx), verify_cron=verify_cron, rebuild_cron=rebuild_cron, timezone=timezone
+        _service(ctx),
+        verify_cron=verify_cron,
+        rebuild_cron=rebuild_cron,
+        expire_holds_cron=expire_holds_cron,
+        timezone=timezone,
     )
     for job in runner.get_jobs():
         console.print(escape(f"{job.name}: {job.trigger} ({timezone})"))

@@ -26,8 +26,18 @@ from sqlalchemy import (
     update,
 )
 
-from ..models import EFFECTS, AccountStatus, Balance, LedgerTotals, Transaction, TransactionType
+from ..models import (
+    EFFECTS,
+    AccountStatus,
+    Balance,
+    Hold,
+    HoldStatus,
+    LedgerTotals,
+    Transaction,
+    TransactionType,
+)
 from .dialects import Backend
+from .tables import balance_holds as holds
 from .tables import balance_sync_checkpoints as checkpoints
 from .tables import balance_sync_fixes as sync_fixes
 from .tables import balance_sync_runs as sync_runs
@@ -182,6 +192,61 @@ def ledger_totals(conn: Connection, user_id: int) -> LedgerTotals:
     )
 
 
+# -- holds -------------------------------------------------------------------------------
+
+
+def _hold(row: Mapping[str, Any]) -> Hold:
+    return Hold(**{**row, "status": HoldStatus(row["status"])})
+
+
+def insert_hold(conn: Connection, values: dict[str, Any]) -> Hold:
+    result = conn.execute(insert(holds).values(values))
+    (hold_id,) = result.inserted_primary_key or (None,)
+    return _hold({**values, "id": hold_id})
+
+
+def get_hold(conn: Connection, hold_id: int) -> Hold | None:
+    row = conn.execute(select(holds).where(holds.c.id == hold_id)).mappings().first()
+    return _hold(row) if row else None
+
+
+def find_hold_by_key(conn: Connection, user_id: int, key: str) -> Hold | None:
+    stmt = select(holds).where(holds.c.user_id == user_id, holds.c.idempotency_key == key)
+    row = conn.execute(stmt).mappings().first()
+    return _hold(row) if row else None
+
+
+def close_hold(conn: Connection, hold_id: int, values: dict[str, Any]) -> None:
+    conn.execute(update(holds).where(holds.c.id == hold_id).values(**values))
+
+
+def set_held(conn: Connection, user_id: int, held: int, now: datetime) -> None:
+    conn.execute(
+        update(balances).where(balances.c.user_id == user_id).values(held=held, updated_at=now)
+    )
+
+
+def held_by_active_holds(conn: Connection, user_id: int) -> int:
+    stmt = select(func.coalesce(func.sum(holds.c.amount), 0)).where(
+        holds.c.user_id == user_id, holds.c.status == HoldStatus.ACTIVE.value
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def expired_holds(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]:
+    """(id, user_id) of active holds past their expiry, oldest first."""
+    stmt = (
+        select(holds.c.id, holds.c.user_id)
+        .where(holds.c.status == HoldStatus.ACTIVE.value, holds.c.expires_at <= now)
+        .order_by(holds.c.expires_at, holds.c.id)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt))
+
+
+# -- history -------------------------------------------------------------------------------
+
+
 def balance_before(conn: Connection, user_id: int, instant: datetime, *, inclusive: bool) -> int:
     """The balance the ledger gives at ``instant``: the sum of the rows written by then."""
     written = ledger.c.created_at <= instant if inclusive else ledger.c.created_at < instant
@@ -297,7 +362,15 @@ def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -
         checkpoints.c.total_spent.label("cp_total_spent"),
         checkpoints.c.row_count.label("cp_row_count"),
     ]
-    joined = balances.outerjoin(new, new.c.user_id == balances.c.user_id)
+    active = (
+        select(holds.c.user_id, func.sum(holds.c.amount).label("held"))
+        .where(holds.c.status == HoldStatus.ACTIVE.value, holds.c.user_id.between(low, high))
+        .group_by(holds.c.user_id)
+        .subquery("active_holds")
+    )
+    joined = balances.outerjoin(new, new.c.user_id == balances.c.user_id).outerjoin(
+        active, active.c.user_id == balances.c.user_id
+    )
     if incremental:
         # The row the checkpoint ended at, to check it is still there as verified.
         anchor = ledger.alias("anchor")
@@ -322,6 +395,8 @@ def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -
             balances.c.total_spent.label("cached_total_spent"),
             balances.c.credit_limit,
             balances.c.status.label("cached_status"),
+            balances.c.held.label("cached_held"),
+            func.coalesce(active.c.held, 0).label("actual_held"),
             new.c.row_count,
             new.c.balance,
             new.c.total_recharged,

@@ -92,6 +92,8 @@ user_balances = Table(
     Column("status", String(16), nullable=False, server_default="active"),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # The sum of the account's active holds (migration 0004).
+    Column("held", BigInteger, nullable=False, server_default="0"),
     CheckConstraint("credit_limit >= 0", name="credit_limit_not_negative"),
     CheckConstraint("status IN ('active', 'suspended')", name="status_known"),
     **_MARIADB_TABLE,
@@ -138,6 +140,31 @@ user_balance_transactions = Table(
     Index(None, "user_id", "id"),
     Index(None, "reference_model", "reference_id"),
     Index(None, "related_transaction_id"),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)
+
+# Money reserved for usage that is metered while it runs: authorize → capture | void.
+balance_holds = Table(
+    "balance_holds",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, ForeignKey("user_balances.user_id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("service_type", String(64), nullable=False),
+    Column("description", String(1024)),
+    Column("status", String(16), nullable=False),  # active | captured | voided | expired
+    Column("expires_at", UtcDateTime),
+    Column("idempotency_key", String(255)),
+    Column("captured_amount", BigInteger),
+    Column("capture_transaction_id", BigInteger),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("closed_at", UtcDateTime),
+    CheckConstraint("amount > 0", name="amount_positive"),
+    CheckConstraint("status IN ('active', 'captured', 'voided', 'expired')", name="status_known"),
+    UniqueConstraint("user_id", "idempotency_key"),
+    Index(None, "user_id", "status"),
+    Index(None, "status", "expires_at"),
     sqlite_autoincrement=True,
     **_MARIADB_TABLE,
 )

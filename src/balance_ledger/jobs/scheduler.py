@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_VERIFY_CRON = "0 2 * * *"  # daily at 02:00: verify-sync --fix
 DEFAULT_REBUILD_CRON = "0 3 1 * *"  # the 1st of each month at 03:00: --rebuild
+DEFAULT_EXPIRE_HOLDS_CRON = "* * * * *"  # every minute: release expired holds
 DEFAULT_TIMEZONE = "UTC"
 MISFIRE_GRACE_SECONDS = 3600  # a firing up to an hour late still runs (once)
 
@@ -68,11 +69,23 @@ def run_job(
         log.info("scheduled %s for %s: run %s", job, slot.isoformat(), result.run_id)
 
 
+def expire_holds(svc: BalanceService) -> None:
+    """Safe on any number of hosts at once: each hold is re-checked under its lock."""
+    try:
+        released = svc.expire_holds()
+    except Exception:
+        log.exception("expire-holds failed")
+        return
+    if released:
+        log.info("expire-holds released %d holds", released)
+
+
 def build_scheduler(
     svc: BalanceService,
     *,
     verify_cron: str = DEFAULT_VERIFY_CRON,
     rebuild_cron: str = DEFAULT_REBUILD_CRON,
+    expire_holds_cron: str = DEFAULT_EXPIRE_HOLDS_CRON,
     timezone: str = DEFAULT_TIMEZONE,
 ) -> BlockingScheduler:
     scheduler = BlockingScheduler(timezone=time_zone(timezone))
@@ -88,4 +101,13 @@ def build_scheduler(
             coalesce=True,  # after downtime, run a missed slot once, not once per slot
             misfire_grace_time=MISFIRE_GRACE_SECONDS,
         )
+    scheduler.add_job(
+        expire_holds,
+        cron_trigger(expire_holds_cron, timezone),
+        args=(svc,),
+        id="expire-holds",
+        name="balance expire-holds",
+        max_instances=1,
+        coalesce=True,
+    )
     return scheduler
