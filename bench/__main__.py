@@ -1,12 +1,12 @@
-"""``python -m bench charges|verify [options]``"""
+"""``python -m bench batch|charges|verify [options]``"""
 
 from __future__ import annotations
 
 import sys
 
-from . import charges, verify
+from . import batch, charges, verify
 
-COMMANDS = {"charges": charges.main, "verify": verify.main}
+COMMANDS = {"batch": batch.main, "charges": charges.main, "verify": verify.main}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -37,6 +37,7 @@ from .errors import (
     AccountExists,
     AccountNotFound,
     AccountSuspended,
+    BalanceError,
     CurrencyMismatch,
     HoldNotActive,
     HoldNotFound,
@@ -350,17 +351,16 @@ class BalanceService:
         unless ``allow_overdraft``: usage that was already delivered is always
         recorded, and an account it takes past its limit is suspended.
         """
-        movement = _movement(
-            TransactionType.CHARGE,
+        movement = _charge_movement(
             user_id,
             amount,
-            service_type=valid.text("service_type", service_type, required=True),
+            service_type,
             description=description,
             reference_model=reference_model,
             reference_id=reference_id,
             idempotency_key=idempotency_key,
-            currency=currency,
             allow_overdraft=allow_overdraft,
+            currency=currency,
         )
         return self._post(movement)
 
@@ -418,6 +418,40 @@ class BalanceService:
             raise InvalidRequest(f"unknown job {job!r}: use verify-fix or rebuild")
         slot = valid.instant(scheduled_for, "scheduled_for")
         return self._reconciler.run_scheduled(job, slot)
+
+    def charge_many(
+        self, items: Iterable[Mapping[str, Any]], *, mode: str = "independent"
+    ) -> list[Transaction | BalanceError]:
+        """Charge many items (each the keyword arguments of ``charge_service``) at once.
+
+        ``independent``: a list in item order of each item's ``Transaction`` or the
+        typed ``BalanceError`` that refused it. ``all_or_nothing``: the first refused
+        item's error is raised and nothing is written. Accounts are locked in user_id
+        order, so concurrent batches never deadlock; rows are appended and balances
+        updated with set-based statements, not a round trip per item.
+        """
+        if mode not in ("independent", "all_or_nothing"):
+            raise InvalidRequest(f"mode must be independent or all_or_nothing, not {mode!r}")
+        atomic = mode == "all_or_nothing"
+        planned = [_charge_item(item) for item in items]
+        if atomic:
+            for entry in planned:
+                if isinstance(entry, BalanceError):
+                    raise entry
+        results: list[Transaction | BalanceError | None] = [
+            entry if isinstance(entry, BalanceError) else None for entry in planned
+        ]
+        todo = [i for i, entry in enumerate(planned) if not isinstance(entry, BalanceError)]
+        # One transaction for all_or_nothing; otherwise one per group of accounts, so
+        # no lock is held for the whole of a huge batch.
+        for group in [todo] if atomic else _by_account_groups(todo, planned, BATCH_ACCOUNTS):
+            work = partial(_apply_many, movements=planned, indices=group, atomic=atomic)
+            outcomes, changes = self._db.write(work)
+            for i, outcome in outcomes.items():
+                results[i] = outcome
+            for change in changes:
+                self._notify(change)
+        return [r for r in results if r is not None]
 
     def refund(
         self,
@@ -699,64 +733,201 @@ def _movement(
     )
 
 
-def _apply(conn: Connection, movement: _Movement) -> _Posted:
-    """The locked read-check-write of one movement; runs inside the write transaction."""
-    account = queries.lock_balance(conn, movement.user_id)
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """What a movement does to an account: replay an earlier row, or append one."""
+
+    replay: Transaction | None = None
+    after: Balance | None = None
+    row: dict[str, Any] | None = None  # the ledger row's columns but id
+
+
+def _decide(
+    account: Balance | None, movement: _Movement, existing: Transaction | None, now: datetime
+) -> _Decision:
+    """Every rule of a movement, in one pure function (no SQL): the caller holds the lock.
+
+    ``existing`` is the row written earlier with the movement's idempotency key, if any.
+    """
     if account is None:
         raise AccountNotFound(movement.user_id)
-
     # Currency first: a request in the wrong currency is wrong, retried or not.
     if movement.currency is not None and movement.currency != account.currency:
         raise CurrencyMismatch(account.user_id, account.currency, movement.currency)
-
-    if movement.idempotency_key is not None:
-        replayed = _replay(conn, movement, movement.idempotency_key)
-        if replayed is not None:
-            return _Posted(replayed, status_change=None)
-
+    if existing is not None:
+        differences = movement.differences(existing)
+        if differences:
+            key = movement.idempotency_key or ""
+            raise IdempotencyConflict(movement.user_id, key, "; ".join(differences))
+        return _Decision(replay=existing)
     if movement.transaction_type is TransactionType.CHARGE:
         _check_chargeable(account, movement)
-    if movement.transaction_type is TransactionType.REFUND:
-        movement = _within_refundable(conn, movement)
     after = _moved(account, movement)  # every check passes before anything is written
-    now = _now()
-    transaction = queries.insert_transaction(
-        conn,
-        {
-            "user_id": movement.user_id,
-            "transaction_type": movement.transaction_type.value,
-            "amount": movement.amount,
-            "balance_before": account.balance,
-            "balance_after": after.balance,
-            "service_type": movement.service_type,
-            "description": movement.description,
-            "reference_model": movement.reference_model,
-            "reference_id": movement.reference_id,
-            "idempotency_key": movement.idempotency_key,
-            "created_at": now,
-            "related_transaction_id": movement.related_transaction_id,
-            "actor": movement.actor,
-        },
-    )
-    queries.update_balance(
-        conn,
-        user_id=movement.user_id,
+    row = {
+        "user_id": movement.user_id,
+        "transaction_type": movement.transaction_type.value,
+        "amount": movement.amount,
+        "balance_before": account.balance,
+        "balance_after": after.balance,
+        "service_type": movement.service_type,
+        "description": movement.description,
+        "reference_model": movement.reference_model,
+        "reference_id": movement.reference_id,
+        "idempotency_key": movement.idempotency_key,
+        "created_at": now,
+        "related_transaction_id": movement.related_transaction_id,
+        "actor": movement.actor,
+    }
+    return _Decision(after=after, row=row)
+
+
+def _status_change(before: Balance, after: Balance, transaction_id: int) -> StatusChange | None:
+    if after.status is before.status:
+        return None
+    return StatusChange(
+        user_id=before.user_id,
+        old_status=before.status,
+        new_status=after.status,
         balance=after.balance,
-        total_recharged=after.total_recharged,
-        total_spent=after.total_spent,
-        status=after.status,
-        now=now,
+        transaction_id=transaction_id,
     )
-    change = None
-    if after.status is not account.status:
-        change = StatusChange(
-            user_id=movement.user_id,
-            old_status=account.status,
-            new_status=after.status,
-            balance=after.balance,
-            transaction_id=transaction.id,
-        )
-    return _Posted(transaction, change)
+
+
+def _apply(conn: Connection, movement: _Movement) -> _Posted:
+    """The locked read-check-write of one movement; runs inside the write transaction."""
+    account = queries.lock_balance(conn, movement.user_id)
+    existing = None
+    if account is not None and movement.idempotency_key is not None:
+        existing = queries.find_by_idempotency_key(conn, movement.user_id, movement.idempotency_key)
+    if movement.transaction_type is TransactionType.REFUND and existing is None:
+        movement = _within_refundable(conn, movement)
+    now = _now()
+    decision = _decide(account, movement, existing, now)
+    if decision.replay is not None:
+        return _Posted(decision.replay, status_change=None)
+    assert account is not None, "_decide refuses a missing account"
+    assert decision.after is not None
+    assert decision.row is not None
+    transaction = queries.insert_transaction(conn, decision.row)
+    queries.update_balance(conn, decision.after, now=now)
+    return _Posted(transaction, _status_change(account, decision.after, transaction.id))
+
+
+BATCH_ACCOUNTS = 1_000  # accounts per transaction in an independent batch
+
+
+def _charge_movement(
+    user_id: object,
+    amount: object,
+    service_type: object,
+    *,
+    description: object = None,
+    reference_model: object = None,
+    reference_id: object = None,
+    idempotency_key: object = None,
+    allow_overdraft: object = False,
+    currency: object = None,
+) -> _Movement:
+    return _movement(
+        TransactionType.CHARGE,
+        user_id,
+        amount,
+        service_type=valid.text("service_type", service_type, required=True),
+        description=description,
+        reference_model=reference_model,
+        reference_id=reference_id,
+        idempotency_key=idempotency_key,
+        currency=currency,
+        allow_overdraft=allow_overdraft,
+    )
+
+
+def _charge_item(item: object) -> _Movement | BalanceError:
+    """One batch item, validated; a malformed one becomes its error."""
+    if not isinstance(item, Mapping):
+        return InvalidRequest(f"a batch item is a mapping of charge arguments, not {item!r}")
+    try:
+        return _charge_movement(**item)
+    except BalanceError as error:
+        return error
+    except TypeError as error:  # unknown or missing argument names
+        return InvalidRequest(f"bad batch item {dict(item)!r}: {error}")
+
+
+def _by_account_groups(
+    indices: list[int], planned: list[_Movement | BalanceError], size: int
+) -> list[list[int]]:
+    """Split items into groups whose accounts do not overlap, ``size`` accounts each."""
+    by_user: dict[int, list[int]] = {}
+    for i in indices:
+        movement = planned[i]
+        assert isinstance(movement, _Movement)
+        by_user.setdefault(movement.user_id, []).append(i)
+    users = sorted(by_user)
+    return [
+        sorted(i for user in users[start : start + size] for i in by_user[user])
+        for start in range(0, len(users), size)
+    ]
+
+
+def _apply_many(
+    conn: Connection,
+    *,
+    movements: list[_Movement | BalanceError],
+    indices: list[int],
+    atomic: bool,
+) -> tuple[dict[int, Transaction | BalanceError], list[StatusChange]]:
+    """The batch twin of _apply: lock every account once, decide each item in order with
+    the same rules, then write all rows and balances with set-based statements."""
+    items = {i: m for i in indices if isinstance(m := movements[i], _Movement)}
+    accounts = queries.lock_balances_of(conn, [m.user_id for m in items.values()])
+    before = dict(accounts)
+    keyed = {(m.user_id, m.idempotency_key) for m in items.values() if m.idempotency_key}
+    earlier = queries.find_by_idempotency_keys(conn, keyed)  # type: ignore[arg-type]
+    now = _now()
+    outcomes: dict[int, Transaction | BalanceError] = {}
+    appended: list[tuple[int, dict[str, Any]]] = []
+    # A key repeated within the batch: the item that writes it, and its row as a draft.
+    in_batch: dict[tuple[int, str], tuple[int, Transaction]] = {}
+    same_as: dict[int, int] = {}
+    for i, movement in items.items():
+        pair = (movement.user_id, movement.idempotency_key or "")
+        first = in_batch.get(pair) if movement.idempotency_key else None
+        existing = first[1] if first else earlier.get(pair)
+        try:
+            decision = _decide(accounts.get(movement.user_id), movement, existing, now)
+        except BalanceError as error:
+            if atomic:
+                raise
+            outcomes[i] = error
+            continue
+        if first is not None:
+            same_as[i] = first[0]
+        elif decision.replay is not None:
+            outcomes[i] = decision.replay
+        else:
+            assert decision.after is not None
+            assert decision.row is not None
+            accounts[movement.user_id] = decision.after
+            appended.append((i, decision.row))
+            if movement.idempotency_key:
+                kind = TransactionType(decision.row["transaction_type"])
+                draft = Transaction(**{**decision.row, "id": 0, "transaction_type": kind})
+                in_batch[pair] = (i, draft)
+    written = queries.insert_transactions(conn, [row for _, row in appended])
+    for (i, _), transaction in zip(appended, written, strict=True):
+        outcomes[i] = transaction
+    for i, first in same_as.items():
+        outcomes[i] = outcomes[first]
+    moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]
+    queries.update_balances(conn, moved, now=now)
+    last_row = {t.user_id: t.id for t in written}
+    changes = [
+        change
+        for account in moved
+        if (change := _status_change(before[account.user_id], account, last_row[account.user_id]))
+    ]
+    return outcomes, changes
 
 
 def _release(conn: Connection, account: Balance, hold: Hold, status: HoldStatus) -> Hold:
@@ -826,17 +997,6 @@ def _moved(account: Balance, movement: _Movement) -> Balance:
         total_spent=valid.in_bigint_range(spent, "total_spent", amount=amount),
         status=status_for(balance, account.credit_limit),
     )
-
-
-def _replay(conn: Connection, movement: _Movement, key: str) -> Transaction | None:
-    """The row a previous call with this key wrote, if the request is the same one."""
-    existing = queries.find_by_idempotency_key(conn, movement.user_id, key)
-    if existing is None:
-        return None
-    differences = movement.differences(existing)
-    if differences:
-        raise IdempotencyConflict(movement.user_id, key, "; ".join(differences))
-    return existing
 
 
 def _check_chargeable(account: Balance, movement: _Movement) -> None:

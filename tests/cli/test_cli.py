@@ -219,3 +219,57 @@ def test_hold_capture_void_and_expire_from_the_command_line(balance, svc: Balanc
     assert (code, out.strip()) == (0, "released 0 expired holds")
     code, out, _ = balance("show", "1")
     assert "Held" in out
+
+
+def test_charge_batch_from_csv_reports_each_outcome(balance, svc: BalanceService, tmp_path):
+    balance("account", "open", "1")
+    balance("recharge", "1", "1000")
+    batch = tmp_path / "hour.csv"
+    batch.write_text(
+        "user_id,amount,service_type,reference_id,allow_overdraft\n"
+        "1,100,vps,vm-1,\n"
+        "1,abc,vps,vm-2,\n"
+        "2,5,vps,vm-3,\n"
+        "1,2000,vps,vm-4,false\n"
+        "1,50,bandwidth,vm-5,true\n"
+    )
+    code, out, _ = balance("charge-batch", str(batch), "--json")
+    outcomes = [r.get("error", "charged") for r in json.loads(out)]
+    assert code == 1
+    assert outcomes == [
+        "charged",
+        "InvalidAmount",
+        "AccountNotFound",
+        "InsufficientBalance",
+        "charged",
+    ]
+    assert svc.get_balance(1).balance == 850
+    code, out, _ = balance("charge-batch", str(batch))
+    assert "refused: InvalidAmount" in out
+
+
+def test_charge_batch_all_or_nothing_from_jsonl_writes_nothing_on_error(
+    balance, svc: BalanceService, tmp_path
+):
+    balance("account", "open", "1")
+    balance("recharge", "1", "1000")
+    batch = tmp_path / "hour.jsonl"
+    batch.write_text(
+        '{"user_id": 1, "amount": 100, "service_type": "vps"}\n'
+        '{"user_id": 1, "amount": 5000, "service_type": "vps"}\n'
+    )
+    code, _, err = balance("charge-batch", str(batch), "--mode", "all_or_nothing")
+    assert code == 1
+    assert "InsufficientBalance" in err
+    assert svc.get_balance(1).balance == 1_000
+    batch.write_text('{"user_id": 1, "amount": 100, "service_type": "vps"}\n{oops\n')
+    code, out, _ = balance("charge-batch", str(batch), "--json")
+    assert [r.get("error") for r in json.loads(out)] == [None, "InvalidRequest"]
+
+
+def test_charge_batch_rejects_other_file_types(balance, tmp_path):
+    batch = tmp_path / "hour.xlsx"
+    batch.write_text("")
+    code, _, err = balance("charge-batch", str(batch))
+    assert code == 2
+    assert ".csv or .jsonl" in err

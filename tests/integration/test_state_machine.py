@@ -16,6 +16,7 @@ from hypothesis.stateful import (
 from sqlalchemy import select
 
 from balance_ledger import (
+    AccountNotFound,
     AccountStatus,
     AccountSuspended,
     BalanceService,
@@ -129,6 +130,36 @@ class LedgerMachine(RuleBasedStateMachine):
         self.refunded[charge_id] = self.refunded.get(charge_id, 0) + given
         self.model[user_id].balance += given
         self.model[user_id].spent -= given
+
+    @rule(
+        charges=st.lists(
+            st.tuples(st.integers(1, 1_000), AMOUNTS, st.booleans()), min_size=1, max_size=8
+        )
+    )
+    def charge_many(self, charges: list[tuple[int, int, bool]]) -> None:
+        """A batch obeys the same rules, item by item in order, as single charges."""
+        items = [
+            {"user_id": u, "amount": a, "service_type": "vps", "allow_overdraft": o}
+            for u, a, o in charges
+        ]
+        results = self.svc.charge_many(items)
+        for (user_id, amount, overdraft), result in zip(charges, results, strict=True):
+            account = self.model.get(user_id)
+            if account is None:
+                assert isinstance(result, AccountNotFound)
+                continue
+            if not overdraft and account.status is AccountStatus.SUSPENDED:
+                assert isinstance(result, AccountSuspended)
+                continue
+            limit = -account.credit_limit + account.held
+            if not overdraft and account.balance - amount < limit:
+                assert isinstance(result, InsufficientBalance)
+                continue
+            assert not isinstance(result, BaseException), result
+            assert result.balance_before == account.balance
+            account.balance -= amount
+            account.spent += amount
+            self.charges.append((user_id, result.id, amount))
 
     @rule(user_id=accounts, amount=AMOUNTS)
     def authorize(self, user_id: int, amount: int) -> None:

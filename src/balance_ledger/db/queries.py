@@ -14,6 +14,7 @@ from sqlalchemy import (
     RowMapping,
     Subquery,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -93,27 +94,83 @@ def insert_balance(
     backend.insert_if_absent(conn, balances, row, key="user_id")
 
 
-def update_balance(
-    conn: Connection,
-    *,
-    user_id: int,
-    balance: int,
-    total_recharged: int,
-    total_spent: int,
-    status: AccountStatus,
-    now: datetime,
-) -> None:
-    conn.execute(
+def update_balance(conn: Connection, account: Balance, *, now: datetime) -> None:
+    """Write the account's moved figures to its cache row."""
+    update_balances(conn, [account], now=now)
+
+
+def update_balances(conn: Connection, accounts: list[Balance], *, now: datetime) -> None:
+    """Write many accounts' figures in one executemany."""
+    if not accounts:
+        return
+    stmt = (
         update(balances)
-        .where(balances.c.user_id == user_id)
+        .where(balances.c.user_id == bindparam("account_id"))
         .values(
-            balance=balance,
-            total_recharged=total_recharged,
-            total_spent=total_spent,
-            status=status.value,
+            balance=bindparam("new_balance"),
+            total_recharged=bindparam("new_total_recharged"),
+            total_spent=bindparam("new_total_spent"),
+            status=bindparam("new_status"),
             updated_at=now,
         )
     )
+    conn.execute(
+        stmt,
+        [
+            {
+                "account_id": a.user_id,
+                "new_balance": a.balance,
+                "new_total_recharged": a.total_recharged,
+                "new_total_spent": a.total_spent,
+                "new_status": a.status.value,
+            }
+            for a in accounts
+        ],
+    )
+
+
+def lock_balances_of(conn: Connection, user_ids: list[int]) -> dict[int, Balance]:
+    """Lock many accounts' rows, in user_id order (the order every locker uses)."""
+    found: dict[int, Balance] = {}
+    ordered = sorted(set(user_ids))
+    for start in range(0, len(ordered), 1_000):  # bounded IN lists
+        part = ordered[start : start + 1_000]
+        stmt = (
+            select(balances)
+            .where(balances.c.user_id.in_(part))
+            .order_by(balances.c.user_id)
+            .with_for_update()
+        )
+        found.update((row["user_id"], _balance(row)) for row in conn.execute(stmt).mappings())
+    return found
+
+
+def find_by_idempotency_keys(
+    conn: Connection, pairs: set[tuple[int, str]]
+) -> dict[tuple[int, str], Transaction]:
+    """The rows written earlier with any of these (user_id, key) pairs."""
+    found: dict[tuple[int, str], Transaction] = {}
+    listed = sorted(pairs)
+    for start in range(0, len(listed), 1_000):
+        part = listed[start : start + 1_000]
+        stmt = select(ledger).where(
+            ledger.c.user_id.in_({u for u, _ in part}),
+            ledger.c.idempotency_key.in_({k for _, k in part}),
+        )
+        for row in conn.execute(stmt).mappings():
+            pair = (row["user_id"], row["idempotency_key"])
+            if pair in pairs:
+                found[pair] = _transaction(row)
+    return found
+
+
+def insert_transactions(conn: Connection, rows: list[dict[str, Any]]) -> list[Transaction]:
+    """Append many ledger rows in one statement; their ids come back in order."""
+    if not rows:
+        return []
+    stmt = insert(ledger).returning(ledger.c.id, sort_by_parameter_order=True)
+    ids = [row_id for (row_id,) in conn.execute(stmt, rows)]
+    return [_transaction({**row, "id": row_id}) for row, row_id in zip(rows, ids, strict=True)]
 
 
 def find_by_idempotency_key(conn: Connection, user_id: int, key: str) -> Transaction | None:
