@@ -429,6 +429,10 @@ class BalanceService:
         item's error is raised and nothing is written. Accounts are locked in user_id
         order, so concurrent batches never deadlock; rows are appended and balances
         updated with set-based statements, not a round trip per item.
+
+        Independent mode commits each group of 1,000 accounts on its own: if the
+        database fails part-way, the error is raised after earlier groups committed.
+        Give items idempotency keys, and a retry of the whole batch is safe.
         """
         if mode not in ("independent", "all_or_nothing"):
             raise InvalidRequest(f"mode must be independent or all_or_nothing, not {mode!r}")
@@ -451,7 +455,8 @@ class BalanceService:
                 results[i] = outcome
             for change in changes:
                 self._notify(change)
-        return [r for r in results if r is not None]
+        assert all(r is not None for r in results), "every item has its outcome"
+        return results  # type: ignore[return-value]
 
     def refund(
         self,
@@ -814,6 +819,7 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
 
 
 BATCH_ACCOUNTS = 1_000  # accounts per transaction in an independent batch
+MAX_HOLD = timedelta(days=366)  # the longest a hold may reserve money
 
 
 def _charge_movement(
@@ -887,6 +893,7 @@ def _apply_many(
     now = _now()
     outcomes: dict[int, Transaction | BalanceError] = {}
     appended: list[tuple[int, dict[str, Any]]] = []
+    crossings: list[tuple[int, Balance, Balance]] = []  # (item, before, after) in order
     # A key repeated within the batch: the item that writes it, and its row as a draft.
     in_batch: dict[tuple[int, str], tuple[int, Transaction]] = {}
     same_as: dict[int, int] = {}
@@ -908,6 +915,9 @@ def _apply_many(
         else:
             assert decision.after is not None
             assert decision.row is not None
+            previous = accounts[movement.user_id]
+            if decision.after.status is not previous.status:
+                crossings.append((i, previous, decision.after))
             accounts[movement.user_id] = decision.after
             appended.append((i, decision.row))
             if movement.idempotency_key:
@@ -921,12 +931,13 @@ def _apply_many(
         outcomes[i] = outcomes[first]
     moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]
     queries.update_balances(conn, moved, now=now)
-    last_row = {t.user_id: t.id for t in written}
-    changes = [
-        change
-        for account in moved
-        if (change := _status_change(before[account.user_id], account, last_row[account.user_id]))
-    ]
+    # Like single charges: each change names the row that crossed the limit, in order.
+    changes = []
+    for i, previous, after in crossings:
+        written_row = outcomes[i]
+        assert isinstance(written_row, Transaction)
+        if change := _status_change(previous, after, written_row.id):
+            changes.append(change)
     return outcomes, changes
 
 
@@ -951,7 +962,10 @@ def _expiry(expires_at: object, ttl: object) -> datetime | None:
     if expires_at is not None and ttl is not None:
         raise InvalidRequest("give expires_at or ttl, not both")
     if expires_at is not None:
-        return valid.instant(expires_at, "expires_at")
+        expiry = valid.instant(expires_at, "expires_at")
+        if not _now() < expiry <= _now() + MAX_HOLD:
+            raise InvalidRequest("expires_at must be in the future and at most a year away")
+        return expiry
     if ttl is None:
         return None
     if isinstance(ttl, timedelta):
@@ -960,7 +974,7 @@ def _expiry(expires_at: object, ttl: object) -> datetime | None:
         seconds = ttl
     else:
         raise InvalidRequest(f"ttl must be a timedelta or whole seconds, not {type(ttl).__name__}")
-    if not 0 < seconds <= 366 * 24 * 3600:
+    if not 0 < seconds <= MAX_HOLD.total_seconds():
         raise InvalidRequest(f"ttl must be positive and at most a year, got {seconds} s")
     return _now() + timedelta(seconds=seconds)
 

@@ -273,3 +273,33 @@ def test_charge_batch_rejects_other_file_types(balance, tmp_path):
     code, _, err = balance("charge-batch", str(batch))
     assert code == 2
     assert ".csv or .jsonl" in err
+
+
+@pytest.mark.parametrize("amount", ["²", "--5", "١٠", "1e3"])
+def test_charge_batch_refuses_amounts_that_are_not_ascii_integers(balance, tmp_path, amount):
+    balance("account", "open", "1")
+    balance("recharge", "1", "1000")
+    batch = tmp_path / "odd.csv"
+    batch.write_text(f"user_id,amount,service_type\n1,{amount},vps\n", encoding="utf-8")
+    code, out, _ = balance("charge-batch", str(batch), "--json")
+    assert code == 1
+    assert json.loads(out)[0]["error"] == "InvalidAmount"
+
+
+def test_charge_batch_reads_spreadsheet_csv_with_a_byte_order_mark(balance, svc, tmp_path):
+    balance("account", "open", "1")
+    balance("recharge", "1", "1000")
+    batch = tmp_path / "excel.csv"
+    batch.write_text("user_id,amount,service_type\n1,5,vps\n", encoding="utf-8-sig")
+    assert balance("charge-batch", str(batch))[0] == 0
+    assert svc.get_balance(1).balance == 995
+
+
+def test_charge_batch_with_bad_encoding_or_mode_exits_2(balance, tmp_path):
+    batch = tmp_path / "latin1.csv"
+    batch.write_bytes("user_id,amount,service_type\n1,5,caf\xe9\n".encode("latin-1"))
+    code, _, err = balance("charge-batch", str(batch))
+    assert (code, "not UTF-8" in err) == (2, True)
+    batch.write_text("")
+    code, _, err = balance("charge-batch", str(batch), "--mode", "bogus")
+    assert code == 2

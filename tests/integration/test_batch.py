@@ -160,3 +160,21 @@ def test_overlapping_batches_in_opposite_order_do_not_deadlock(database_url):
         assert charged == 2 * rounds * accounts
         assert svc.get_balance(1).balance == 10_000 - 2 * rounds
         assert svc.verify_and_fix_balance(full=True).in_sync
+
+
+def test_batch_status_callbacks_name_the_crossing_row_in_item_order(svc, account_factory):
+    first, second = account_factory(balance=100), account_factory(balance=100)
+    seen = []
+    svc.on_suspend(seen.append)
+    item = {"service_type": "vps", "allow_overdraft": True}
+    results = svc.charge_many(
+        [
+            {**item, "user_id": second.user_id, "amount": 150},
+            {**item, "user_id": first.user_id, "amount": 150},
+            {**item, "user_id": second.user_id, "amount": 500},
+        ]
+    )
+    assert [(c.user_id, c.transaction_id, c.balance) for c in seen] == [
+        (second.user_id, results[0].id, -50),
+        (first.user_id, results[1].id, -50),
+    ]

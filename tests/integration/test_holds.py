@@ -227,3 +227,11 @@ def test_racing_holds_and_charges_never_make_available_negative(database_url):
         assert balance.available >= 0
         assert balance.balance >= -100
         assert svc.verify_and_fix_balance(full=True).in_sync
+
+
+@pytest.mark.parametrize("days", [-1, 400])
+def test_expires_at_must_be_ahead_and_within_a_year(svc, account_factory, days):
+    account = account_factory(balance=10)
+    when = datetime.now(UTC) + timedelta(days=days)
+    with pytest.raises(InvalidRequest, match="expires_at must be in the future"):
+        svc.authorize(account.user_id, 1, "vps", expires_at=when)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ..errors import BalanceError
+from ..errors import BalanceError, StorageError
 from ..models import Transaction
 from . import format as fmt
 from .app import Json, _service, app, console
@@ -20,22 +21,25 @@ from .sync import EXIT_OUT_OF_SYNC, _progress
 
 CHUNK = 1_000  # items per charge_many call in independent mode (the progress bar's step)
 _INTEGERS = ("user_id", "amount")
+# Not str.isdigit, which also accepts superscripts and other scripts' digits.
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")
 _TRUTH = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def _csv_items(path: Path) -> Iterator[object]:
-    with path.open(newline="", encoding="utf-8") as stream:
+    # utf-8-sig: spreadsheets start their CSV files with a byte-order mark.
+    with path.open(newline="", encoding="utf-8-sig") as stream:
         for row in csv.DictReader(stream):
             yield _typed({k: v for k, v in row.items() if v not in ("", None)})
 
 
 def _jsonl_items(path: Path) -> Iterator[object]:
-    with path.open(encoding="utf-8") as stream:
+    with path.open(encoding="utf-8-sig") as stream:
         for line in stream:
             if line.strip():
                 try:
                     yield json.loads(line)
-                except json.JSONDecodeError as error:
+                except (ValueError, RecursionError) as error:
                     yield f"malformed JSON line: {error}"  # refused as that item's error
 
 
@@ -43,7 +47,7 @@ def _typed(row: dict[str, Any]) -> dict[str, Any]:
     """CSV gives text: numbers and flags become int/bool; anything else stays for the
     core to refuse with a typed error."""
     for name in _INTEGERS:
-        if name in row and row[name].lstrip("-").isdigit():
+        if name in row and _ASCII_INTEGER.fullmatch(row[name]):
             row[name] = int(row[name])
     if "allow_overdraft" in row:
         row["allow_overdraft"] = _TRUTH.get(row["allow_overdraft"].lower(), row["allow_overdraft"])
@@ -51,11 +55,15 @@ def _typed(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _items(path: Path) -> list[object]:
-    if path.suffix.lower() == ".csv":
-        return list(_csv_items(path))
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return list(_jsonl_items(path))
-    raise typer.BadParameter("the file must end in .csv or .jsonl", param_hint="FILE")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise typer.BadParameter("the file must end in .csv or .jsonl", param_hint="FILE")
+    try:
+        return list(_csv_items(path) if suffix == ".csv" else _jsonl_items(path))
+    except UnicodeDecodeError as error:
+        raise typer.BadParameter(
+            f"the file is not UTF-8 text: {error}", param_hint="FILE"
+        ) from None
 
 
 @app.command("charge-batch")
@@ -72,16 +80,29 @@ def charge_batch(
     ] = "independent",
     as_json: Json = False,
 ) -> None:
-    """Charge every item of FILE (columns/keys: charge's arguments); exit 1 if any refused."""
+    """Charge every item of FILE (columns/keys: charge's arguments); exit 1 if any refused.
+
+    Items are committed 1,000 at a time: if the database fails part-way, the summary of
+    what was done is printed before the error. Give items idempotency keys so that
+    running the file again is safe.
+    """
+    if mode not in ("independent", "all_or_nothing"):
+        raise typer.BadParameter("use independent or all_or_nothing", param_hint="--mode")
     svc = _service(ctx)
     items = _items(file)
     results: list[Transaction | BalanceError] = []
     with _progress(not as_json, "charging") as progress:
         step = CHUNK if mode == "independent" else max(len(items), 1)
-        for start in range(0, len(items), step):
-            results += svc.charge_many(items[start : start + step], mode=mode)  # type: ignore[arg-type]
-            if progress is not None:
-                progress(len(results), len(items))
+        try:
+            for start in range(0, len(items), step):
+                chunk = items[start : start + step]
+                results += svc.charge_many(chunk, mode=mode)  # type: ignore[arg-type]
+                if progress is not None:
+                    progress(len(results), len(items))
+        except StorageError:
+            console.print(_summary(results))
+            console.print(f"stopped after {len(results):,} of {len(items):,} items")
+            raise
     if as_json:
         console.print_json(json.dumps([_result(n, r) for n, r in enumerate(results, 1)]))
     else:
