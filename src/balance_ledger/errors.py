@@ -29,6 +29,9 @@ from __future__ import annotations
 class BalanceError(Exception):
     """Base class of every error raised by balance-ledger."""
 
+    #: The item's index when ``charge_many(mode="all_or_nothing")`` raises it.
+    batch_item: int | None = None
+
 
 class AccountNotFound(BalanceError):
     def __init__(self, user_id: int) -> None:

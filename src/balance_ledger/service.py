@@ -438,17 +438,16 @@ class BalanceService:
             raise InvalidRequest(f"mode must be independent or all_or_nothing, not {mode!r}")
         atomic = mode == "all_or_nothing"
         planned = [_charge_item(item) for item in items]
-        if atomic:
-            for entry in planned:
-                if isinstance(entry, BalanceError):
-                    raise entry
         results: list[Transaction | BalanceError | None] = [
             entry if isinstance(entry, BalanceError) else None for entry in planned
         ]
         todo = [i for i, entry in enumerate(planned) if not isinstance(entry, BalanceError)]
-        # One transaction for all_or_nothing; otherwise one per group of accounts, so
-        # no lock is held for the whole of a huge batch.
-        for group in [todo] if atomic else _by_account_groups(todo, planned, BATCH_ACCOUNTS):
+        # One transaction for all_or_nothing (malformed items included: the first refused
+        # item in order is raised); otherwise one per group of accounts, so no lock is
+        # held for the whole of a huge batch.
+        everything = list(range(len(planned)))
+        groups = [everything] if atomic else _by_account_groups(todo, planned, BATCH_ACCOUNTS)
+        for group in groups:
             work = partial(_apply_many, movements=planned, indices=group, atomic=atomic)
             outcomes, changes = self._db.write(work)
             for i, outcome in outcomes.items():
@@ -886,6 +885,10 @@ def _apply_many(
     """The batch twin of _apply: lock every account once, decide each item in order with
     the same rules, then write all rows and balances with set-based statements."""
     items = {i: m for i in indices if isinstance(m := movements[i], _Movement)}
+    if atomic and (malformed := [i for i in indices if i not in items]):
+        first_malformed = malformed[0]
+    else:
+        first_malformed = None
     accounts = queries.lock_balances_of(conn, [m.user_id for m in items.values()])
     before = dict(accounts)
     keyed = {(m.user_id, m.idempotency_key) for m in items.values() if m.idempotency_key}
@@ -898,6 +901,8 @@ def _apply_many(
     in_batch: dict[tuple[int, str], tuple[int, Transaction]] = {}
     same_as: dict[int, int] = {}
     for i, movement in items.items():
+        if first_malformed is not None and first_malformed < i:
+            break  # an earlier item was malformed: it is the one to raise
         pair = (movement.user_id, movement.idempotency_key or "")
         first = in_batch.get(pair) if movement.idempotency_key else None
         existing = first[1] if first else earlier.get(pair)
@@ -905,6 +910,7 @@ def _apply_many(
             decision = _decide(accounts.get(movement.user_id), movement, existing, now)
         except BalanceError as error:
             if atomic:
+                error.batch_item = i
                 raise
             outcomes[i] = error
             continue
@@ -924,6 +930,11 @@ def _apply_many(
                 kind = TransactionType(decision.row["transaction_type"])
                 draft = Transaction(**{**decision.row, "id": 0, "transaction_type": kind})
                 in_batch[pair] = (i, draft)
+    if first_malformed is not None:
+        error = movements[first_malformed]
+        assert isinstance(error, BalanceError)
+        error.batch_item = first_malformed
+        raise error
     written = queries.insert_transactions(conn, [row for _, row in appended])
     for (i, _), transaction in zip(appended, written, strict=True):
         outcomes[i] = transaction

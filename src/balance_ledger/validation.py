@@ -6,6 +6,7 @@ round trip, takes no lock and can leave nothing behind.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import TypeGuard
 
@@ -29,6 +30,9 @@ TEXT_LIMITS = {
 
 # XXX ("no currency") and XTS (reserved for testing) are codes, but no account's money.
 _KNOWN_CURRENCIES = frozenset(list_currencies()) - {"XXX", "XTS"}
+
+
+_CONTROL = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -81,7 +85,11 @@ def currency(value: object) -> str:
 
 
 def text(field: str, value: object, *, required: bool = False) -> str | None:
-    """A free-text column value: str within the column width, no NUL characters."""
+    """A free-text column value: str within the column width, printable text.
+
+    Control characters (other than tab and line breaks) are refused: they corrupt
+    terminals, CSV exports and statements, and no description needs them.
+    """
     if value is None:
         if required:
             raise InvalidRequest(f"{field} is required")
@@ -95,6 +103,8 @@ def text(field: str, value: object, *, required: bool = False) -> str | None:
         raise InvalidRequest(f"{field} is {len(value)} characters long; the limit is {limit}")
     if "\x00" in value:
         raise InvalidRequest(f"{field} must not contain NUL characters")
+    if _CONTROL.search(value):
+        raise InvalidRequest(f"{field} must not contain control characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:  # lone surrogates, e.g. from undecodable argv

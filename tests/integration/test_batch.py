@@ -69,7 +69,7 @@ def test_all_or_nothing_batch_with_one_bad_item_writes_nothing(svc, account_fact
     ]
     with pytest.raises(InsufficientBalance) as refused:
         svc.charge_many(items, mode="all_or_nothing")
-    assert refused.value.user_id == b.user_id
+    assert (refused.value.user_id, refused.value.batch_item) == (b.user_id, 1)
     assert dump() == before
 
 
@@ -178,3 +178,19 @@ def test_batch_status_callbacks_name_the_crossing_row_in_item_order(svc, account
         (second.user_id, results[0].id, -50),
         (first.user_id, results[1].id, -50),
     ]
+
+
+def test_all_or_nothing_raises_the_first_refused_item_in_order(svc, account_factory, dump):
+    poor = account_factory(balance=10)
+    before = dump()
+    items = [
+        {"user_id": poor.user_id, "amount": 50, "service_type": "vps"},  # refused by funds
+        {"user_id": poor.user_id, "amount": -1, "service_type": "vps"},  # malformed
+    ]
+    with pytest.raises(InsufficientBalance) as refused:
+        svc.charge_many(items, mode="all_or_nothing")
+    assert refused.value.batch_item == 0
+    with pytest.raises(InvalidAmount) as malformed:
+        svc.charge_many(items[::-1], mode="all_or_nothing")
+    assert malformed.value.batch_item == 0
+    assert dump() == before

@@ -67,6 +67,8 @@ def test_largest_amount_is_accepted(svc: BalanceService, account_factory):
     [
         ("description", "x" * 1025, "1025 characters long; the limit is 1024"),
         ("description", "a\x00b", "NUL"),
+        ("description", "bell\x07", "control characters"),
+        ("reference_model", "esc\x1b[31m", "control characters"),
         ("description", 5, "must be a str"),
         ("reference_model", "m" * 129, "limit is 128"),
         ("reference_id", "r" * 129, "limit is 128"),
@@ -83,6 +85,12 @@ def test_charge_refuses_malformed_fields(svc, account_factory, dump, field, valu
     with pytest.raises(InvalidRequest, match=reason):
         svc.charge_service(account.user_id, 1, "vps", **{field: value})
     assert dump() == before
+
+
+def test_tabs_and_line_breaks_are_allowed_in_descriptions(svc, account_factory):
+    account = account_factory(balance=10)
+    text = "line one\r\nline two\tend"
+    assert svc.charge_service(account.user_id, 1, "vps", description=text).description == text
 
 
 def test_unicode_and_sql_metacharacters_are_stored_verbatim(svc, account_factory):
