@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, select
+from sqlalchemy import Connection, Engine, create_engine, make_url, select
 
 from balance_ledger import Balance, BalanceService
+from balance_ledger.db.guards import install_append_only, remove_append_only
 from balance_ledger.db.tables import metadata, user_balance_transactions, user_balances
 from tests.databases import recreate_database, server_url
 
@@ -57,10 +59,23 @@ def backend(backend_url: str) -> str:
     return "mariadb" if name == "mysql" else name
 
 
+@contextmanager
+def append_only_lifted(engine: Engine) -> Iterator[Connection]:
+    """A transaction in which the ledger's append-only triggers are gone.
+
+    Only tests do this: to empty the database, or to play the attacker who disabled
+    the triggers and edited history (what the verifier must then catch).
+    """
+    with engine.begin() as conn:
+        remove_append_only(conn)
+        yield conn
+        install_append_only(conn)
+
+
 def empty_database(url: str) -> None:
     """Remove every row, referencing tables first."""
     engine = create_engine(url)
-    with engine.begin() as conn:
+    with append_only_lifted(engine) as conn:
         for table in reversed(metadata.sorted_tables):
             conn.execute(table.delete())
     engine.dispose()

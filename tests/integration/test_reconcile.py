@@ -15,6 +15,7 @@ from sqlalchemy import event, select, text
 from balance_ledger import AccountNotFound, BalanceService, ColumnChange
 from balance_ledger.db.tables import balance_sync_checkpoints as checkpoints
 from balance_ledger.db.tables import user_balance_transactions as ledger
+from tests.conftest import append_only_lifted
 
 
 @pytest.fixture
@@ -153,7 +154,7 @@ def test_reports_serialise_to_json(svc, three_accounts, corrupt):
 
 def shift_snapshot(svc: BalanceService, row_id: int, offset: int) -> None:
     """Tamper with one ledger row's snapshot, keeping its own arithmetic valid."""
-    with svc.engine.begin() as conn:
+    with append_only_lifted(svc.engine) as conn:
         conn.execute(
             ledger.update()
             .where(ledger.c.id == row_id)
@@ -262,7 +263,7 @@ def test_incremental_verify_notices_history_changed_behind_the_checkpoint(
     svc.verify_and_fix_balance()
     # Remove an old row and make the cache agree with what is left: the checkpoint's
     # sums are now the only witness of the old history.
-    with svc.engine.begin() as conn:
+    with append_only_lifted(svc.engine) as conn:
         conn.execute(ledger.delete().where(ledger.c.id == old.id))
     corrupt(account.user_id, balance=990, total_spent=10)
 
@@ -412,7 +413,7 @@ def test_fix_never_copies_a_damaged_ledger_into_the_cache(svc, account_factory):
     charge = svc.charge_service(account.user_id, 100, "vps")
     svc.charge_service(account.user_id, 100, "vps")
     # The CHECK constraints allow a refund of any shape: turn a charge into one.
-    with svc.engine.begin() as conn:
+    with append_only_lifted(svc.engine) as conn:
         conn.execute(
             ledger.update().where(ledger.c.id == charge.id).values(transaction_type="refund")
         )
