@@ -1,6 +1,9 @@
-"""BalanceService: the one place where money moves.
+"""BalanceService: the public API of every money movement.
 
-Every movement follows the same path (``_post``), in ONE database transaction:
+Each method validates its arguments, runs one database transaction, and calls the
+status callbacks after the commit. The rules of a movement and the locked writes
+live in movements.py (``_decide``, ``_apply``, ``_apply_many``). Every movement
+follows the same path, in ONE database transaction:
 
     lock the account's balance row            (SELECT … FOR UPDATE / BEGIN IMMEDIATE)
     replay: same idempotency key → return the first row, write nothing
@@ -16,12 +19,10 @@ appended to; the balance row is a cache of it that the lock keeps exact.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Self
 
@@ -38,21 +39,17 @@ from .errors import (
     AccountNotFound,
     AccountSuspended,
     BalanceError,
-    CurrencyMismatch,
     HoldNotActive,
     HoldNotFound,
     IdempotencyConflict,
     InsufficientBalance,
     InvalidAmount,
     InvalidRequest,
-    RefundExceedsCharge,
     TransactionNotFound,
 )
 from .models import (
-    EFFECTS,
     AccountStatus,
     Balance,
-    Effect,
     Hold,
     HoldStatus,
     LedgerTotals,
@@ -60,7 +57,21 @@ from .models import (
     StatusChange,
     Transaction,
     TransactionType,
-    status_for,
+)
+from .movements import (
+    BATCH_ACCOUNTS,
+    _apply,
+    _apply_many,
+    _by_account_groups,
+    _charge_item,
+    _charge_movement,
+    _expire,
+    _expiry,
+    _Movement,
+    _movement,
+    _now,
+    _Posted,
+    _release,
 )
 from .reconcile import (
     ColumnChange,
@@ -75,56 +86,6 @@ from .reconcile import (
 log = logging.getLogger(__name__)
 
 StatusCallback = Callable[[StatusChange], object]
-
-# The columns that identify a request: a replay must match them all.
-_REQUEST_FIELDS = (
-    "transaction_type",
-    "amount",
-    "service_type",
-    "description",
-    "reference_model",
-    "reference_id",
-    "related_transaction_id",
-    "actor",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _Movement:
-    """A validated request to append one ledger row."""
-
-    user_id: int
-    transaction_type: TransactionType
-    amount: int | None  # None only for a refund of whatever is left of its charge
-    service_type: str | None
-    description: str | None
-    reference_model: str | None
-    reference_id: str | None
-    idempotency_key: str | None
-    currency: str | None
-    allow_overdraft: bool = False
-    related_transaction_id: int | None = None
-    actor: str | None = None
-    direction: int = +1  # an adjustment's sign; every other type's is in EFFECTS
-
-    def differences(self, existing: Transaction) -> list[str]:
-        fields = [f for f in _REQUEST_FIELDS if not (f == "amount" and self.amount is None)]
-        found = [
-            f"{field} {getattr(existing, field)!r} != {getattr(self, field)!r}"
-            for field in fields
-            if getattr(existing, field) != getattr(self, field)
-        ]
-        if self.transaction_type is TransactionType.ADJUSTMENT:
-            existing_direction = 1 if existing.balance_after > existing.balance_before else -1
-            if existing_direction != self.direction:
-                found.append("the adjustment's sign differs")
-        return found
-
-
-@dataclass(frozen=True, slots=True)
-class _Posted:
-    transaction: Transaction
-    status_change: StatusChange | None
 
 
 class BalanceService:
@@ -695,340 +656,3 @@ class BalanceService:
             except Exception:
                 # The money already moved and committed; a broken hook must not hide that.
                 log.exception("status callback %r failed for account %s", callback, change.user_id)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _movement(
-    transaction_type: TransactionType,
-    user_id: object,
-    amount: object,
-    *,
-    service_type: str | None,
-    description: object,
-    reference_model: object,
-    reference_id: object,
-    idempotency_key: object,
-    currency: object,
-    allow_overdraft: object = False,
-    related_transaction_id: int | None = None,
-    actor: str | None = None,
-    direction: int = +1,
-) -> _Movement:
-    if not isinstance(allow_overdraft, bool):
-        raise InvalidRequest("allow_overdraft must be a bool")
-    whatever_is_left = amount is None and transaction_type is TransactionType.REFUND
-    return _Movement(
-        user_id=valid.user_id(user_id),
-        transaction_type=transaction_type,
-        amount=None if whatever_is_left else valid.amount(amount),
-        service_type=service_type,
-        description=valid.text("description", description),
-        reference_model=valid.text("reference_model", reference_model),
-        reference_id=valid.reference_id(reference_id),
-        idempotency_key=valid.idempotency_key(idempotency_key),
-        currency=None if currency is None else valid.currency(currency),
-        allow_overdraft=allow_overdraft,
-        related_transaction_id=related_transaction_id,
-        actor=actor,
-        direction=direction,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _Decision:
-    """What a movement does to an account: replay an earlier row, or append one."""
-
-    replay: Transaction | None = None
-    after: Balance | None = None
-    row: dict[str, Any] | None = None  # the ledger row's columns but id
-
-
-def _decide(
-    account: Balance | None, movement: _Movement, existing: Transaction | None, now: datetime
-) -> _Decision:
-    """Every rule of a movement, in one pure function (no SQL): the caller holds the lock.
-
-    ``existing`` is the row written earlier with the movement's idempotency key, if any.
-    """
-    if account is None:
-        raise AccountNotFound(movement.user_id)
-    # Currency first: a request in the wrong currency is wrong, retried or not.
-    if movement.currency is not None and movement.currency != account.currency:
-        raise CurrencyMismatch(account.user_id, account.currency, movement.currency)
-    if existing is not None:
-        differences = movement.differences(existing)
-        if differences:
-            key = movement.idempotency_key or ""
-            raise IdempotencyConflict(movement.user_id, key, "; ".join(differences))
-        return _Decision(replay=existing)
-    if movement.transaction_type is TransactionType.CHARGE:
-        _check_chargeable(account, movement)
-    after = _moved(account, movement)  # every check passes before anything is written
-    row = {
-        "user_id": movement.user_id,
-        "transaction_type": movement.transaction_type.value,
-        "amount": movement.amount,
-        "balance_before": account.balance,
-        "balance_after": after.balance,
-        "service_type": movement.service_type,
-        "description": movement.description,
-        "reference_model": movement.reference_model,
-        "reference_id": movement.reference_id,
-        "idempotency_key": movement.idempotency_key,
-        "created_at": now,
-        "related_transaction_id": movement.related_transaction_id,
-        "actor": movement.actor,
-    }
-    return _Decision(after=after, row=row)
-
-
-def _status_change(before: Balance, after: Balance, transaction_id: int) -> StatusChange | None:
-    if after.status is before.status:
-        return None
-    return StatusChange(
-        user_id=before.user_id,
-        old_status=before.status,
-        new_status=after.status,
-        balance=after.balance,
-        transaction_id=transaction_id,
-    )
-
-
-def _apply(conn: Connection, movement: _Movement) -> _Posted:
-    """The locked read-check-write of one movement; runs inside the write transaction."""
-    account = queries.lock_balance(conn, movement.user_id)
-    existing = None
-    if account is not None and movement.idempotency_key is not None:
-        existing = queries.find_by_idempotency_key(conn, movement.user_id, movement.idempotency_key)
-    if movement.transaction_type is TransactionType.REFUND and existing is None:
-        movement = _within_refundable(conn, movement)
-    now = _now()
-    decision = _decide(account, movement, existing, now)
-    if decision.replay is not None:
-        return _Posted(decision.replay, status_change=None)
-    assert account is not None, "_decide refuses a missing account"
-    assert decision.after is not None
-    assert decision.row is not None
-    transaction = queries.insert_transaction(conn, decision.row)
-    queries.update_balance(conn, decision.after, now=now)
-    return _Posted(transaction, _status_change(account, decision.after, transaction.id))
-
-
-BATCH_ACCOUNTS = 1_000  # accounts per transaction in an independent batch
-MAX_HOLD = timedelta(days=366)  # the longest a hold may reserve money
-
-
-def _charge_movement(
-    user_id: object,
-    amount: object,
-    service_type: object,
-    *,
-    description: object = None,
-    reference_model: object = None,
-    reference_id: object = None,
-    idempotency_key: object = None,
-    allow_overdraft: object = False,
-    currency: object = None,
-) -> _Movement:
-    return _movement(
-        TransactionType.CHARGE,
-        user_id,
-        amount,
-        service_type=valid.text("service_type", service_type, required=True),
-        description=description,
-        reference_model=reference_model,
-        reference_id=reference_id,
-        idempotency_key=idempotency_key,
-        currency=currency,
-        allow_overdraft=allow_overdraft,
-    )
-
-
-def _charge_item(item: object) -> _Movement | BalanceError:
-    """One batch item, validated; a malformed one becomes its error."""
-    if not isinstance(item, Mapping):
-        return InvalidRequest(f"a batch item is a mapping of charge arguments, not {item!r}")
-    try:
-        return _charge_movement(**item)
-    except BalanceError as error:
-        return error
-    except TypeError as error:  # unknown or missing argument names
-        return InvalidRequest(f"bad batch item {dict(item)!r}: {error}")
-
-
-def _by_account_groups(
-    indices: list[int], planned: list[_Movement | BalanceError], size: int
-) -> list[list[int]]:
-    """Split items into groups whose accounts do not overlap, ``size`` accounts each."""
-    by_user: dict[int, list[int]] = {}
-    for i in indices:
-        movement = planned[i]
-        assert isinstance(movement, _Movement)
-        by_user.setdefault(movement.user_id, []).append(i)
-    users = sorted(by_user)
-    return [
-        sorted(i for user in users[start : start + size] for i in by_user[user])
-        for start in range(0, len(users), size)
-    ]
-
-
-def _apply_many(
-    conn: Connection,
-    *,
-    movements: list[_Movement | BalanceError],
-    indices: list[int],
-    atomic: bool,
-) -> tuple[dict[int, Transaction | BalanceError], list[StatusChange]]:
-    """The batch twin of _apply: lock every account once, decide each item in order with
-    the same rules, then write all rows and balances with set-based statements."""
-    items = {i: m for i in indices if isinstance(m := movements[i], _Movement)}
-    if atomic and (malformed := [i for i in indices if i not in items]):
-        first_malformed = malformed[0]
-    else:
-        first_malformed = None
-    accounts = queries.lock_balances_of(conn, [m.user_id for m in items.values()])
-    before = dict(accounts)
-    keyed = {(m.user_id, m.idempotency_key) for m in items.values() if m.idempotency_key}
-    earlier = queries.find_by_idempotency_keys(conn, keyed)  # type: ignore[arg-type]
-    now = _now()
-    outcomes: dict[int, Transaction | BalanceError] = {}
-    appended: list[tuple[int, dict[str, Any]]] = []
-    crossings: list[tuple[int, Balance, Balance]] = []  # (item, before, after) in order
-    # A key repeated within the batch: the item that writes it, and its row as a draft.
-    in_batch: dict[tuple[int, str], tuple[int, Transaction]] = {}
-    same_as: dict[int, int] = {}
-    for i, movement in items.items():
-        if first_malformed is not None and first_malformed < i:
-            break  # an earlier item was malformed: it is the one to raise
-        pair = (movement.user_id, movement.idempotency_key or "")
-        first = in_batch.get(pair) if movement.idempotency_key else None
-        existing = first[1] if first else earlier.get(pair)
-        try:
-            decision = _decide(accounts.get(movement.user_id), movement, existing, now)
-        except BalanceError as error:
-            if atomic:
-                error.batch_item = i
-                raise
-            outcomes[i] = error
-            continue
-        if first is not None:
-            same_as[i] = first[0]
-        elif decision.replay is not None:
-            outcomes[i] = decision.replay
-        else:
-            assert decision.after is not None
-            assert decision.row is not None
-            previous = accounts[movement.user_id]
-            if decision.after.status is not previous.status:
-                crossings.append((i, previous, decision.after))
-            accounts[movement.user_id] = decision.after
-            appended.append((i, decision.row))
-            if movement.idempotency_key:
-                kind = TransactionType(decision.row["transaction_type"])
-                draft = Transaction(**{**decision.row, "id": 0, "transaction_type": kind})
-                in_batch[pair] = (i, draft)
-    if first_malformed is not None:
-        error = movements[first_malformed]
-        assert isinstance(error, BalanceError)
-        error.batch_item = first_malformed
-        raise error
-    written = queries.insert_transactions(conn, [row for _, row in appended])
-    for (i, _), transaction in zip(appended, written, strict=True):
-        outcomes[i] = transaction
-    for i, first in same_as.items():
-        outcomes[i] = outcomes[first]
-    moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]
-    queries.update_balances(conn, moved, now=now)
-    # Like single charges: each change names the row that crossed the limit, in order.
-    changes = []
-    for i, previous, after in crossings:
-        written_row = outcomes[i]
-        assert isinstance(written_row, Transaction)
-        if change := _status_change(previous, after, written_row.id):
-            changes.append(change)
-    return outcomes, changes
-
-
-def _release(conn: Connection, account: Balance, hold: Hold, status: HoldStatus) -> Hold:
-    now = _now()
-    queries.set_held(conn, account.user_id, account.held - hold.amount, now)
-    queries.close_hold(conn, hold.id, {"status": status.value, "closed_at": now})
-    return dataclasses.replace(hold, status=status, closed_at=now)
-
-
-def _expire(conn: Connection, *, user_id: int, hold_id: int) -> int:
-    """Release one due hold, if it is still open (a capture or void may have won)."""
-    account = queries.lock_balance(conn, user_id)
-    hold = queries.get_hold(conn, hold_id)
-    if account is None or hold is None or hold.status is not HoldStatus.ACTIVE:
-        return 0
-    _release(conn, account, hold, HoldStatus.EXPIRED)
-    return 1
-
-
-def _expiry(expires_at: object, ttl: object) -> datetime | None:
-    if expires_at is not None and ttl is not None:
-        raise InvalidRequest("give expires_at or ttl, not both")
-    if expires_at is not None:
-        expiry = valid.instant(expires_at, "expires_at")
-        if not _now() < expiry <= _now() + MAX_HOLD:
-            raise InvalidRequest("expires_at must be in the future and at most a year away")
-        return expiry
-    if ttl is None:
-        return None
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, int) and not isinstance(ttl, bool):
-        seconds = ttl
-    else:
-        raise InvalidRequest(f"ttl must be a timedelta or whole seconds, not {type(ttl).__name__}")
-    if not 0 < seconds <= MAX_HOLD.total_seconds():
-        raise InvalidRequest(f"ttl must be positive and at most a year, got {seconds} s")
-    return _now() + timedelta(seconds=seconds)
-
-
-def _within_refundable(conn: Connection, refund: _Movement) -> _Movement:
-    """The refund with its amount settled; never more than what is left of its charge.
-
-    Runs under the account's lock, which every refund of the charge takes too, so
-    racing refunds see each other and together never exceed the charge.
-    """
-    assert refund.related_transaction_id is not None
-    charge = queries.get_transaction(conn, refund.related_transaction_id)
-    assert charge is not None, "checked before the transaction began; the ledger only grows"
-    refundable = charge.amount - queries.refunded_amount(conn, charge.id)
-    amount = refundable if refund.amount is None else refund.amount
-    if refundable == 0 or amount > refundable:
-        raise RefundExceedsCharge(charge.id, amount or charge.amount, refundable)
-    return dataclasses.replace(refund, amount=amount)
-
-
-def _moved(account: Balance, movement: _Movement) -> Balance:
-    """The account after the movement; InvalidAmount if a figure would overflow BIGINT."""
-    no_totals = Effect(balance=movement.direction, total_recharged=0, total_spent=0)
-    effect = EFFECTS.get(movement.transaction_type, no_totals)  # ADJUSTMENT: its own sign
-    amount = movement.amount
-    assert amount is not None, "a refund's amount is settled before it moves money"
-    balance = account.balance + effect.balance * amount
-    recharged = account.total_recharged + effect.total_recharged * amount
-    spent = account.total_spent + effect.total_spent * amount
-    return dataclasses.replace(
-        account,
-        balance=valid.in_bigint_range(balance, "balance", amount=amount),
-        total_recharged=valid.in_bigint_range(recharged, "total_recharged", amount=amount),
-        total_spent=valid.in_bigint_range(spent, "total_spent", amount=amount),
-        status=status_for(balance, account.credit_limit),
-    )
-
-
-def _check_chargeable(account: Balance, movement: _Movement) -> None:
-    if movement.allow_overdraft:
-        return
-    if account.status is AccountStatus.SUSPENDED:
-        raise AccountSuspended(account.user_id, account.balance, account.credit_limit)
-    assert movement.amount is not None
-    if movement.amount > account.available:  # held money is not available
-        raise InsufficientBalance(account.user_id, movement.amount, account.available)
