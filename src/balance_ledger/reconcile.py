@@ -38,7 +38,7 @@ from sqlalchemy import Connection, Row
 from .db import queries
 from .db.transactions import Database
 from .errors import AccountNotFound, BalanceError, StorageError
-from .models import LedgerTotals, status_for
+from .models import Balance, LedgerTotals, status_for
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +259,22 @@ def _stored(row: Row[Any]) -> Stored:
     )
 
 
-def _scanned_discrepancy(row: Row[Any]) -> Discrepancy | None:
+def _stored_account(account: Balance) -> Stored:
+    """The same figures as ``_stored``, from a locked balance row."""
+    return (
+        account.balance,
+        account.total_recharged,
+        account.total_spent,
+        account.status.value,
+        account.held,
+    )
+
+
+def _scanned_discrepancy(row: Row[Any], actual: LedgerTotals | None = None) -> Discrepancy | None:
     """A compare_chunk row's discrepancy (cache against checkpoint + new rows and holds)."""
+    totals = _actual(row) if actual is None else actual
     return _discrepancy(
-        row.user_id, _stored(row), _actual(row), int(row.credit_limit), int(row.actual_held)
+        row.user_id, _stored(row), totals, int(row.credit_limit), int(row.actual_held)
     )
 
 
@@ -434,10 +446,11 @@ class Reconciler:
             dropped: list[int] = []
             for rows, breaks in scans:
                 for row in rows:
-                    found, problem = self._judge(row, breaks.get(row.user_id), incremental)
+                    actual = _actual(row)
+                    found, problem = self._judge(row, actual, breaks.get(row.user_id), incremental)
                     if problem is not None:
                         dropped.append(row.user_id)
-                    elif point := _checkpoint(row, _actual(row), now):
+                    elif point := _checkpoint(row, actual, now):
                         checkpoints.append(point)
                     self._account_outcome(report, row.user_id, found, problem, fix, user_id)
             for error in unreadable:
@@ -467,13 +480,13 @@ class Reconciler:
         return self.db.read(work)
 
     def _judge(
-        self, row: Row[Any], broken: SyncError | None, incremental: bool
+        self, row: Row[Any], actual: LedgerTotals, broken: SyncError | None, incremental: bool
     ) -> tuple[Discrepancy | None, SyncError | None]:
         """(discrepancy, ledger problem) of one scanned account."""
         problem = broken or (_stale_checkpoint(row) if incremental else None)
         if problem is not None:
             return None, problem
-        found = _scanned_discrepancy(row)
+        found = _scanned_discrepancy(row, actual)
         if found is not None and incremental:
             return self._confirm(row)
         return found, None
@@ -538,13 +551,7 @@ class Reconciler:
             account = queries.lock_balance(conn, user_id)
             if account is None:
                 return None
-            stored = (
-                account.balance,
-                account.total_recharged,
-                account.total_spent,
-                account.status.value,
-                account.held,
-            )
+            stored = _stored_account(account)
             totals = queries.ledger_totals(conn, user_id)
             held = queries.held_by_active_holds(conn, user_id)
             found = _discrepancy(user_id, stored, totals, account.credit_limit, held)

@@ -591,10 +591,7 @@ class BalanceService:
             )
             return posted
 
-        posted = self._db.write(work)
-        if posted.status_change is not None:
-            self._notify(posted.status_change)
-        return posted.transaction
+        return self._commit(work)
 
     def void(self, hold_id: int) -> Hold:
         """Release an active hold without charging anything."""
@@ -642,7 +639,11 @@ class BalanceService:
         return account, hold
 
     def _post(self, movement: _Movement) -> Transaction:
-        posted = self._db.write(lambda conn: _apply(conn, movement))
+        return self._commit(lambda conn: _apply(conn, movement))
+
+    def _commit(self, work: Callable[[Connection], _Posted]) -> Transaction:
+        """Run a movement's transaction; only after its commit, tell the callbacks."""
+        posted = self._db.write(work)
         if posted.status_change is not None:
             self._notify(posted.status_change)
         return posted.transaction
