@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, make_url, select
 
 from balance_ledger import Balance, BalanceService
-from balance_ledger.db.guards import install_append_only, remove_append_only
+from balance_ledger.db.guards import APPEND_ONLY_TABLES, install_append_only, remove_append_only
 from balance_ledger.db.tables import metadata, user_balance_transactions, user_balances
 from tests.databases import recreate_database, server_url
 
@@ -67,9 +67,9 @@ def append_only_lifted(engine: Engine) -> Iterator[Connection]:
     the triggers and edited history (what the verifier must then catch).
     """
     with engine.begin() as conn:
-        remove_append_only(conn)
+        remove_append_only(conn, APPEND_ONLY_TABLES)
         yield conn
-        install_append_only(conn)
+        install_append_only(conn, APPEND_ONLY_TABLES)
 
 
 def empty_database(url: str) -> None:

@@ -3,6 +3,7 @@
 The public API is exactly what ``__all__`` lists; every module below is private.
 """
 
+from .chain import ChainBreak, ChainDigest, ChainReport
 from .errors import (
     AccountExists,
     AccountNotFound,
@@ -51,6 +52,9 @@ __all__ = [
     "Balance",
     "BalanceError",
     "BalanceService",
+    "ChainBreak",
+    "ChainDigest",
+    "ChainReport",
     "ColumnChange",
     "CurrencyMismatch",
     "Discrepancy",

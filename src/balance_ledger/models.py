@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
+
+
+class Serialisable:
+    """A dataclass report that turns into plain dicts and JSON (for logs, CLI, HTTP)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), default=_json_default, ensure_ascii=False)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 class TransactionType(StrEnum):
@@ -89,6 +108,7 @@ class Transaction:
     created_at: datetime
     related_transaction_id: int | None = None  # the charge a refund gives back
     actor: str | None = None  # who made an adjustment
+    row_hash: str | None = None  # the tamper-evident chain's seal (chain.py)
 
 
 @dataclass(frozen=True, slots=True)

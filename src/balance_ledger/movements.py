@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from . import validation as valid
+from .chain import GENESIS, seal
 from .db import queries
 from .errors import (
     AccountNotFound,
@@ -193,6 +194,11 @@ def _status_change(before: Balance, after: Balance, transaction_id: int) -> Stat
     )
 
 
+def _sealed(row: dict[str, Any], *, previous: str | None) -> dict[str, Any]:
+    """The row with its link in the account's hash chain (chain.py)."""
+    return {**row, "row_hash": seal(previous or GENESIS, row)}
+
+
 def _apply(conn: Connection, movement: _Movement) -> _Posted:
     """The locked read-check-write of one movement; runs inside the write transaction."""
     account = queries.lock_balance(conn, movement.user_id)
@@ -208,7 +214,9 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
     assert account is not None, "_decide refuses a missing account"
     assert decision.after is not None
     assert decision.row is not None
-    transaction = queries.insert_transaction(conn, decision.row)
+    head = queries.chain_head(conn, movement.user_id)
+    row = _sealed(decision.row, previous=head)
+    transaction = queries.insert_transaction(conn, row)
     queries.update_balance(conn, decision.after, now=now)
     return _Posted(transaction, _status_change(account, decision.after, transaction.id))
 
@@ -331,7 +339,12 @@ def _apply_many(
         assert isinstance(error, BalanceError)
         error.batch_item = first_malformed
         raise error
-    written = queries.insert_transactions(conn, [row for _, row in appended])
+    heads = queries.chain_heads(conn, [row["user_id"] for _, row in appended])
+    rows = []
+    for _, row in appended:  # in item order, which is each account's chain order
+        rows.append(sealed := _sealed(row, previous=heads.get(row["user_id"])))
+        heads[row["user_id"]] = sealed["row_hash"]
+    written = queries.insert_transactions(conn, rows)
     for (i, _), transaction in zip(appended, written, strict=True):
         outcomes[i] = transaction
     for i, first in same_as.items():

@@ -23,8 +23,6 @@ How it scales and stays safe under live charges:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,10 +33,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row
 
+from .chain import ChainWalk
 from .db import queries
 from .db.transactions import Database
 from .errors import AccountNotFound, BalanceError, StorageError
-from .models import Balance, LedgerTotals, status_for
+from .models import Balance, LedgerTotals, Serialisable, status_for
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +48,8 @@ Progress = Callable[[int, int], object]  # (accounts done, accounts in all)
 R = TypeVar("R")
 
 
-class _Serialisable:
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), default=_json_default, ensure_ascii=False)
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 @dataclass(frozen=True, slots=True)
-class Discrepancy(_Serialisable):
+class Discrepancy(Serialisable):
     """An account whose cache disagrees with its ledger."""
 
     user_id: int
@@ -102,7 +87,7 @@ class Discrepancy(_Serialisable):
 
 
 @dataclass(frozen=True, slots=True)
-class SyncError(_Serialisable):
+class SyncError(Serialisable):
     """Something verify could not fix: a broken ledger chain, an orphan, a failed fix."""
 
     user_id: int
@@ -111,7 +96,7 @@ class SyncError(_Serialisable):
 
 
 @dataclass(frozen=True, slots=True)
-class UserSync(_Serialisable):
+class UserSync(Serialisable):
     """One account's outcome: ``in_sync``, ``out_of_sync``, ``fixed`` or ``ledger_error``.
 
     ``ledger_error``: the ledger itself is in doubt (a broken chain, history changed
@@ -125,7 +110,7 @@ class UserSync(_Serialisable):
 
 
 @dataclass(slots=True)
-class SyncReport(_Serialisable):
+class SyncReport(Serialisable):
     """What a verify run found (the seed's array, plus the audit ``run_id``).
 
     ``details`` lists every account that was not in sync (and the one account asked
@@ -152,7 +137,7 @@ class SyncReport(_Serialisable):
 
 
 @dataclass(frozen=True, slots=True)
-class ColumnChange(_Serialisable):
+class ColumnChange(Serialisable):
     user_id: int
     column: str
     old_value: str
@@ -160,7 +145,7 @@ class ColumnChange(_Serialisable):
 
 
 @dataclass(slots=True)
-class RebuildReport(_Serialisable):
+class RebuildReport(Serialisable):
     """A rebuild: every cache column recomputed. ``dry_run`` reports without writing."""
 
     run_id: int | None
@@ -172,7 +157,7 @@ class RebuildReport(_Serialisable):
 
 
 @dataclass(frozen=True, slots=True)
-class SyncRun(_Serialisable):
+class SyncRun(Serialisable):
     """One row of the ``balance_sync_runs`` audit table."""
 
     id: int
@@ -279,11 +264,12 @@ def _scanned_discrepancy(row: Row[Any], actual: LedgerTotals | None = None) -> D
 
 
 def _chain_errors(conn: Connection, low: int, high: int, incremental: bool) -> dict[int, SyncError]:
-    """The first broken row of each account in the chunk."""
-    first: dict[int, SyncError] = {}
+    """The first broken row of each account in the chunk (hashes too in full mode)."""
+    first: dict[int, SyncError] = {} if incremental else _hash_chain_errors(conn, low, high)
     for row in queries.chain_breaks(conn, low, high, incremental=incremental):
-        if row.user_id in first:
-            continue
+        earlier = first.get(row.user_id)
+        if earlier is not None and (earlier.transaction_id or 0) <= row.id:
+            continue  # a hash break at or before this row is the one to report
         if row.balance_before != row.previous_after:
             why = (
                 f"balance_before {row.balance_before} != previous balance_after "
@@ -300,6 +286,16 @@ def _chain_errors(conn: Connection, low: int, high: int, incremental: bool) -> d
             f"ledger chain broken at row {row.id} of account {row.user_id}: {why}",
         )
     return first
+
+
+def _hash_chain_errors(conn: Connection, low: int, high: int) -> dict[int, SyncError]:
+    walk = ChainWalk()
+    for row in queries.chain_rows_of_accounts(conn, low, high):
+        walk.feed(row)
+    return {
+        user_id: SyncError(user_id, found.transaction_id, found.message)
+        for user_id, found in walk.breaks.items()
+    }
 
 
 def _checkpoint(row: Row[Any], actual: LedgerTotals, now: datetime) -> dict[str, Any] | None:

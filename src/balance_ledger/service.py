@@ -29,7 +29,9 @@ from typing import Any, Self
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
+from . import integrity
 from . import validation as valid
+from .chain import ChainDigest, ChainReport
 from .db import queries
 from .db.dialects import create_ledger_engine
 from .db.migrate import upgrade_to_head
@@ -359,6 +361,27 @@ class BalanceService:
         ``dry_run`` computes the same changes and writes nothing.
         """
         return self._reconciler.rebuild(dry_run=valid.flag(dry_run, "dry_run"), progress=progress)
+
+    # -- tamper evidence (chain.py, integrity.py) -------------------------------------------
+
+    def verify_chain(self, user_id: int | None = None) -> ChainReport:
+        """Recompute every account's hash chain (or one's) and check the anchored digests.
+
+        Names the first row of each account whose fields were altered, or before which
+        rows were deleted or inserted, and every anchored head that is gone or changed.
+        Reads only; a break is reported, never repaired.
+        """
+        if user_id is not None:
+            user_id = valid.user_id(user_id)
+        return integrity.verify_chain(self._db, user_id)
+
+    def anchor_chains(self) -> ChainDigest | None:
+        """Anchor the head of every account that moved since the last digest (daily job).
+
+        Returns the new digest (publish its ``digest`` somewhere outside this database),
+        or None when no account moved or another runner holds the job.
+        """
+        return integrity.anchor_chains(self._db)
 
     def sync_runs(self, limit: int = 20) -> list[SyncRun]:
         """The most recent verify / rebuild runs, newest first."""

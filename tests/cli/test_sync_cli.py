@@ -125,13 +125,16 @@ def test_sync_runs_lists_the_audit_trail(balance, drifted):
 
 def test_scheduler_has_the_seed_schedule_by_default(svc):
     jobs = {job.id: job for job in build_scheduler(svc).get_jobs()}
-    assert set(jobs) == {"verify-fix", "rebuild", "expire-holds"}
+    assert set(jobs) == {"verify-fix", "rebuild", "expire-holds", "anchor-chains"}
     after = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     assert jobs["verify-fix"].trigger.get_next_fire_time(None, after) == datetime(
         2026, 11, 25, 2, 0, tzinfo=UTC
     )
     assert jobs["rebuild"].trigger.get_next_fire_time(None, after) == datetime(
         2026, 12, 1, 3, 0, tzinfo=UTC
+    )
+    assert jobs["anchor-chains"].trigger.get_next_fire_time(None, after) == datetime(
+        2026, 11, 25, 1, 30, tzinfo=UTC
     )
 
 

@@ -13,7 +13,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from balance_ledger import (
     AccountNotFound,
@@ -250,6 +250,10 @@ class LedgerMachine(RuleBasedStateMachine):
         assert report.checked == len(self.model)
 
     @rule()
+    def anchor_the_chains(self) -> None:
+        self.svc.anchor_chains()
+
+    @rule()
     def rebuild_changes_nothing(self) -> None:
         report = self.svc.rebuild_all_balances()
         assert (report.changes, report.errors) == ([], [])
@@ -277,6 +281,13 @@ class LedgerMachine(RuleBasedStateMachine):
         for row in rows:
             assert row.balance_before == last.get(row.user_id, 0)
             last[row.user_id] = row.balance_after
+
+    @invariant()
+    def hash_chain_and_anchors_verify(self) -> None:
+        report = self.svc.verify_chain()
+        assert report.breaks == []
+        with self.svc.engine.connect() as conn:
+            assert report.rows == conn.execute(select(func.count()).select_from(ledger)).scalar()
 
 
 def test_random_operation_sequences_keep_every_invariant(svc, database_url, backend):

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..errors import BalanceError, InvalidRequest, StorageError
 from . import batch as _batch  # noqa: F401  (registers its commands on app)
+from . import chain as _chain  # noqa: F401  (registers its commands on app)
 from . import sync as _sync  # noqa: F401  (registers its commands on app)
 from .app import app
 

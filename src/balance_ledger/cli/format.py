@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -13,6 +14,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from ..chain import ChainBreak
 from ..models import AccountStatus, Balance, Statement, Transaction
 from ..reconcile import ColumnChange, Discrepancy, SyncError, SyncReport, SyncRun
 
@@ -151,14 +153,18 @@ def discrepancy_table(discrepancies: list[Discrepancy], title: str) -> Table:
     return table
 
 
-def errors_table(errors: list[SyncError]) -> Table:
-    table = Table(title="Errors (the ledger itself; never fixed automatically)")
+def errors_table(
+    errors: Sequence[SyncError | ChainBreak],
+    title: str = "Errors (the ledger itself; never fixed automatically)",
+) -> Table:
+    table = Table(title=title)
     table.add_column("User ID", justify="right")
     table.add_column("Row ID", justify="right")
     table.add_column("Problem")
     for error in errors:
+        user_id = "" if error.user_id is None else str(error.user_id)
         row_id = "" if error.transaction_id is None else str(error.transaction_id)
-        table.add_row(str(error.user_id), row_id, escape(error.message))
+        table.add_row(user_id, row_id, escape(error.message))
     return table
 
 

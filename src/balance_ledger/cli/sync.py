@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 from ..jobs.scheduler import (
+    DEFAULT_ANCHOR_CRON,
     DEFAULT_EXPIRE_HOLDS_CRON,
     DEFAULT_REBUILD_CRON,
     DEFAULT_TIMEZONE,
@@ -156,11 +157,15 @@ def scheduler(
         str,
         typer.Option(envvar="BALANCE_EXPIRE_HOLDS_CRON", help="When to release expired holds."),
     ] = DEFAULT_EXPIRE_HOLDS_CRON,
+    anchor_cron: Annotated[
+        str,
+        typer.Option(envvar="BALANCE_ANCHOR_CRON", help="When to anchor the chains' digest."),
+    ] = DEFAULT_ANCHOR_CRON,
     timezone: Annotated[
         str, typer.Option(envvar="BALANCE_SCHEDULER_TIMEZONE", help="IANA time zone of the crons.")
     ] = DEFAULT_TIMEZONE,
 ) -> None:
-    """Run the nightly verify+fix, monthly rebuild and minutely hold expiry until interrupted."""
+    """Run verify+fix nightly, rebuild monthly, hold expiry and the chain digest until stopped."""
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -170,6 +175,7 @@ def scheduler(
         verify_cron=verify_cron,
         rebuild_cron=rebuild_cron,
         expire_holds_cron=expire_holds_cron,
+        anchor_cron=anchor_cron,
         timezone=timezone,
     )
     for job in runner.get_jobs():

@@ -1,81 +1,80 @@
 """The ledger is append-only, and the database itself says so.
 
-Triggers reject every UPDATE and DELETE of ``user_balance_transactions``, whoever
-sends it: corrections are new compensating rows (refunds, adjustments). Installed by
-migration 0005; the statements live here so that the migration and the test suite's
-deliberate-tampering helper use the very same ones.
+Triggers reject every UPDATE and DELETE of an append-only table, whoever sends it:
+ledger corrections are new compensating rows (refunds, adjustments), and the chain
+anchors are never rewritten. Migration 0005 guards ``user_balance_transactions`` and
+0006 the anchor tables; the statements live here so that the migrations and the test
+suite's deliberate-tampering helper use the very same ones.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
-MESSAGE = "user_balance_transactions is append-only; correct it with a compensating row"
-
-_POSTGRESQL_CREATE = [
-    f"""
-    CREATE OR REPLACE FUNCTION balance_ledger_append_only() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-    BEGIN
-        RAISE EXCEPTION '{MESSAGE} (% refused)', TG_OP USING ERRCODE = 'restrict_violation';
-    END
-    $$
-    """,
-    """
-    CREATE TRIGGER user_balance_transactions_append_only
-    BEFORE UPDATE OR DELETE ON user_balance_transactions
-    FOR EACH ROW EXECUTE FUNCTION balance_ledger_append_only()
-    """,
-]
-_POSTGRESQL_DROP = [
-    "DROP TRIGGER IF EXISTS user_balance_transactions_append_only ON user_balance_transactions",
-    "DROP FUNCTION IF EXISTS balance_ledger_append_only()",
-]
+LEDGER = "user_balance_transactions"
+ANCHOR_TABLES = ("balance_chain_digests", "balance_chain_anchors")
+APPEND_ONLY_TABLES = (LEDGER, *ANCHOR_TABLES)
 
 _OPERATIONS = ("UPDATE", "DELETE")
 
-
-def _mariadb_create() -> list[str]:
-    return [
-        f"""
-        CREATE TRIGGER user_balance_transactions_no_{op.lower()}
-        BEFORE {op} ON user_balance_transactions FOR EACH ROW
-        SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{MESSAGE} ({op} refused)'
-        """
-        for op in _OPERATIONS
-    ]
-
-
-def _sqlite_create() -> list[str]:
-    return [
-        f"""
-        CREATE TRIGGER user_balance_transactions_no_{op.lower()}
-        BEFORE {op} ON user_balance_transactions
-        BEGIN SELECT RAISE(ABORT, '{MESSAGE} ({op} refused)'); END
-        """
-        for op in _OPERATIONS
-    ]
+# One PostgreSQL function serves every guarded table; it names the table it refused.
+_POSTGRESQL_FUNCTION = """
+    CREATE OR REPLACE FUNCTION balance_ledger_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION '% is append-only; correct it with a compensating row (% refused)',
+            TG_TABLE_NAME, TG_OP USING ERRCODE = 'restrict_violation';
+    END
+    $$
+"""
 
 
-def _drop_per_operation() -> list[str]:
-    return [
-        f"DROP TRIGGER IF EXISTS user_balance_transactions_no_{op.lower()}" for op in _OPERATIONS
-    ]
+def _message(table: str, operation: str) -> str:
+    return f"{table} is append-only; correct it with a compensating row ({operation} refused)"
 
 
-def _statements(dialect: str, *, create: bool) -> list[str]:
+def _create(dialect: str, table: str) -> list[str]:
     if dialect == "postgresql":
-        return _POSTGRESQL_CREATE if create else _POSTGRESQL_DROP
+        return [
+            _POSTGRESQL_FUNCTION,
+            f"""
+            CREATE TRIGGER {table}_append_only
+            BEFORE UPDATE OR DELETE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION balance_ledger_append_only()
+            """,
+        ]
     if dialect in ("mysql", "mariadb"):
-        return _mariadb_create() if create else _drop_per_operation()
-    return _sqlite_create() if create else _drop_per_operation()
+        return [
+            f"""
+            CREATE TRIGGER {table}_no_{op.lower()}
+            BEFORE {op} ON {table} FOR EACH ROW
+            SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{_message(table, op)}'
+            """
+            for op in _OPERATIONS
+        ]
+    return [
+        f"""
+        CREATE TRIGGER {table}_no_{op.lower()}
+        BEFORE {op} ON {table}
+        BEGIN SELECT RAISE(ABORT, '{_message(table, op)}'); END
+        """
+        for op in _OPERATIONS
+    ]
 
 
-def install_append_only(conn: Connection) -> None:
-    for statement in _statements(conn.dialect.name, create=True):
-        conn.execute(text(statement))
+def _drop(dialect: str, table: str) -> list[str]:
+    if dialect == "postgresql":
+        return [f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}"]
+    return [f"DROP TRIGGER IF EXISTS {table}_no_{op.lower()}" for op in _OPERATIONS]
 
 
-def remove_append_only(conn: Connection) -> None:
-    for statement in _statements(conn.dialect.name, create=False):
-        conn.execute(text(statement))
+def install_append_only(conn: Connection, tables: tuple[str, ...] = (LEDGER,)) -> None:
+    for table in tables:
+        for statement in _create(conn.dialect.name, table):
+            conn.execute(text(statement))
+
+
+def remove_append_only(conn: Connection, tables: tuple[str, ...] = (LEDGER,)) -> None:
+    for table in tables:
+        for statement in _drop(conn.dialect.name, table):
+            conn.execute(text(statement))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,10 +23,12 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    tuple_,
     union_all,
     update,
 )
 
+from ..chain import SEALED_FIELDS
 from ..models import (
     EFFECTS,
     AccountStatus,
@@ -38,6 +40,8 @@ from ..models import (
     TransactionType,
 )
 from .dialects import Backend
+from .tables import balance_chain_anchors as anchors
+from .tables import balance_chain_digests as digests
 from .tables import balance_holds as holds
 from .tables import balance_sync_checkpoints as checkpoints
 from .tables import balance_sync_fixes as sync_fixes
@@ -184,6 +188,37 @@ def insert_transaction(conn: Connection, values: dict[str, Any]) -> Transaction:
     result = conn.execute(insert(ledger).values(values))
     (row_id,) = result.inserted_primary_key or (None,)
     return _transaction({**values, "id": row_id})
+
+
+def chain_heads(conn: Connection, user_ids: list[int]) -> dict[int, str | None]:
+    """The row_hash of each account's newest row (accounts without rows are absent).
+
+    Read under the accounts' locks, after them: in READ COMMITTED each statement sees
+    what committed before it, so the head is the row the previous holder wrote.
+    """
+    found: dict[int, str | None] = {}
+    ordered = sorted(set(user_ids))
+    for start in range(0, len(ordered), 1_000):
+        part = ordered[start : start + 1_000]
+        newest = (
+            select(func.max(ledger.c.id))
+            .where(ledger.c.user_id.in_(part))
+            .group_by(ledger.c.user_id)
+        )
+        stmt = select(ledger.c.user_id, ledger.c.row_hash).where(ledger.c.id.in_(newest))
+        found.update((row.user_id, row.row_hash) for row in conn.execute(stmt))
+    return found
+
+
+def chain_head(conn: Connection, user_id: int) -> str | None:
+    """The row_hash of the account's newest row; None before its first."""
+    stmt = (
+        select(ledger.c.row_hash)
+        .where(ledger.c.user_id == user_id)
+        .order_by(ledger.c.id.desc())
+        .limit(1)
+    )
+    return conn.execute(stmt).scalar()
 
 
 def get_transaction(conn: Connection, transaction_id: int) -> Transaction | None:
@@ -553,3 +588,135 @@ def recent_sync_runs(conn: Connection, limit: int) -> list[RowMapping]:
 def fixes_of_run(conn: Connection, run_id: int) -> list[RowMapping]:
     stmt = select(sync_fixes).where(sync_fixes.c.run_id == run_id).order_by(sync_fixes.c.id)
     return list(conn.execute(stmt).mappings())
+
+
+# -- the hash chain --------------------------------------------------------------------
+
+_CHAIN_COLUMNS = ("id", "row_hash", *SEALED_FIELDS)
+
+
+def chain_rows_page(
+    conn: Connection, *, after: tuple[int, int], limit: int, user_id: int | None
+) -> list[RowMapping]:
+    """The next ``limit`` ledger rows in (user_id, id) order after ``after``."""
+    stmt = select(*[ledger.c[name] for name in _CHAIN_COLUMNS])
+    if user_id is not None:
+        stmt = stmt.where(ledger.c.user_id == user_id, ledger.c.id > after[1])
+    else:
+        # A row-value comparison: one index range on (user_id, id) on every backend,
+        # where the equivalent OR makes PostgreSQL sort the rest of the ledger per page.
+        stmt = stmt.where(tuple_(ledger.c.user_id, ledger.c.id) > tuple_(*after))
+    stmt = stmt.order_by(ledger.c.user_id, ledger.c.id).limit(limit)
+    return list(conn.execute(stmt).mappings())
+
+
+def backfill_row_hashes(conn: Connection, hashes: list[tuple[int, str]]) -> None:
+    """The one UPDATE of ledger rows: sealing rows from before the chain (db/backfill.py)."""
+    if hashes:
+        stmt = (
+            update(ledger)
+            .where(ledger.c.id == bindparam("row_id"))
+            .values(row_hash=bindparam("hash"))
+        )
+        conn.execute(stmt, [{"row_id": i, "hash": h} for i, h in hashes])
+
+
+def chain_rows_of_accounts(conn: Connection, low: int, high: int) -> Iterator[RowMapping]:
+    """Every ledger row of accounts low..high in (user_id, id) order, streamed."""
+    stmt = (
+        select(*[ledger.c[name] for name in _CHAIN_COLUMNS])
+        .where(ledger.c.user_id.between(low, high))
+        .order_by(ledger.c.user_id, ledger.c.id)
+        .execution_options(yield_per=5_000)
+    )
+    yield from conn.execute(stmt).mappings()
+
+
+def unanchored_heads(conn: Connection) -> list[Row[Any]]:
+    """(user_id, id, row_hash) of each account head newer than its last anchor."""
+    newest = (
+        select(ledger.c.user_id, func.max(ledger.c.id).label("id"))
+        .group_by(ledger.c.user_id)
+        .subquery("newest")
+    )
+    anchored = (
+        select(anchors.c.user_id, func.max(anchors.c.transaction_id).label("id"))
+        .group_by(anchors.c.user_id)
+        .subquery("anchored")
+    )
+    stmt = (
+        select(ledger.c.user_id, ledger.c.id, ledger.c.row_hash)
+        .select_from(
+            newest.join(ledger, ledger.c.id == newest.c.id).outerjoin(
+                anchored, anchored.c.user_id == newest.c.user_id
+            )
+        )
+        .where(or_(anchored.c.id.is_(None), anchored.c.id < newest.c.id))
+        .order_by(ledger.c.user_id)
+    )
+    return list(conn.execute(stmt))
+
+
+def latest_digest(conn: Connection) -> RowMapping | None:
+    return conn.execute(select(digests).order_by(digests.c.id.desc()).limit(1)).mappings().first()
+
+
+def insert_digest(
+    conn: Connection, values: dict[str, Any], heads: list[tuple[int, int, str]]
+) -> int:
+    result = conn.execute(insert(digests).values(values))
+    (digest_id,) = result.inserted_primary_key or (None,)
+    conn.execute(
+        insert(anchors),
+        [
+            {"digest_id": digest_id, "user_id": u, "transaction_id": t, "row_hash": h}
+            for u, t, h in heads
+        ],
+    )
+    return int(digest_id)
+
+
+def digests_with_anchors(conn: Connection) -> list[tuple[RowMapping, list[Row[Any]]]]:
+    """Every digest, oldest first, with the (user, row, hash) triples it anchored."""
+    found = [
+        (digest, []) for digest in conn.execute(select(digests).order_by(digests.c.id)).mappings()
+    ]
+    by_id: dict[int, list[Row[Any]]] = {digest["id"]: rows for digest, rows in found}
+    stmt = select(anchors).order_by(anchors.c.digest_id, anchors.c.user_id)
+    for row in conn.execute(stmt):
+        by_id.setdefault(row.digest_id, []).append(row)
+    return found
+
+
+def broken_anchors(conn: Connection, user_id: int | None) -> list[Row[Any]]:
+    """Anchors whose row is gone, moved to another account, or hashes differently now."""
+    stmt = (
+        select(
+            anchors.c.digest_id,
+            anchors.c.user_id,
+            anchors.c.transaction_id,
+            anchors.c.row_hash.label("anchored_hash"),
+            ledger.c.user_id.label("row_user_id"),
+            ledger.c.row_hash.label("row_hash"),
+        )
+        .select_from(anchors.outerjoin(ledger, ledger.c.id == anchors.c.transaction_id))
+        .where(
+            or_(
+                ledger.c.id.is_(None),
+                ledger.c.user_id != anchors.c.user_id,
+                ledger.c.row_hash.is_(None),
+                ledger.c.row_hash != anchors.c.row_hash,
+            )
+        )
+        .order_by(anchors.c.user_id, anchors.c.transaction_id)
+    )
+    if user_id is not None:
+        stmt = stmt.where(anchors.c.user_id == user_id)
+    return list(conn.execute(stmt))
+
+
+def count_anchors(conn: Connection, user_id: int | None) -> int:
+    stmt = select(func.count()).select_from(anchors)
+    if user_id is not None:
+        stmt = stmt.where(anchors.c.user_id == user_id)
+    return int(conn.execute(stmt).scalar_one())

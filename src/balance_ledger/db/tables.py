@@ -122,6 +122,8 @@ user_balance_transactions = Table(
     # A refund's charge; an adjustment's author (migration 0003).
     Column("related_transaction_id", BigInteger),
     Column("actor", String(128)),
+    # SHA-256 over the previous row's hash and this row's fields (chain.py; 0006).
+    Column("row_hash", String(64)),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint(
         "transaction_type IN ('recharge', 'charge', 'refund', 'adjustment')",
@@ -166,6 +168,41 @@ balance_holds = Table(
     Index(None, "user_id", "status"),
     Index(None, "status", "expires_at"),
     sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)
+
+# -- tamper evidence ------------------------------------------------------------------
+
+# A daily digest of every account head that moved since the one before; each digest
+# seals its predecessor, and UNIQUE(previous_digest) keeps the digests one line.
+balance_chain_digests = Table(
+    "balance_chain_digests",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("accounts", BigInteger, nullable=False),
+    Column("previous_digest", String(64), nullable=False),
+    Column("digest", String(64), nullable=False),
+    UniqueConstraint("previous_digest"),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)
+
+# The heads a digest anchored: row ``transaction_id`` of the account had ``row_hash``.
+balance_chain_anchors = Table(
+    "balance_chain_anchors",
+    metadata,
+    Column(
+        "digest_id",
+        BigInteger,
+        ForeignKey("balance_chain_digests.id", ondelete="RESTRICT"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("transaction_id", BigInteger, nullable=False),
+    Column("row_hash", String(64), nullable=False),
+    Index(None, "user_id", "transaction_id"),
     **_MARIADB_TABLE,
 )
 

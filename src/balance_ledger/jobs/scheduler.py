@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 DEFAULT_VERIFY_CRON = "0 2 * * *"  # daily at 02:00: verify-sync --fix
 DEFAULT_REBUILD_CRON = "0 3 1 * *"  # the 1st of each month at 03:00: --rebuild
 DEFAULT_EXPIRE_HOLDS_CRON = "* * * * *"  # every minute: release expired holds
+DEFAULT_ANCHOR_CRON = "30 1 * * *"  # daily at 01:30: the hash chain's digest
 DEFAULT_TIMEZONE = "UTC"
 MISFIRE_GRACE_SECONDS = 3600  # a firing up to an hour late still runs (once)
 
@@ -80,12 +81,24 @@ def expire_holds(svc: BalanceService) -> None:
         log.info("expire-holds released %d holds", released)
 
 
+def anchor_chains(svc: BalanceService) -> None:
+    """Safe on any number of hosts at once: one holds the job lock, the rest skip."""
+    try:
+        digest = svc.anchor_chains()
+    except Exception:
+        log.exception("anchor-chains failed")
+        return
+    if digest is not None:
+        log.info("chain digest %d over %d accounts: %s", digest.id, digest.accounts, digest.digest)
+
+
 def build_scheduler(
     svc: BalanceService,
     *,
     verify_cron: str = DEFAULT_VERIFY_CRON,
     rebuild_cron: str = DEFAULT_REBUILD_CRON,
     expire_holds_cron: str = DEFAULT_EXPIRE_HOLDS_CRON,
+    anchor_cron: str = DEFAULT_ANCHOR_CRON,
     timezone: str = DEFAULT_TIMEZONE,
 ) -> BlockingScheduler:
     scheduler = BlockingScheduler(timezone=time_zone(timezone))
@@ -101,13 +114,18 @@ def build_scheduler(
             coalesce=True,  # after downtime, run a missed slot once, not once per slot
             misfire_grace_time=MISFIRE_GRACE_SECONDS,
         )
-    scheduler.add_job(
-        expire_holds,
-        cron_trigger(expire_holds_cron, timezone),
-        args=(svc,),
-        id="expire-holds",
-        name="balance expire-holds",
-        max_instances=1,
-        coalesce=True,
-    )
+    for job, run, expression in (
+        ("expire-holds", expire_holds, expire_holds_cron),
+        ("anchor-chains", anchor_chains, anchor_cron),
+    ):
+        scheduler.add_job(
+            run,
+            cron_trigger(expression, timezone),
+            args=(svc,),
+            id=job,
+            name=f"balance {job}",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=MISFIRE_GRACE_SECONDS,
+        )
     return scheduler

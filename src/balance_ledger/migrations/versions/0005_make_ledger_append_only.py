@@ -22,4 +22,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    remove_append_only(op.get_bind())
+    bind = op.get_bind()
+    remove_append_only(bind)
+    if bind.dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS balance_ledger_append_only()")

@@ -1,0 +1,107 @@
+"""Check the ledger's hash chain and anchor its heads in daily digests (see chain.py)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection, Row
+
+from .chain import GENESIS, ChainBreak, ChainDigest, ChainReport, ChainWalk, digest_of
+from .db import queries
+from .db.transactions import Database
+
+log = logging.getLogger(__name__)
+
+PAGE = 5_000  # ledger rows per read while walking the chain
+JOB_LEASE = timedelta(hours=1)  # SQLite only: how long a crashed anchor run blocks the job
+
+
+def verify_chain(db: Database, user_id: int | None = None) -> ChainReport:
+    """Walk every chain (or one account's), then check the anchors and the digests."""
+    walk = ChainWalk()
+    after = (0, 0)
+    while page := db.read(
+        partial(queries.chain_rows_page, after=after, limit=PAGE, user_id=user_id)
+    ):
+        for row in page:
+            walk.feed(row)
+        after = (page[-1]["user_id"], page[-1]["id"])
+    report = ChainReport(accounts=walk.accounts, rows=walk.rows)
+    report.breaks.extend(walk.breaks.values())
+    report.anchors = db.read(partial(queries.count_anchors, user_id=user_id))
+    for anchor in db.read(partial(queries.broken_anchors, user_id=user_id)):
+        if anchor.user_id not in walk.breaks:  # one break per account: the earliest
+            report.breaks.append(_anchor_break(anchor))
+    if user_id is None:
+        report.digests, broken_digest = db.read(_check_digests)
+        if broken_digest is not None:
+            report.breaks.append(broken_digest)
+    report.breaks.sort(key=lambda b: (b.user_id or 0, b.transaction_id or 0))
+    for found in report.breaks:
+        log.error("%s", found.message)
+    return report
+
+
+def _anchor_break(anchor: Row[Any]) -> ChainBreak:
+    user, row = anchor.user_id, anchor.transaction_id
+    where = f"account {user}: row {row}, anchored by digest {anchor.digest_id},"
+    if anchor.row_user_id is None:
+        why = "is gone (history was truncated or deleted)"
+    elif anchor.row_user_id != user:
+        why = f"now belongs to account {anchor.row_user_id}"
+    else:
+        why = "hashes differently now (history up to it was rewritten)"
+    return ChainBreak(user, row, f"{where} {why}")
+
+
+def _check_digests(conn: Connection) -> tuple[int, ChainBreak | None]:
+    """Each digest must seal its predecessor and exactly the anchors stored under it."""
+    previous = GENESIS
+    checked = 0
+    for digest, rows in queries.digests_with_anchors(conn):
+        checked += 1
+        heads = [(r.user_id, r.transaction_id, r.row_hash) for r in rows]
+        if digest["previous_digest"] != previous or digest["digest"] != digest_of(previous, heads):
+            message = (
+                f"chain digest {digest['id']} does not verify: the digests or their anchors "
+                "were altered, deleted or inserted"
+            )
+            return checked, ChainBreak(None, None, message)
+        previous = digest["digest"]
+    return checked, None
+
+
+def anchor_chains(db: Database) -> ChainDigest | None:
+    """Record the head of every account that moved since the last digest; None if none did."""
+
+    def work(conn: Connection) -> ChainDigest | None:
+        heads = [
+            (row.user_id, row.id, row.row_hash)
+            for row in queries.unanchored_heads(conn)
+            if row.row_hash is not None  # an unsealed head is verify_chain's to report
+        ]
+        if not heads:
+            return None
+        latest = queries.latest_digest(conn)
+        previous = latest["digest"] if latest else GENESIS
+        values = {
+            "created_at": datetime.now(UTC),
+            "accounts": len(heads),
+            "previous_digest": previous,
+            "digest": digest_of(previous, heads),
+        }
+        digest_id = queries.insert_digest(conn, values, heads)
+        return ChainDigest(id=digest_id, **values)
+
+    # UNIQUE(previous_digest) would refuse a second racer anyway; the lock spares it.
+    with db.backend.job_lock(db.engine, "anchor-chains", JOB_LEASE) as held:
+        if not held:
+            log.info("anchor-chains skipped: another run holds the lock")
+            return None
+        digest = db.write(work)
+    if digest is not None:
+        log.info("chain digest %d: %d heads, %s", digest.id, digest.accounts, digest.digest)
+    return digest
