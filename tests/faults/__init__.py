@@ -1,0 +1,1 @@
+"""Fault injection: kill -9, killed sessions, lost servers, ambiguous commits."""

@@ -1,0 +1,86 @@
+"""The server kills the session that is charging, in the middle of its transaction.
+
+Right after the ledger INSERT (or the balance UPDATE) has executed, an administrator's
+connection terminates that very session (pg_terminate_backend / KILL). The caller gets
+a typed StorageError, the server rolled everything back, and a retry with the same
+idempotency key charges exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from balance_ledger import BalanceService, StorageError
+from tests.faults.conftest import FaultDatabase
+from tests.faults.ledger import charges, dump, ledger_rows
+from tests.faults.sabotage import OneShot, kill_sessions, session_id
+
+AFTER = {
+    "after-ledger-insert": "INSERT INTO USER_BALANCE_TRANSACTIONS",
+    "after-balance-update": "UPDATE USER_BALANCES",
+}
+
+
+@contextmanager
+def session_killed_after(svc: BalanceService, db: FaultDatabase, prefix: str) -> Iterator[OneShot]:
+    """Once armed, the session that executes a statement starting with ``prefix`` is
+    killed by the server right after it, before the transaction can commit."""
+    shot = OneShot()
+    admin = db.admin_engine()
+
+    def kill_own_session(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(prefix) and shot.take():
+            kill_sessions(admin, db.backend, [session_id(db.backend, cursor.connection)])
+
+    event.listen(svc.engine, "after_cursor_execute", kill_own_session)
+    try:
+        yield shot
+    finally:
+        event.remove(svc.engine, "after_cursor_execute", kill_own_session)
+        admin.dispose()
+
+
+@pytest.fixture(params=list(AFTER))
+def killed_mid_charge(
+    request: pytest.FixtureRequest, server_db: FaultDatabase
+) -> Iterator[tuple[BalanceService, OneShot]]:
+    with (
+        BalanceService.from_url(server_db.url) as svc,
+        session_killed_after(svc, server_db, AFTER[request.param]) as shot,
+    ):
+        yield svc, shot
+
+
+def test_killed_session_raises_storage_error_and_leaves_nothing(killed_mid_charge, open_account):
+    svc, shot = killed_mid_charge
+    user_id = open_account(svc, 1_000)
+    before = dump(svc.engine, [user_id])
+
+    shot.arm()
+    with pytest.raises(StorageError):
+        svc.charge_service(user_id, 100, "vps", idempotency_key="usage-1")
+
+    assert shot.fired.is_set()
+    assert dump(svc.engine, [user_id]) == before
+
+
+def test_retry_with_the_same_key_after_a_killed_session_charges_exactly_once(
+    killed_mid_charge, open_account
+):
+    svc, shot = killed_mid_charge
+    user_id = open_account(svc, 1_000)
+    shot.arm()
+    with pytest.raises(StorageError):
+        svc.charge_service(user_id, 100, "vps", idempotency_key="usage-1")
+
+    tx = svc.charge_service(user_id, 100, "vps", idempotency_key="usage-1")
+    replay = svc.charge_service(user_id, 100, "vps", idempotency_key="usage-1")
+
+    assert [row.id for row in charges(ledger_rows(svc.engine, [user_id]))] == [tx.id]
+    assert replay.id == tx.id
+    assert svc.get_balance(user_id).balance == 900
