@@ -260,7 +260,7 @@ def test_charge_batch_all_or_nothing_from_jsonl_writes_nothing_on_error(
     )
     code, _, err = balance("charge-batch", str(batch), "--mode", "all_or_nothing")
     assert code == 1
-    assert "item 2 refused; nothing was charged" in err
+    assert "item 2 refused, nothing was charged: " in err
     assert "InsufficientBalance" in err
     assert svc.get_balance(1).balance == 1_000
     batch.write_text('{"user_id": 1, "amount": 100, "service_type": "vps"}\n{oops\n')

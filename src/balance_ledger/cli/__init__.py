@@ -22,19 +22,26 @@ EXIT_REFUSED = 1  # the ledger refused the operation (insufficient balance, …)
 EXIT_ERROR = 2  # malformed command line or argument, or the database failed
 
 
+def _item(error: BalanceError) -> str:
+    """An all_or_nothing batch's refusal names its item (1-based, as in the file)."""
+    if error.batch_item is None:
+        return ""
+    return f"item {error.batch_item + 1} refused, nothing was charged: "
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line on stderr for any error, never a traceback."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         code = app(args=argv, prog_name="balance", standalone_mode=False)
     except InvalidRequest as error:
-        err.print(f"error: {error}", markup=False)
+        err.print(f"error: {_item(error)}{error}", markup=False)
         sys.exit(EXIT_ERROR)
     except StorageError as error:
         err.print(f"error: {type(error).__name__}: {error}", markup=False)
         sys.exit(EXIT_ERROR)
     except BalanceError as error:
-        err.print(f"error: {type(error).__name__}: {error}", markup=False)
+        err.print(f"error: {_item(error)}{type(error).__name__}: {error}", markup=False)
         sys.exit(EXIT_REFUSED)
     except typer.TyperException as error:  # click's usage errors
         if message := error.format_message():  # empty when help was shown instead

@@ -103,10 +103,6 @@ def charge_batch(
             console.print(_summary(results))
             console.print(f"stopped after {len(results):,} of {len(items):,} items")
             raise
-        except BalanceError as error:
-            if error.batch_item is not None:  # all_or_nothing: say which item, then fail
-                typer.echo(f"item {error.batch_item + 1} refused; nothing was charged", err=True)
-            raise
     if as_json:
         console.print_json(json.dumps([_result(n, r) for n, r in enumerate(results, 1)]))
     else:
