@@ -66,15 +66,42 @@ def canonical(row: Mapping[str, Any]) -> bytes:
     return _encode(values).encode()
 
 
-def seal(previous: str, row: Mapping[str, Any]) -> str:
-    """The row_hash of ``row`` written after a row whose hash is ``previous``."""
-    return hashlib.sha256(previous.encode("ascii") + b"\n" + canonical(row)).hexdigest()
+@dataclass(frozen=True, slots=True)
+class Link:
+    """An account's newest row as the next row seals it: its id and its hash."""
+
+    id: int
+    hash: str
+
+
+def seal(previous: Link | None, row: Mapping[str, Any]) -> str:
+    """The row_hash of ``row`` written after ``previous`` (None: the account's first row).
+
+    The previous row's id is sealed too, so renumbering rows breaks the chain.
+    """
+    link = f"{previous.id}:{previous.hash}" if previous else f"0:{GENESIS}"
+    # UTF-8, not ASCII: a tampered, non-hex stored hash must be reported, not crash us.
+    return hashlib.sha256(link.encode() + b"\n" + canonical(row)).hexdigest()
+
+
+def following(previous: Link | None, row: Mapping[str, Any]) -> Link:
+    """The link after ``row``: its stored hash, or, for a row written without one (by
+    a writer older than migration 0006), the hash the backfill gives it."""
+    return Link(row["id"], row["row_hash"] or seal(previous, row))
+
+
+def head_of(rows: Iterable[Mapping[str, Any]]) -> Link | None:
+    """The link after an account's rows, oldest first (starting at a sealed row or the first)."""
+    previous = None
+    for row in rows:
+        previous = following(previous, row)
+    return previous
 
 
 def digest_of(previous: str, anchors: Iterable[tuple[int, int, str]]) -> str:
     """A digest's hash: the previous digest's and every (user, row id, row hash) it anchors."""
     lines = [previous, *(f"{user}:{row}:{hash_}" for user, row, hash_ in sorted(anchors))]
-    return hashlib.sha256("\n".join(lines).encode("ascii")).hexdigest()
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,32 +146,30 @@ class ChainWalk:
     """Checks rows fed in (user_id, id) order; remembers each account's first break.
 
     Each row is checked against the *stored* hash of the row before it, so one edited
-    row breaks there and (when its hash was not recomputed) nowhere else.
+    row breaks there and (when its hash was not recomputed) nowhere else. Only the
+    current account's head is kept: memory does not grow with the number of accounts.
     """
 
     def __init__(self) -> None:
         self.rows = 0
-        self._heads: dict[int, tuple[str, int]] = {}  # user → (row_hash, balance_after)
-        self._breaks: dict[int, ChainBreak] = {}
+        self.accounts = 0
+        self.breaks: dict[int, ChainBreak] = {}
+        self._user: int | None = None
+        self._head: Link | None = None
+        self._balance_after = 0
 
     def feed(self, row: Mapping[str, Any]) -> None:
         self.rows += 1
         user_id = row["user_id"]
-        previous, previous_after = self._heads.get(user_id, (GENESIS, 0))
-        stored = row["row_hash"]
-        if user_id not in self._breaks and stored != seal(previous, row):
-            self._breaks[user_id] = ChainBreak(
-                user_id, row["id"], _diagnosis(row, previous_after, first=previous == GENESIS)
+        if user_id != self._user:
+            self.accounts += 1
+            self._user, self._head, self._balance_after = user_id, None, 0
+        if user_id not in self.breaks and row["row_hash"] != seal(self._head, row):
+            self.breaks[user_id] = ChainBreak(
+                user_id, row["id"], _diagnosis(row, self._balance_after, first=not self._head)
             )
-        self._heads[user_id] = (stored or "", row["balance_after"])
-
-    @property
-    def accounts(self) -> int:
-        return len(self._heads)
-
-    @property
-    def breaks(self) -> dict[int, ChainBreak]:
-        return self._breaks
+        self._head = following(self._head, row)
+        self._balance_after = row["balance_after"]
 
 
 def _diagnosis(row: Mapping[str, Any], previous_after: int, *, first: bool) -> str:
@@ -159,5 +184,5 @@ def _diagnosis(row: Mapping[str, Any], previous_after: int, *, first: bool) -> s
         )
     return (
         f"{where}: its fields (amount, balances, type, user, reference, timestamp, text) "
-        "were altered, or the row before it was replaced"
+        "were altered, rows before it were renumbered, or the row before it was replaced"
     )

@@ -11,6 +11,7 @@
     ├── InsufficientBalance       the charge would take the balance below -credit_limit
     ├── CurrencyMismatch          the caller's currency is not the account's
     ├── IdempotencyConflict       a reused idempotency key with a different request
+    ├── JobBusy                   another runner holds the job (anchor-chains) right now
     ├── InvalidRequest            an argument is malformed (user id, text, currency, ...)
     │   └── InvalidAmount         not a positive int within BIGINT (or the result overflows)
     └── StorageError              the database failed or could not be reached
@@ -43,6 +44,14 @@ class AccountExists(BalanceError):
     def __init__(self, user_id: int, detail: str) -> None:
         self.user_id = user_id
         super().__init__(f"account {user_id} already exists with {detail}")
+
+
+class JobBusy(BalanceError):
+    """Another runner, on this host or another, is running the same job right now."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        super().__init__(f"another {job} run holds the job's lock; try again when it ends")
 
 
 class AccountSuspended(BalanceError):

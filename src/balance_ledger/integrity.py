@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Row
 from .chain import GENESIS, ChainBreak, ChainDigest, ChainReport, ChainWalk, digest_of
 from .db import queries
 from .db.transactions import Database
+from .errors import JobBusy
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,10 @@ def verify_chain(db: Database, user_id: int | None = None) -> ChainReport:
     for anchor in db.read(partial(queries.broken_anchors, user_id=user_id)):
         if anchor.user_id not in walk.breaks:  # one break per account: the earliest
             report.breaks.append(_anchor_break(anchor))
-    if user_id is None:
-        report.digests, broken_digest = db.read(_check_digests)
-        if broken_digest is not None:
-            report.breaks.append(broken_digest)
+    # Always, even for one account: its anchors prove nothing unless the digests hold.
+    report.digests, broken_digest = db.read(_check_digests)
+    if broken_digest is not None:
+        report.breaks.append(broken_digest)
     report.breaks.sort(key=lambda b: (b.user_id or 0, b.transaction_id or 0))
     for found in report.breaks:
         log.error("%s", found.message)
@@ -75,7 +76,10 @@ def _check_digests(conn: Connection) -> tuple[int, ChainBreak | None]:
 
 
 def anchor_chains(db: Database) -> ChainDigest | None:
-    """Record the head of every account that moved since the last digest; None if none did."""
+    """Record the head of every account that moved since the last digest; None if none did.
+
+    Raises JobBusy when another runner is anchoring right now.
+    """
 
     def work(conn: Connection) -> ChainDigest | None:
         heads = [
@@ -99,8 +103,7 @@ def anchor_chains(db: Database) -> ChainDigest | None:
     # UNIQUE(previous_digest) would refuse a second racer anyway; the lock spares it.
     with db.backend.job_lock(db.engine, "anchor-chains", JOB_LEASE) as held:
         if not held:
-            log.info("anchor-chains skipped: another run holds the lock")
-            return None
+            raise JobBusy("anchor-chains")
         digest = db.write(work)
     if digest is not None:
         log.info("chain digest %d: %d heads, %s", digest.id, digest.accounts, digest.digest)

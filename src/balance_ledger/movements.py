@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row
 
 from . import validation as valid
-from .chain import GENESIS, seal
+from .chain import Link, head_of, seal
 from .db import queries
 from .errors import (
     AccountNotFound,
@@ -194,9 +194,20 @@ def _status_change(before: Balance, after: Balance, transaction_id: int) -> Stat
     )
 
 
-def _sealed(row: dict[str, Any], *, previous: str | None) -> dict[str, Any]:
+def _sealed(row: dict[str, Any], *, previous: Link | None) -> dict[str, Any]:
     """The row with its link in the account's hash chain (chain.py)."""
-    return {**row, "row_hash": seal(previous or GENESIS, row)}
+    return {**row, "row_hash": seal(previous, row)}
+
+
+def _link(conn: Connection, user_id: int, head: Row[Any] | None) -> Link | None:
+    """The link a new row of the account seals; run under the account's lock."""
+    if head is None:
+        return None
+    if head.row_hash is not None:
+        return Link(head.id, head.row_hash)
+    # The newest rows were written without a hash (by a writer older than migration
+    # 0006): chain onto the hashes the backfill will give them, so it agrees with us.
+    return head_of(queries.unsealed_tail(conn, user_id))
 
 
 def _apply(conn: Connection, movement: _Movement) -> _Posted:
@@ -214,7 +225,7 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
     assert account is not None, "_decide refuses a missing account"
     assert decision.after is not None
     assert decision.row is not None
-    head = queries.chain_head(conn, movement.user_id)
+    head = _link(conn, movement.user_id, queries.chain_head(conn, movement.user_id))
     row = _sealed(decision.row, previous=head)
     transaction = queries.insert_transaction(conn, row)
     queries.update_balance(conn, decision.after, now=now)
@@ -339,14 +350,7 @@ def _apply_many(
         assert isinstance(error, BalanceError)
         error.batch_item = first_malformed
         raise error
-    heads = queries.chain_heads(conn, [row["user_id"] for _, row in appended])
-    rows = []
-    for _, row in appended:  # in item order, which is each account's chain order
-        rows.append(sealed := _sealed(row, previous=heads.get(row["user_id"])))
-        heads[row["user_id"]] = sealed["row_hash"]
-    written = queries.insert_transactions(conn, rows)
-    for (i, _), transaction in zip(appended, written, strict=True):
-        outcomes[i] = transaction
+    outcomes.update(_insert_sealed(conn, appended))
     for i, first in same_as.items():
         outcomes[i] = outcomes[first]
     moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]
@@ -359,6 +363,34 @@ def _apply_many(
         if change := _status_change(previous, after, written_row.id):
             changes.append(change)
     return outcomes, changes
+
+
+def _insert_sealed(
+    conn: Connection, appended: list[tuple[int, dict[str, Any]]]
+) -> dict[int, Transaction]:
+    """Insert a batch's rows, each sealed onto its account's previous row.
+
+    A row seals its predecessor's id, known only once that row is inserted, so rows go
+    in rounds: the first new row of every account, then the second, …: one INSERT per
+    round, as many rounds as the busiest account has rows in the batch.
+    """
+    newest = queries.chain_heads(conn, [row["user_id"] for _, row in appended])
+    heads = {user: _link(conn, user, head) for user, head in newest.items()}
+    rounds: list[list[tuple[int, dict[str, Any]]]] = []
+    seen: dict[int, int] = {}
+    for item in appended:  # item order is each account's chain order
+        user = item[1]["user_id"]
+        seen[user] = seen.get(user, -1) + 1
+        if seen[user] == len(rounds):
+            rounds.append([])
+        rounds[seen[user]].append(item)
+    written: dict[int, Transaction] = {}
+    for batch in rounds:
+        rows = [_sealed(row, previous=heads.get(row["user_id"])) for _, row in batch]
+        for (i, _), transaction in zip(batch, queries.insert_transactions(conn, rows), strict=True):
+            written[i] = transaction
+            heads[transaction.user_id] = Link(transaction.id, transaction.row_hash or "")
+    return written
 
 
 def _release(conn: Connection, account: Balance, hold: Hold, status: HoldStatus) -> Hold:

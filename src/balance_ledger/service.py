@@ -379,7 +379,7 @@ class BalanceService:
         """Anchor the head of every account that moved since the last digest (daily job).
 
         Returns the new digest (publish its ``digest`` somewhere outside this database),
-        or None when no account moved or another runner holds the job.
+        or None when no account moved; raises JobBusy while another runner anchors.
         """
         return integrity.anchor_chains(self._db)
 

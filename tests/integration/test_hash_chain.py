@@ -13,8 +13,9 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, insert, select, text, update
 
-from balance_ledger import BalanceService
-from balance_ledger.chain import GENESIS, seal
+from balance_ledger import BalanceService, JobBusy
+from balance_ledger.chain import GENESIS, Link, seal
+from balance_ledger.db.backfill import seal_unsealed_rows
 from balance_ledger.db.migrate import alembic_config
 from balance_ledger.db.tables import balance_chain_anchors as anchors
 from balance_ledger.db.tables import user_balance_transactions as ledger
@@ -39,10 +40,10 @@ def _delete(svc: BalanceService, row_id: int) -> None:
 
 def _reseal(svc: BalanceService, user_id: int) -> None:
     """What a careful attacker does after an edit: recompute the account's whole chain."""
-    previous = GENESIS
+    previous = None
     for row in _rows(svc, user_id):
-        previous = seal(previous, row)
-        _tamper(svc, row["id"], row_hash=previous)
+        previous = Link(row["id"], seal(previous, row))
+        _tamper(svc, row["id"], row_hash=previous.hash)
 
 
 @pytest.fixture
@@ -63,10 +64,10 @@ def _first_break(svc: BalanceService, user_id: int = 1) -> tuple[int | None, str
 
 
 def test_every_row_is_sealed_onto_the_previous_row_of_its_account(svc, history):
-    previous = GENESIS
+    previous = None
     for row in history:
         assert row["row_hash"] == seal(previous, row)
-        previous = row["row_hash"]
+        previous = Link(row["id"], row["row_hash"])
 
 
 def test_an_untouched_ledger_verifies(svc, history, account_factory):
@@ -152,6 +153,20 @@ def test_a_row_inserted_into_the_middle_of_history_is_named(svc, account_factory
     assert _first_break(svc, a)[0] == free_id
 
 
+def test_rows_renumbered_across_accounts_break_the_chain(svc, account_factory):
+    """Swapping two rows' ids keeps each account's order, but re-points references."""
+    a, b = account_factory(balance=1_000).user_id, account_factory(balance=1_000).user_id
+    charge_a = svc.charge_service(a, 500, "vps")
+    charge_b = svc.charge_service(b, 5, "vps")
+    svc.refund(charge_b.id, 5)
+    svc.charge_service(a, 1, "vps")
+    svc.charge_service(b, 1, "vps")
+    with append_only_lifted(svc.engine) as conn:
+        for old, new in ((charge_a.id, -1), (charge_b.id, charge_a.id), (-1, charge_b.id)):
+            conn.execute(update(ledger).where(ledger.c.id == old).values(id=new))
+    assert {b.user_id for b in svc.verify_chain().breaks} == {a, b}
+
+
 def test_a_row_moved_to_another_account_breaks_both_chains(svc, history, account_factory):
     other = account_factory(balance=1).user_id
     _tamper(svc, history[4]["id"], user_id=other)
@@ -202,6 +217,47 @@ def test_anchoring_records_only_accounts_that_moved_and_chains_digests(svc, hist
     report = svc.verify_chain()
     assert report.intact
     assert (report.anchors, report.digests) == (2, 2)
+
+
+def test_one_accounts_check_also_checks_the_digests(svc, history):
+    svc.anchor_chains()
+    _tamper(svc, history[1]["id"], description="rewritten")
+    _reseal(svc, 1)
+    head = _rows(svc, 1)[-1]
+    with append_only_lifted(svc.engine) as conn:  # the attacker re-anchors the new head too
+        conn.execute(update(anchors).values(row_hash=head["row_hash"]))
+    assert "does not verify" in " ".join(b.message for b in svc.verify_chain(1).breaks)
+
+
+def test_a_non_hex_stored_hash_is_reported_not_a_crash(svc, history):
+    svc.anchor_chains()
+    with append_only_lifted(svc.engine) as conn:
+        conn.execute(update(anchors).values(row_hash="é" * 64))
+    _tamper(svc, history[-1]["id"], row_hash="ü" * 64)
+    svc.charge_service(1, 1, "vps")  # sealing onto a garbage head still works
+    messages = " ".join(b.message for b in svc.verify_chain().breaks)
+    assert f"broken at row {history[-1]['id']}" in messages
+    assert "does not verify" in messages
+
+
+def test_rows_written_without_a_hash_are_chained_as_the_backfill_will_seal_them(svc, history):
+    """A writer older than migration 0006 leaves a row unsealed; later rows still verify
+    once the backfill has sealed it."""
+    _tamper(svc, history[-1]["id"], row_hash=None)
+    svc.charge_service(1, 1, "vps")
+    svc.charge_many([{"user_id": 1, "amount": 1, "service_type": "vps"}] * 2)
+    assert [b.transaction_id for b in svc.verify_chain().breaks] == [history[-1]["id"]]
+    with append_only_lifted(svc.engine) as conn:
+        assert seal_unsealed_rows(conn) == 1
+    assert svc.verify_chain().intact
+
+
+def test_anchoring_while_another_runner_anchors_is_refused(svc, history):
+    with svc._db.backend.job_lock(svc.engine, "anchor-chains", timedelta(minutes=1)) as held:
+        assert held
+        with pytest.raises(JobBusy, match="anchor-chains"):
+            svc.anchor_chains()
+    assert svc.anchor_chains() is not None
 
 
 def test_an_edited_anchor_breaks_its_digest(svc, history):

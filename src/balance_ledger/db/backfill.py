@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from ..chain import GENESIS, seal
+from ..chain import Link, following
 from . import queries
 
 PAGE = 5_000
@@ -20,16 +20,18 @@ def seal_unsealed_rows(conn: Connection) -> int:
     Pages by (user_id, id) keyset: MariaDB cannot interleave an UPDATE with an open
     streamed SELECT on one connection.
     """
-    heads: dict[int, str] = {}
+    user: int | None = None
+    head: Link | None = None
     after = (0, 0)
     sealed = 0
     while page := queries.chain_rows_page(conn, after=after, limit=PAGE, user_id=None):
         updates = []
         for row in page:
-            hash_ = row["row_hash"] or seal(heads.get(row["user_id"], GENESIS), row)
+            if row["user_id"] != user:
+                user, head = row["user_id"], None
+            head = following(head, row)  # the same rule the writers use for such rows
             if row["row_hash"] is None:
-                updates.append((row["id"], hash_))
-            heads[row["user_id"]] = hash_
+                updates.append((head.id, head.hash))
         queries.backfill_row_hashes(conn, updates)
         sealed += len(updates)
         after = (page[-1]["user_id"], page[-1]["id"])

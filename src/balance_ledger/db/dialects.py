@@ -121,7 +121,12 @@ class Backend:
                 "SELECT pg_try_advisory_lock(hashtext(:key))",
                 "SELECT pg_advisory_unlock(hashtext(:key))",
             ),
-            "mariadb": ("SELECT GET_LOCK(:key, 0)", "SELECT RELEASE_LOCK(:key)"),
+            # GET_LOCK names are server-wide: the database's name keeps two ledgers on
+            # one server apart; hashed, since a lock name may be 64 characters at most.
+            "mariadb": (
+                f"SELECT GET_LOCK({_MARIADB_LOCK_NAME}, 0)",
+                f"SELECT RELEASE_LOCK({_MARIADB_LOCK_NAME})",
+            ),
         }[self.name]
         with engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -140,6 +145,9 @@ class Backend:
             args = getattr(original, "args", ())
             return bool(args) and args[0] == _MARIADB_NO_SUCH_TABLE
         return "no such table" in str(original)
+
+
+_MARIADB_LOCK_NAME = "CONCAT('balance_ledger:', SHA1(CONCAT(DATABASE(), ':', :key)))"
 
 
 def backend_of(engine: Engine) -> Backend:

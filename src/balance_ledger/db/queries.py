@@ -49,6 +49,8 @@ from .tables import balance_sync_runs as sync_runs
 from .tables import user_balance_transactions as ledger
 from .tables import user_balances as balances
 
+_CHAIN_COLUMNS = ("id", "row_hash", *SEALED_FIELDS)  # what sealing or checking a row reads
+
 
 def _balance(row: Mapping[str, Any]) -> Balance:
     return Balance(**{**row, "status": AccountStatus(row["status"])})
@@ -190,13 +192,13 @@ def insert_transaction(conn: Connection, values: dict[str, Any]) -> Transaction:
     return _transaction({**values, "id": row_id})
 
 
-def chain_heads(conn: Connection, user_ids: list[int]) -> dict[int, str | None]:
-    """The row_hash of each account's newest row (accounts without rows are absent).
+def chain_heads(conn: Connection, user_ids: list[int]) -> dict[int, Row[Any]]:
+    """(id, row_hash) of each account's newest row (accounts without rows are absent).
 
     Read under the accounts' locks, after them: in READ COMMITTED each statement sees
     what committed before it, so the head is the row the previous holder wrote.
     """
-    found: dict[int, str | None] = {}
+    found: dict[int, Row[Any]] = {}
     ordered = sorted(set(user_ids))
     for start in range(0, len(ordered), 1_000):
         part = ordered[start : start + 1_000]
@@ -205,20 +207,38 @@ def chain_heads(conn: Connection, user_ids: list[int]) -> dict[int, str | None]:
             .where(ledger.c.user_id.in_(part))
             .group_by(ledger.c.user_id)
         )
-        stmt = select(ledger.c.user_id, ledger.c.row_hash).where(ledger.c.id.in_(newest))
-        found.update((row.user_id, row.row_hash) for row in conn.execute(stmt))
+        stmt = select(ledger.c.user_id, ledger.c.id, ledger.c.row_hash).where(
+            ledger.c.id.in_(newest)
+        )
+        found.update((row.user_id, row) for row in conn.execute(stmt))
     return found
 
 
-def chain_head(conn: Connection, user_id: int) -> str | None:
-    """The row_hash of the account's newest row; None before its first."""
+def chain_head(conn: Connection, user_id: int) -> Row[Any] | None:
+    """(id, row_hash) of the account's newest row; None before its first."""
     stmt = (
-        select(ledger.c.row_hash)
+        select(ledger.c.id, ledger.c.row_hash)
         .where(ledger.c.user_id == user_id)
         .order_by(ledger.c.id.desc())
         .limit(1)
     )
-    return conn.execute(stmt).scalar()
+    return conn.execute(stmt).first()
+
+
+def unsealed_tail(conn: Connection, user_id: int) -> list[RowMapping]:
+    """The account's rows from its newest sealed one on (every row if none is sealed)."""
+    last_sealed = select(func.max(ledger.c.id)).where(
+        ledger.c.user_id == user_id, ledger.c.row_hash.is_not(None)
+    )
+    stmt = (
+        select(*[ledger.c[name] for name in _CHAIN_COLUMNS])
+        .where(
+            ledger.c.user_id == user_id,
+            ledger.c.id >= func.coalesce(last_sealed.scalar_subquery(), 0),
+        )
+        .order_by(ledger.c.id)
+    )
+    return list(conn.execute(stmt).mappings())
 
 
 def get_transaction(conn: Connection, transaction_id: int) -> Transaction | None:
@@ -591,8 +611,6 @@ def fixes_of_run(conn: Connection, run_id: int) -> list[RowMapping]:
 
 
 # -- the hash chain --------------------------------------------------------------------
-
-_CHAIN_COLUMNS = ("id", "row_hash", *SEALED_FIELDS)
 
 
 def chain_rows_page(

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, JobBusy
 from ..service import BalanceService
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ def anchor_chains(svc: BalanceService) -> None:
     """Safe on any number of hosts at once: one holds the job lock, the rest skip."""
     try:
         digest = svc.anchor_chains()
+    except JobBusy as busy:
+        log.info("anchor-chains skipped: %s", busy)
+        return
     except Exception:
         log.exception("anchor-chains failed")
         return
