@@ -23,7 +23,6 @@ from sqlalchemy import (
     null,
     or_,
     select,
-    tuple_,
     union_all,
     update,
 )
@@ -621,9 +620,14 @@ def chain_rows_page(
     if user_id is not None:
         stmt = stmt.where(ledger.c.user_id == user_id, ledger.c.id > after[1])
     else:
-        # A row-value comparison: one index range on (user_id, id) on every backend,
-        # where the equivalent OR makes PostgreSQL sort the rest of the ledger per page.
-        stmt = stmt.where(tuple_(ledger.c.user_id, ledger.c.id) > tuple_(*after))
+        # (user_id, id) > after, spelled so that every backend seeks the (user_id, id)
+        # index: the bare OR makes PostgreSQL sort the rest of the ledger, and a row
+        # value makes MariaDB scan the index from its start, on every page.
+        user, row_id = after
+        stmt = stmt.where(
+            ledger.c.user_id >= user,
+            or_(ledger.c.user_id > user, ledger.c.id > row_id),
+        )
     stmt = stmt.order_by(ledger.c.user_id, ledger.c.id).limit(limit)
     return list(conn.execute(stmt).mappings())
 
