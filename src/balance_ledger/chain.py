@@ -50,11 +50,13 @@ SEALED_FIELDS = (
 
 _sealed_values = operator.itemgetter(*SEALED_FIELDS)
 _CREATED_AT = SEALED_FIELDS.index("created_at")
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# ", " between elements: byte for byte what PostgreSQL's json_build_array(...)::text and
+# MariaDB's JSON_ARRAY(...) print for these values, so the database can check rows too.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ":")).encode
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:
-    """The row's sealed fields as UTF-8 JSON: one fixed order, no whitespace.
+    """The row's sealed fields as a UTF-8 JSON array in one fixed order.
 
     The timestamp is UTC with microseconds, which every backend keeps exactly.
     """

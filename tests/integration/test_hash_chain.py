@@ -14,7 +14,7 @@ from alembic import command
 from sqlalchemy import create_engine, insert, select, text, update
 
 from balance_ledger import BalanceService, JobBusy
-from balance_ledger.chain import GENESIS, Link, seal
+from balance_ledger.chain import GENESIS, Link, canonical, seal
 from balance_ledger.db.backfill import seal_unsealed_rows
 from balance_ledger.db.migrate import alembic_config
 from balance_ledger.db.tables import balance_chain_anchors as anchors
@@ -325,3 +325,36 @@ def test_the_migration_seals_rows_written_before_the_chain(backend_url, backend)
         command.upgrade(config, "head")
         engine.dispose()
         empty_database(backend_url)
+
+
+CANONICAL_SQL = {
+    "postgresql": (
+        "json_build_array('v1', user_id, transaction_type, amount, balance_before,"
+        " balance_after, service_type, description, reference_model, reference_id,"
+        " idempotency_key,"
+        """ to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),"""
+        " related_transaction_id, actor)::text"
+    ),
+    "mariadb": (
+        "JSON_ARRAY('v1', user_id, transaction_type, amount, balance_before,"
+        " balance_after, service_type, description, reference_model, reference_id,"
+        " idempotency_key, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%s.%fZ'),"
+        " related_transaction_id, actor)"
+    ),
+}
+
+
+def test_the_server_prints_the_canonical_encoding_byte_for_byte(svc, backend, account_factory):
+    """What lets the database itself check the chain, set-based (no SQLite equivalent)."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has no JSON array printer of the same format")
+    user_id = account_factory(balance=1_000).user_id
+    svc.charge_service(
+        user_id, 5, "vps", description='tab\tnew\nline "quoted" \\ é 😀 ‮', reference_id="  x "
+    )
+    svc.adjust(user_id, -1, reason="r", actor="ops")
+    with svc.engine.connect() as conn:
+        printed = conn.execute(
+            text(f"SELECT {CANONICAL_SQL[backend]} FROM user_balance_transactions ORDER BY id")
+        ).scalars()
+        assert [p.encode() for p in printed] == [canonical(r) for r in _rows(svc, user_id)]
