@@ -11,30 +11,48 @@ from sqlalchemy import Connection, Row
 
 from .chain import GENESIS, ChainBreak, ChainDigest, ChainReport, ChainWalk, digest_of
 from .db import queries
+from .db.dialects import Backend
 from .db.transactions import Database
 from .errors import JobBusy
 
 log = logging.getLogger(__name__)
 
-PAGE = 5_000  # ledger rows per read while walking the chain
+ACCOUNTS_PER_CHUNK = 1_000
 JOB_LEASE = timedelta(hours=1)  # SQLite only: how long a crashed anchor run blocks the job
 
 
-def verify_chain(db: Database, user_id: int | None = None) -> ChainReport:
-    """Walk every chain (or one account's), then check the anchors and the digests."""
+def chain_breaks(conn: Connection, backend: Backend, low: int, high: int) -> dict[int, ChainBreak]:
+    """The first row of each account low..high whose hash does not verify.
+
+    The server recomputes every row's hash set-based where it can; only the accounts
+    it suspects (every account, on SQLite) are walked row by row here, which decides.
+    """
+    suspects = queries.hash_suspects(conn, backend, low, high)
+    ranges = [(low, high)] if suspects is None else [(user, user) for user in suspects]
     walk = ChainWalk()
-    after = (0, 0)
-    while page := db.read(
-        partial(queries.chain_rows_page, after=after, limit=PAGE, user_id=user_id)
-    ):
-        for row in page:
+    for first, last in ranges:
+        for row in queries.chain_rows_of_accounts(conn, first, last):
             walk.feed(row)
-        after = (page[-1]["user_id"], page[-1]["id"])
-    report = ChainReport(accounts=walk.accounts, rows=walk.rows)
-    report.breaks.extend(walk.breaks.values())
+    return walk.breaks
+
+
+def verify_chain(db: Database, user_id: int | None = None) -> ChainReport:
+    """Check every chain (or one account's), then the anchors and the digests."""
+    report = ChainReport()
+    breaks: dict[int, ChainBreak] = {}
+    after = 0
+    while chunk := db.read(
+        partial(queries.ledger_accounts, after=after, limit=ACCOUNTS_PER_CHUNK, user_id=user_id)
+    ):
+        low, high = chunk[0].user_id, chunk[-1].user_id
+        breaks.update(db.read(partial(chain_breaks, backend=db.backend, low=low, high=high)))
+        report.accounts += len(chunk)
+        report.rows += sum(row.rows for row in chunk)
+        after = high
+    report.breaks.extend(breaks.values())
     report.anchors = db.read(partial(queries.count_anchors, user_id=user_id))
     for anchor in db.read(partial(queries.broken_anchors, user_id=user_id)):
-        if anchor.user_id not in walk.breaks:  # one break per account: the earliest
+        if anchor.user_id not in breaks:  # one break per account: the earliest
             report.breaks.append(_anchor_break(anchor))
     # Always, even for one account: its anchors prove nothing unless the digests hold.
     report.digests, broken_digest = db.read(_check_digests)

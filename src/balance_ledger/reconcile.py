@@ -33,8 +33,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row
 
-from .chain import ChainWalk
+from . import integrity
 from .db import queries
+from .db.dialects import Backend
 from .db.transactions import Database
 from .errors import AccountNotFound, BalanceError, StorageError
 from .models import Balance, LedgerTotals, Serialisable, status_for
@@ -263,9 +264,11 @@ def _scanned_discrepancy(row: Row[Any], actual: LedgerTotals | None = None) -> D
     )
 
 
-def _chain_errors(conn: Connection, low: int, high: int, incremental: bool) -> dict[int, SyncError]:
+def _chain_errors(
+    conn: Connection, backend: Backend, low: int, high: int, incremental: bool
+) -> dict[int, SyncError]:
     """The first broken row of each account in the chunk (hashes too in full mode)."""
-    first: dict[int, SyncError] = {} if incremental else _hash_chain_errors(conn, low, high)
+    first = {} if incremental else _hash_chain_errors(conn, backend, low, high)
     for row in queries.chain_breaks(conn, low, high, incremental=incremental):
         earlier = first.get(row.user_id)
         if earlier is not None and (earlier.transaction_id or 0) <= row.id:
@@ -288,13 +291,12 @@ def _chain_errors(conn: Connection, low: int, high: int, incremental: bool) -> d
     return first
 
 
-def _hash_chain_errors(conn: Connection, low: int, high: int) -> dict[int, SyncError]:
-    walk = ChainWalk()
-    for row in queries.chain_rows_of_accounts(conn, low, high):
-        walk.feed(row)
+def _hash_chain_errors(
+    conn: Connection, backend: Backend, low: int, high: int
+) -> dict[int, SyncError]:
     return {
         user_id: SyncError(user_id, found.transaction_id, found.message)
-        for user_id, found in walk.breaks.items()
+        for user_id, found in integrity.chain_breaks(conn, backend, low, high).items()
     }
 
 
@@ -471,7 +473,7 @@ class Reconciler:
     ) -> tuple[list[Row[Any]], dict[int, SyncError]]:
         def work(conn: Connection) -> tuple[list[Row[Any]], dict[int, SyncError]]:
             rows = queries.compare_chunk(conn, low, high, incremental=incremental)
-            return rows, _chain_errors(conn, low, high, incremental)
+            return rows, _chain_errors(conn, self.db.backend, low, high, incremental)
 
         return self.db.read(work)
 
@@ -634,7 +636,7 @@ class Reconciler:
         def work(conn: Connection) -> tuple[list[ColumnChange], list[SyncError]]:
             if run_id is not None:
                 queries.lock_balances(conn, low, high)
-            broken = _chain_errors(conn, low, high, incremental=False)
+            broken = _chain_errors(conn, self.db.backend, low, high, incremental=False)
             changes: list[ColumnChange] = []
             for row in queries.compare_chunk(conn, low, high, incremental=False):
                 if row.user_id in broken:

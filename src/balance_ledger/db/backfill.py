@@ -24,7 +24,7 @@ def seal_unsealed_rows(conn: Connection) -> int:
     head: Link | None = None
     after = (0, 0)
     sealed = 0
-    while page := queries.chain_rows_page(conn, after=after, limit=PAGE, user_id=None):
+    while page := queries.chain_rows_page(conn, after=after, limit=PAGE):
         updates = []
         for row in page:
             if row["user_id"] != user:

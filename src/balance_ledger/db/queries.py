@@ -612,23 +612,20 @@ def fixes_of_run(conn: Connection, run_id: int) -> list[RowMapping]:
 # -- the hash chain --------------------------------------------------------------------
 
 
-def chain_rows_page(
-    conn: Connection, *, after: tuple[int, int], limit: int, user_id: int | None
-) -> list[RowMapping]:
-    """The next ``limit`` ledger rows in (user_id, id) order after ``after``."""
-    stmt = select(*[ledger.c[name] for name in _CHAIN_COLUMNS])
-    if user_id is not None:
-        stmt = stmt.where(ledger.c.user_id == user_id, ledger.c.id > after[1])
-    else:
-        # (user_id, id) > after, spelled so that every backend seeks the (user_id, id)
-        # index: the bare OR makes PostgreSQL sort the rest of the ledger, and a row
-        # value makes MariaDB scan the index from its start, on every page.
-        user, row_id = after
-        stmt = stmt.where(
-            ledger.c.user_id >= user,
-            or_(ledger.c.user_id > user, ledger.c.id > row_id),
-        )
-    stmt = stmt.order_by(ledger.c.user_id, ledger.c.id).limit(limit)
+def chain_rows_page(conn: Connection, *, after: tuple[int, int], limit: int) -> list[RowMapping]:
+    """The next ``limit`` ledger rows in (user_id, id) order after ``after``.
+
+    Spelled so that every backend seeks the (user_id, id) index: the bare OR makes
+    PostgreSQL sort the rest of the ledger, and a row value makes MariaDB scan the
+    index from its start, on every page.
+    """
+    user, row_id = after
+    stmt = (
+        select(*[ledger.c[name] for name in _CHAIN_COLUMNS])
+        .where(ledger.c.user_id >= user, or_(ledger.c.user_id > user, ledger.c.id > row_id))
+        .order_by(ledger.c.user_id, ledger.c.id)
+        .limit(limit)
+    )
     return list(conn.execute(stmt).mappings())
 
 
@@ -641,6 +638,42 @@ def backfill_row_hashes(conn: Connection, hashes: list[tuple[int, str]]) -> None
             .values(row_hash=bindparam("hash"))
         )
         conn.execute(stmt, [{"row_id": i, "hash": h} for i, h in hashes])
+
+
+def ledger_accounts(
+    conn: Connection, *, after: int, limit: int, user_id: int | None
+) -> list[Row[Any]]:
+    """(user_id, rows) of the next ``limit`` accounts with ledger rows after ``after``."""
+    stmt = select(ledger.c.user_id, func.count().label("rows")).where(ledger.c.user_id > after)
+    if user_id is not None:
+        stmt = stmt.where(ledger.c.user_id == user_id)
+    stmt = stmt.group_by(ledger.c.user_id).order_by(ledger.c.user_id).limit(limit)
+    return list(conn.execute(stmt))
+
+
+def hash_suspects(conn: Connection, backend: Backend, low: int, high: int) -> list[int] | None:
+    """Accounts low..high with a row whose hash the server computes differently from the
+    stored one, checked set-based in the database; None where it cannot (SQLite)."""
+    window = {"partition_by": ledger.c.user_id, "order_by": ledger.c.id}
+    rows = (
+        select(
+            *[ledger.c[name] for name in _CHAIN_COLUMNS],
+            func.lag(ledger.c.id).over(**window).label("previous_id"),
+            func.lag(ledger.c.row_hash).over(**window).label("previous_hash"),
+        )
+        .where(ledger.c.user_id.between(low, high))
+        .subquery("rows")
+    )
+    computed = backend.row_hash_sql(rows, rows.c.previous_id, rows.c.previous_hash)
+    if computed is None:
+        return None
+    stmt = (
+        select(rows.c.user_id)
+        .where(or_(rows.c.row_hash.is_(None), rows.c.row_hash != computed))
+        .group_by(rows.c.user_id)
+        .order_by(rows.c.user_id)
+    )
+    return list(conn.execute(stmt).scalars())
 
 
 def chain_rows_of_accounts(conn: Connection, low: int, high: int) -> Iterator[RowMapping]:
