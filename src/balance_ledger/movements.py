@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Row
 from . import validation as valid
 from .chain import Link, head_of, seal
 from .db import queries
+from .db.dialects import Backend
 from .errors import (
     AccountNotFound,
     AccountSuspended,
@@ -296,6 +297,7 @@ def _apply_many(
     movements: list[_Movement | BalanceError],
     indices: list[int],
     atomic: bool,
+    backend: Backend,
 ) -> tuple[dict[int, Transaction | BalanceError], list[StatusChange]]:
     """The batch twin of _apply: lock every account once, decide each item in order with
     the same rules, then write all rows and balances with set-based statements."""
@@ -350,7 +352,7 @@ def _apply_many(
         assert isinstance(error, BalanceError)
         error.batch_item = first_malformed
         raise error
-    outcomes.update(_insert_sealed(conn, appended))
+    outcomes.update(_insert_sealed(conn, backend, appended))
     for i, first in same_as.items():
         outcomes[i] = outcomes[first]
     moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]
@@ -366,16 +368,27 @@ def _apply_many(
 
 
 def _insert_sealed(
-    conn: Connection, appended: list[tuple[int, dict[str, Any]]]
+    conn: Connection, backend: Backend, appended: list[tuple[int, dict[str, Any]]]
 ) -> dict[int, Transaction]:
     """Insert a batch's rows, each sealed onto its account's previous row.
 
-    A row seals its predecessor's id, known only once that row is inserted, so rows go
-    in rounds: the first new row of every account, then the second, …: one INSERT per
-    round, as many rounds as the busiest account has rows in the batch.
+    A row seals its predecessor's id. On PostgreSQL the ids are drawn from the sequence
+    first, so every row is sealed before one INSERT; elsewhere an id is known only once
+    its row is in, so rows go in rounds (the first new row of every account, then the
+    second, …), as many INSERTs as the busiest account has rows in the batch.
     """
     newest = queries.chain_heads(conn, [row["user_id"] for _, row in appended])
     heads = {user: _link(conn, user, head) for user, head in newest.items()}
+    ids = queries.reserve_ledger_ids(conn, backend, len(appended))
+    if ids is not None:
+        rows = []
+        for (_, row), row_id in zip(appended, ids, strict=True):  # ascending in item order
+            rows.append(
+                sealed := _sealed({**row, "id": row_id}, previous=heads.get(row["user_id"]))
+            )
+            heads[row["user_id"]] = Link(row_id, sealed["row_hash"])
+        written = queries.insert_transactions(conn, rows)
+        return {i: tx for (i, _), tx in zip(appended, written, strict=True)}
     rounds: list[list[tuple[int, dict[str, Any]]]] = []
     seen: dict[int, int] = {}
     for item in appended:  # item order is each account's chain order
@@ -384,13 +397,13 @@ def _insert_sealed(
         if seen[user] == len(rounds):
             rounds.append([])
         rounds[seen[user]].append(item)
-    written: dict[int, Transaction] = {}
+    by_item: dict[int, Transaction] = {}
     for batch in rounds:
         rows = [_sealed(row, previous=heads.get(row["user_id"])) for _, row in batch]
         for (i, _), transaction in zip(batch, queries.insert_transactions(conn, rows), strict=True):
-            written[i] = transaction
+            by_item[i] = transaction
             heads[transaction.user_id] = Link(transaction.id, transaction.row_hash or "")
-    return written
+    return by_item
 
 
 def _release(conn: Connection, account: Balance, hold: Hold, status: HoldStatus) -> Hold:

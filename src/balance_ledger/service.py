@@ -432,7 +432,13 @@ class BalanceService:
         everything = list(range(len(planned)))
         groups = [everything] if atomic else _by_account_groups(todo, planned, BATCH_ACCOUNTS)
         for group in groups:
-            work = partial(_apply_many, movements=planned, indices=group, atomic=atomic)
+            work = partial(
+                _apply_many,
+                movements=planned,
+                indices=group,
+                atomic=atomic,
+                backend=self._db.backend,
+            )
             outcomes, changes = self._db.write(work)
             for i, outcome in outcomes.items():
                 results[i] = outcome

@@ -111,6 +111,15 @@ class Backend:
             )
         conn.execute(stmt, rows)
 
+    def reserve_ids(self, conn: Connection, table: Table, count: int) -> list[int] | None:
+        """``count`` fresh ids of ``table`` in ascending order, before inserting; None
+        where the backend has no sequence to draw them from (MariaDB, SQLite)."""
+        if self.name != "postgresql":
+            return None
+        sequence = func.pg_get_serial_sequence(table.name, "id")
+        stmt = select(func.nextval(sequence)).select_from(func.generate_series(1, count))
+        return sorted(conn.execute(stmt).scalars())
+
     def row_hash_sql(
         self, rows: FromClause, previous_id: ColumnElement[Any], previous_hash: ColumnElement[Any]
     ) -> ColumnElement[str] | None:

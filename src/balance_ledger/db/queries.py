@@ -169,6 +169,11 @@ def find_by_idempotency_keys(
     return found
 
 
+def reserve_ledger_ids(conn: Connection, backend: Backend, count: int) -> list[int] | None:
+    """Ledger ids drawn before the INSERT (PostgreSQL), so a batch can seal them."""
+    return backend.reserve_ids(conn, ledger, count)
+
+
 def insert_transactions(conn: Connection, rows: list[dict[str, Any]]) -> list[Transaction]:
     """Append many ledger rows in one statement; their ids come back in order."""
     if not rows:
