@@ -1,12 +1,17 @@
-"""``python -m bench batch|charges|verify [options]``"""
+"""``python -m bench batch|charges|report|verify [options]``"""
 
 from __future__ import annotations
 
 import sys
 
-from . import batch, charges, verify
+from . import batch, charges, report, verify
 
-COMMANDS = {"batch": batch.main, "charges": charges.main, "verify": verify.main}
+COMMANDS = {
+    "batch": batch.main,
+    "charges": charges.main,
+    "report": report.main,
+    "verify": verify.main,
+}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -13,7 +13,7 @@ import time
 from balance_ledger import BalanceService, Transaction
 
 from .charges import FUNDS, open_funded_accounts
-from .databases import fresh_database
+from .databases import bench_database
 
 
 def _items(count: int, accounts: int) -> list[dict[str, object]]:
@@ -25,8 +25,7 @@ def _items(count: int, accounts: int) -> list[dict[str, object]]:
 
 def run(backend: str, size: int, accounts: int) -> tuple[float, float]:
     """(batch charges/s, one-by-one charges/s) for ``size`` items."""
-    url = fresh_database(backend)
-    with BalanceService.from_url(url) as svc:
+    with bench_database(backend) as url, BalanceService.from_url(url) as svc:
         open_funded_accounts(svc, accounts)
         items = _items(size, accounts)
         started = time.perf_counter()

@@ -1,7 +1,13 @@
-"""Charges per second through ``BalanceService.charge_service``, each its own transaction.
+"""Charges per second through BalanceService, next to the database's own reference.
 
-hot:    every client charges ONE account (the row lock serialises them).
-spread: clients charge random accounts among ``--accounts``.
+single: each client calls ``charge_service``, one transaction per charge.
+batch:  each client calls ``charge_many`` with ``--batch-size`` items.
+hot:    every charge goes to ONE account (the row lock serialises the clients).
+spread: charges go to random accounts among ``--accounts``.
+
+The reference (bench/reference.py) writes the same rows with raw SQL on the same
+database right after: pgbench on PostgreSQL, Python loops over the bare drivers on
+MariaDB and SQLite. ``ours/ref`` is our charges/s over the reference's.
 """
 
 from __future__ import annotations
@@ -9,29 +15,38 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
-import threading
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import insert
+from sqlalchemy import create_engine, insert, text
 
-from balance_ledger import BalanceService
+from balance_ledger import BalanceService, Transaction
 from balance_ledger.db.tables import user_balances
 
-from .databases import fresh_database
+from . import reference
+from .databases import bench_database, server_settings
+from .measure import Figures, Workload, drive
+from .verify import seal_rows
 
 FUNDS = 10**15  # no charge is ever refused: we measure the accepted path
+SERVICE_TYPE = "bench"
+MODES = ("single", "batch")
 
 
 def open_funded_accounts(svc: BalanceService, count: int) -> None:
+    """Accounts 1..count, each holding FUNDS after one sealed recharge row.
+
+    Set-based (a recharge per account through the service takes 20 s for 10,000): the
+    same rows ``svc.recharge`` writes, hashed by the backfill that migration 0006 uses.
+    """
     now = datetime.now(UTC)
     rows = [
         {
             "user_id": user_id,
             "currency": "VND",
-            "balance": 0,
-            "total_recharged": 0,
+            "balance": FUNDS,
+            "total_recharged": FUNDS,
             "total_spent": 0,
             "credit_limit": 0,
             "status": "active",
@@ -40,76 +55,172 @@ def open_funded_accounts(svc: BalanceService, count: int) -> None:
         }
         for user_id in range(1, count + 1)
     ]
-    with svc.engine.begin() as conn:  # set-up only: bulk-open the accounts
+    with svc.engine.begin() as conn:
         conn.execute(insert(user_balances), rows)
-    for user_id in range(1, count + 1):
-        svc.recharge(user_id, FUNDS)
+        conn.execute(
+            text(
+                "INSERT INTO user_balance_transactions (user_id, transaction_type, amount, "
+                "balance_before, balance_after, created_at) "
+                "SELECT user_id, 'recharge', balance, 0, balance, created_at FROM user_balances"
+            )
+        )
+    seal_rows(svc)
 
 
-def run(backend: str, workload: str, clients: int, seconds: float, accounts: int) -> dict:
-    url = fresh_database(backend)
-    with BalanceService.from_url(url, pool_size=clients, max_overflow=0) as svc:
-        open_funded_accounts(svc, 1 if workload == "hot" else accounts)
-        latencies: list[list[float]] = [[] for _ in range(clients)]
-        barrier = threading.Barrier(clients + 1)
-        deadline = 0.0
+def settle(url: str, backend: str, *, analyze: bool = False) -> None:
+    """PostgreSQL: fresh statistics if asked, and a CHECKPOINT, so that neither side of a
+    comparison starts with the other's dirty pages to write (or autovacuum due)."""
+    if backend != "postgresql":
+        return
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if analyze:
+                conn.execute(text("VACUUM ANALYZE"))
+            conn.execute(text("CHECKPOINT"))
+    finally:
+        engine.dispose()
 
-        def client(n: int) -> None:
-            rng = random.Random(n)
-            mine = latencies[n]
-            barrier.wait()
-            while (started := time.perf_counter()) < deadline:
-                user_id = 1 if workload == "hot" else rng.randint(1, accounts)
-                svc.charge_service(user_id, 1, "bench")
-                mine.append(time.perf_counter() - started)
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-        for thread in threads:
-            thread.start()
-        cpu_before, wall_before = os.times(), time.perf_counter()
-        deadline = wall_before + seconds
-        barrier.wait()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - wall_before
-        cpu_after = os.times()
-    cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
-    merged = sorted(latency for per_client in latencies for latency in per_client)
-    quantiles = statistics.quantiles(merged, n=100)
-    return {
-        "backend": backend,
-        "workload": workload,
-        "clients": clients,
-        "charges": len(merged),
-        "charges/s": len(merged) / wall,
-        "p50 ms": quantiles[49] * 1000,
-        "p99 ms": quantiles[98] * 1000,
-        "client CPU %": 100 * cpu / wall,
-    }
+def ours(svc: BalanceService, work: Workload) -> Figures:
+    """Threads sharing one BalanceService, each charging for ``work.seconds``."""
+
+    def client(n: int) -> Callable[[], int]:
+        rng = random.Random(n)
+
+        def account() -> int:
+            return 1 if work.workload == "hot" else rng.randint(1, work.accounts)
+
+        def single() -> int:
+            svc.charge_service(account(), 1, SERVICE_TYPE)
+            return 1
+
+        def batch() -> int:
+            items = [
+                {"user_id": account(), "amount": 1, "service_type": SERVICE_TYPE}
+                for _ in range(work.batch_size)
+            ]
+            results = svc.charge_many(items)
+            refused = [r for r in results if not isinstance(r, Transaction)]
+            if refused:  # never with FUNDS: a refusal would measure the wrong path
+                raise refused[0]
+            return len(results)
+
+        return single if work.mode == "single" else batch
+
+    return drive(work.clients, work.seconds, client)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    backend: str
+    work: Workload
+    ours: Figures
+    reference: Figures | None
+
+    @property
+    def ratio(self) -> float | None:
+        """Our charges/s over the reference's."""
+        if self.reference is None or not self.reference.charges_per_s:
+            return None
+        return self.ours.charges_per_s / self.reference.charges_per_s
+
+
+def measure(backend: str, work: Workload, *, with_reference: bool = True) -> Measurement:
+    """Ours, then the reference on the same fresh database (whose rows lack row_hash, which
+    our path would have to walk back over: so never the other way round)."""
+    with bench_database(backend) as url:
+        with BalanceService.from_url(url, pool_size=work.clients, max_overflow=0) as svc:
+            open_funded_accounts(svc, 1 if work.workload == "hot" else work.accounts)
+            settle(url, backend, analyze=True)
+            mine = ours(svc, work)
+        theirs = None
+        if with_reference:
+            settle(url, backend)
+            theirs = reference.run(backend, url, work)
+    return Measurement(backend, work, mine, theirs)
+
+
+def describe_backend(backend: str) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in server_settings(backend).items())
+    return f"{backend} ({settings})\n    reference: {reference.describe(backend)}"
+
+
+HEADER = (
+    f"{'backend':<11}{'workload':<9}{'mode':<7}{'clients':>7}{'charges':>10}{'charges/s':>11}"
+    f"{'p50 ms':>8}{'p99 ms':>8}{'avg ms':>8}{'CPU %':>7}"
+    f"{'ref/s':>10}{'ref avg':>9}{'ref CPU':>8}{'ours/ref':>9}"
+)
+
+
+def row(m: Measurement) -> str:
+    w, o, r = m.work, m.ours, m.reference
+    line = (
+        f"{m.backend:<11}{w.workload:<9}{w.mode:<7}{w.clients:>7}{o.charges:>10,}"
+        f"{o.charges_per_s:>11,.0f}{o.p50_ms or 0:>8.2f}{o.p99_ms or 0:>8.2f}{o.avg_ms:>8.2f}"
+        f"{o.client_cpu:>7.0f}"
+    )
+    if r is None or m.ratio is None:
+        return line
+    return line + f"{r.charges_per_s:>10,.0f}{r.avg_ms:>9.2f}{r.client_cpu:>8.0f}{m.ratio:>9.2f}"
+
+
+def add_matrix_arguments(parser: argparse.ArgumentParser, *, seconds: float) -> None:
+    """The options ``charges`` and ``report`` share (comma lists run every combination)."""
+    parser.add_argument("--backend", default="sqlite,postgresql,mariadb", help="comma list")
+    parser.add_argument("--workload", default="hot,spread", help="hot, spread or both")
+    parser.add_argument("--mode", default="single,batch", help="single, batch or both")
+    parser.add_argument("--clients", default="1,8,32", help="comma list of thread counts")
+    parser.add_argument("--seconds", type=float, default=seconds, help="per side")
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=100, help="items per charge_many")
+    parser.add_argument(
+        "--reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the raw-SQL reference (pgbench on PostgreSQL)",
+    )
+
+
+def matrix(args: argparse.Namespace) -> list[tuple[str, Workload]]:
+    """Every (backend, workload) of the options, backend-major as they print."""
+    modes = args.mode.split(",")
+    if unknown := set(modes) - set(MODES):
+        raise SystemExit(f"--mode: unknown {', '.join(sorted(unknown))}; use single or batch")
+    if (
+        "spread" in args.workload.split(",")
+        and "batch" in modes
+        and args.accounts < args.batch_size
+    ):
+        raise SystemExit("spread batches need --accounts >= --batch-size")
+    return [
+        (backend, Workload(workload, mode, clients, args.seconds, args.accounts, args.batch_size))
+        for backend in args.backend.split(",")
+        for workload in args.workload.split(",")
+        for mode in modes
+        for clients in map(int, args.clients.split(","))
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench charges", description=__doc__)
-    parser.add_argument("--backend", default="sqlite,postgresql,mariadb")
-    parser.add_argument("--workload", default="hot,spread")
-    parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--accounts", type=int, default=10_000)
+    add_matrix_arguments(parser, seconds=10)
     args = parser.parse_args(argv)
+    runs = matrix(args)
     print(
-        f"charge_service, one transaction per charge; {args.seconds:g} s per configuration; "
-        f"spread over {args.accounts:,} accounts; {os.cpu_count()} CPUs; clients are threads "
-        "sharing one BalanceService (pool_size = clients) on the same machine as the server"
+        f"{args.seconds:g} s per configuration; spread over {args.accounts:,} accounts; "
+        f"batch = charge_many of {args.batch_size} items; {os.cpu_count()} CPUs; clients are "
+        "threads sharing one BalanceService (pool_size = clients) on the same machine as the "
+        "server. Latencies are per transaction (per charge_many call in batch mode); CPU % is "
+        "the client process's, of one CPU."
     )
-    header = f"{'backend':<11}{'workload':<9}{'clients':>8}{'charges':>9}{'charges/s':>11}"
-    print(header + f"{'p50 ms':>9}{'p99 ms':>9}{'client CPU %':>14}")
-    for backend in args.backend.split(","):
-        for workload in args.workload.split(","):
-            for clients in map(int, args.clients.split(",")):
-                r = run(backend, workload, clients, args.seconds, args.accounts)
-                print(
-                    f"{backend:<11}{workload:<9}{clients:>8}{r['charges']:>9,}"
-                    f"{r['charges/s']:>11,.0f}{r['p50 ms']:>9.2f}{r['p99 ms']:>9.2f}"
-                    f"{r['client CPU %']:>14.0f}",
-                    flush=True,
-                )
+    if args.reference:
+        print(
+            "The reference leaves row_hash NULL; ours also reads the chain head and computes "
+            "the SHA-256 link."
+        )
+    for backend in dict.fromkeys(backend for backend, _ in runs):
+        print(describe_backend(backend))
+    print(HEADER)
+    for backend, work in runs:
+        print(row(measure(backend, work, with_reference=args.reference)), flush=True)
