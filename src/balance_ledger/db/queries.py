@@ -51,6 +51,32 @@ from .tables import user_balances as balances
 _CHAIN_COLUMNS = ("id", "row_hash", *SEALED_FIELDS)  # what sealing or checking a row reads
 
 
+# The statements of every single movement, built once: constructing a statement and
+# its cache key on each call was a measurable part of a charge's client CPU.
+_LOCK_BALANCE = select(balances).where(balances.c.user_id == bindparam("user_id")).with_for_update()
+_FIND_BY_KEY = select(ledger).where(
+    ledger.c.user_id == bindparam("user_id"), ledger.c.idempotency_key == bindparam("key")
+)
+_CHAIN_HEAD = (
+    select(ledger.c.id, ledger.c.row_hash)
+    .where(ledger.c.user_id == bindparam("user_id"))
+    .order_by(ledger.c.id.desc())
+    .limit(1)
+)
+_INSERT_TRANSACTION = insert(ledger)
+_UPDATE_BALANCE = (
+    update(balances)
+    .where(balances.c.user_id == bindparam("account_id"))
+    .values(
+        balance=bindparam("new_balance"),
+        total_recharged=bindparam("new_total_recharged"),
+        total_spent=bindparam("new_total_spent"),
+        status=bindparam("new_status"),
+        updated_at=bindparam("now"),
+    )
+)
+
+
 def _balance(row: Mapping[str, Any]) -> Balance:
     return Balance(**{**row, "status": AccountStatus(row["status"])})
 
@@ -70,8 +96,7 @@ def lock_balance(conn: Connection, user_id: int) -> Balance | None:
     ``FOR UPDATE`` on PostgreSQL and MariaDB; SQLite ignores the clause and relies on
     the ``BEGIN IMMEDIATE`` its write transactions start with (see dialects.py).
     """
-    stmt = select(balances).where(balances.c.user_id == user_id).with_for_update()
-    row = conn.execute(stmt).mappings().first()
+    row = conn.execute(_LOCK_BALANCE, {"user_id": user_id}).mappings().first()
     return _balance(row) if row else None
 
 
@@ -108,19 +133,8 @@ def update_balances(conn: Connection, accounts: list[Balance], *, now: datetime)
     """Write many accounts' figures in one executemany."""
     if not accounts:
         return
-    stmt = (
-        update(balances)
-        .where(balances.c.user_id == bindparam("account_id"))
-        .values(
-            balance=bindparam("new_balance"),
-            total_recharged=bindparam("new_total_recharged"),
-            total_spent=bindparam("new_total_spent"),
-            status=bindparam("new_status"),
-            updated_at=now,
-        )
-    )
     conn.execute(
-        stmt,
+        _UPDATE_BALANCE,
         [
             {
                 "account_id": a.user_id,
@@ -128,6 +142,7 @@ def update_balances(conn: Connection, accounts: list[Balance], *, now: datetime)
                 "new_total_recharged": a.total_recharged,
                 "new_total_spent": a.total_spent,
                 "new_status": a.status.value,
+                "now": now,
             }
             for a in accounts
         ],
@@ -184,14 +199,13 @@ def insert_transactions(conn: Connection, rows: list[dict[str, Any]]) -> list[Tr
 
 
 def find_by_idempotency_key(conn: Connection, user_id: int, key: str) -> Transaction | None:
-    stmt = select(ledger).where(ledger.c.user_id == user_id, ledger.c.idempotency_key == key)
-    row = conn.execute(stmt).mappings().first()
+    row = conn.execute(_FIND_BY_KEY, {"user_id": user_id, "key": key}).mappings().first()
     return _transaction(row) if row else None
 
 
 def insert_transaction(conn: Connection, values: dict[str, Any]) -> Transaction:
     """Append one ledger row; ``values`` holds every column but ``id``."""
-    result = conn.execute(insert(ledger).values(values))
+    result = conn.execute(_INSERT_TRANSACTION, values)
     (row_id,) = result.inserted_primary_key or (None,)
     return _transaction({**values, "id": row_id})
 
@@ -220,13 +234,7 @@ def chain_heads(conn: Connection, user_ids: list[int]) -> dict[int, Row[Any]]:
 
 def chain_head(conn: Connection, user_id: int) -> Row[Any] | None:
     """(id, row_hash) of the account's newest row; None before its first."""
-    stmt = (
-        select(ledger.c.id, ledger.c.row_hash)
-        .where(ledger.c.user_id == user_id)
-        .order_by(ledger.c.id.desc())
-        .limit(1)
-    )
-    return conn.execute(stmt).first()
+    return conn.execute(_CHAIN_HEAD, {"user_id": user_id}).first()
 
 
 def unsealed_tail(conn: Connection, user_id: int) -> list[RowMapping]:
