@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, create_engine, make_url, select
 
 from balance_ledger import Balance, BalanceService
 from balance_ledger.db.guards import APPEND_ONLY_TABLES, install_append_only, remove_append_only
-from balance_ledger.db.tables import metadata, user_balance_transactions, user_balances
+from balance_ledger.db.tables import metadata, user_balances
 from tests.databases import recreate_database, server_url
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
@@ -128,7 +128,7 @@ Dump = Callable[[], dict[str, list[tuple[object, ...]]]]
 
 @pytest.fixture
 def dump(svc: BalanceService) -> Dump:
-    """Every row of both tables, to assert that a refused call changed nothing."""
+    """Every row of every table, to assert that a refused call changed nothing."""
 
     def dump_rows() -> dict[str, list[tuple[object, ...]]]:
         with svc.engine.connect() as conn:
@@ -136,7 +136,7 @@ def dump(svc: BalanceService) -> Dump:
                 table.name: [
                     tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key))
                 ]
-                for table in (user_balances, user_balance_transactions)
+                for table in metadata.sorted_tables
             }
 
     return dump_rows

@@ -5,9 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-
-from balance_ledger.db.tables import metadata
 
 SQL = "'; DROP TABLE user_balances; --"
 
@@ -38,20 +35,6 @@ CASES = [
 
 
 @pytest.fixture
-def whole_dump(svc):
-    def dump_all() -> dict[str, list[tuple[object, ...]]]:
-        with svc.engine.connect() as conn:
-            return {
-                table.name: [
-                    tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key))
-                ]
-                for table in metadata.sorted_tables
-            }
-
-    return dump_all
-
-
-@pytest.fixture
 def funded(balance) -> None:
     assert balance("account", "open", "1")[0] == 0
     assert balance("recharge", "1", "1000")[0] == 0
@@ -61,15 +44,15 @@ def funded(balance) -> None:
     ("args", "code", "phrase"), CASES, ids=[" ".join(c[0])[:40] for c in CASES]
 )
 def test_hostile_command_line_exits_with_one_line_and_writes_nothing(
-    balance, funded, whole_dump, args, code, phrase
+    balance, funded, dump, args, code, phrase
 ):
-    before = whole_dump()
+    before = dump()
     exit_code, out, err = balance(*args)
     assert (exit_code, out) == (code, "")
     assert phrase.lower() in err.lower()
     assert err.strip().count("\n") == 0
     assert len(err) < 400  # the input is not echoed back
-    assert whole_dump() == before
+    assert dump() == before
 
 
 @pytest.mark.parametrize(
@@ -83,13 +66,13 @@ def test_hostile_command_line_exits_with_one_line_and_writes_nothing(
     ],
 )
 def test_malformed_batch_lines_are_refused_and_write_nothing(
-    balance, funded, whole_dump, tmp_path: Path, content
+    balance, funded, dump, tmp_path: Path, content
 ):
     batch = tmp_path / "batch.jsonl"
     batch.write_text(content)
-    before = whole_dump()
+    before = dump()
     code, _, err = balance("charge-batch", str(batch), "--mode", "all_or_nothing")
     assert code in (1, 2)
     assert err.strip().count("\n") == 0
     assert "Traceback" not in err
-    assert whole_dump() == before
+    assert dump() == before
