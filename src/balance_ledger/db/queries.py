@@ -48,7 +48,8 @@ from .tables import balance_sync_runs as sync_runs
 from .tables import user_balance_transactions as ledger
 from .tables import user_balances as balances
 
-_CHAIN_COLUMNS = ("id", "row_hash", *SEALED_FIELDS)  # what sealing or checking a row reads
+# What sealing or checking a row reads.
+_CHAIN_COLUMNS = [ledger.c[name] for name in ("id", "row_hash", *SEALED_FIELDS)]
 
 
 # The statements of every single movement, built once: constructing a statement and
@@ -243,7 +244,7 @@ def unsealed_tail(conn: Connection, user_id: int) -> list[RowMapping]:
         ledger.c.user_id == user_id, ledger.c.row_hash.is_not(None)
     )
     stmt = (
-        select(*[ledger.c[name] for name in _CHAIN_COLUMNS])
+        select(*_CHAIN_COLUMNS)
         .where(
             ledger.c.user_id == user_id,
             ledger.c.id >= func.coalesce(last_sealed.scalar_subquery(), 0),
@@ -634,7 +635,7 @@ def chain_rows_page(conn: Connection, *, after: tuple[int, int], limit: int) -> 
     """
     user, row_id = after
     stmt = (
-        select(*[ledger.c[name] for name in _CHAIN_COLUMNS])
+        select(*_CHAIN_COLUMNS)
         .where(ledger.c.user_id >= user, or_(ledger.c.user_id > user, ledger.c.id > row_id))
         .order_by(ledger.c.user_id, ledger.c.id)
         .limit(limit)
@@ -670,7 +671,7 @@ def hash_suspects(conn: Connection, backend: Backend, low: int, high: int) -> li
     window = {"partition_by": ledger.c.user_id, "order_by": ledger.c.id}
     rows = (
         select(
-            *[ledger.c[name] for name in _CHAIN_COLUMNS],
+            *_CHAIN_COLUMNS,
             func.lag(ledger.c.id).over(**window).label("previous_id"),
             func.lag(ledger.c.row_hash).over(**window).label("previous_hash"),
         )
@@ -692,7 +693,7 @@ def hash_suspects(conn: Connection, backend: Backend, low: int, high: int) -> li
 def chain_rows_of_accounts(conn: Connection, low: int, high: int) -> Iterator[RowMapping]:
     """Every ledger row of accounts low..high in (user_id, id) order, streamed."""
     stmt = (
-        select(*[ledger.c[name] for name in _CHAIN_COLUMNS])
+        select(*_CHAIN_COLUMNS)
         .where(ledger.c.user_id.between(low, high))
         .order_by(ledger.c.user_id, ledger.c.id)
         .execution_options(yield_per=5_000)
