@@ -36,13 +36,36 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 import pymysql
 from pymysql.constants import CLIENT
 from sqlalchemy import make_url
 
 from .measure import Figures, Workload, drive
+
+C = TypeVar("C", pymysql.Connection, sqlite3.Connection)
+
+
+class _Connections:
+    """The connections the client threads open; all closed when the run ends."""
+
+    def __init__(self) -> None:
+        self._open: list[pymysql.Connection | sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def add(self, conn: C) -> C:
+        with self._lock:
+            self._open.append(conn)
+        return conn
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for conn in self._open:
+            conn.close()
+
 
 _PG_CHARGE = """\
 WITH charged AS (
@@ -244,13 +267,10 @@ def _mariadb(url: str, work: Workload) -> Figures:
             cursor.execute(MARIADB_PROCEDURE)
     finally:
         setup.close()
-    connections: list[pymysql.Connection] = []
-    lock = threading.Lock()
+    connections = _Connections()
 
     def client(n: int) -> Callable[[], int]:
-        conn = pymysql.connect(**options)
-        with lock:
-            connections.append(conn)
+        conn = connections.add(pymysql.connect(**options))
         cursor = conn.cursor()
         # The ledger's own isolation level (db/dialects.py).
         cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -274,11 +294,8 @@ def _mariadb(url: str, work: Workload) -> Figures:
 
         return transaction
 
-    try:
+    with connections:
         return drive(work.clients, work.seconds, client)
-    finally:
-        for conn in connections:
-            conn.close()
 
 
 # -- SQLite: sqlite3 threads ------------------------------------------------------------
@@ -287,14 +304,13 @@ def _mariadb(url: str, work: Workload) -> Figures:
 def _sqlite(url: str, work: Workload) -> Figures:
     path = make_url(url).database
     assert path, "bench SQLite databases are files"
-    connections: list[sqlite3.Connection] = []
-    lock = threading.Lock()
+    connections = _Connections()
 
     def client(n: int) -> Callable[[], int]:
         # Autocommit mode: BEGIN IMMEDIATE is sent explicitly, as the ledger's hook does.
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        with lock:
-            connections.append(conn)
+        conn = connections.add(
+            sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        )
         for pragma in ("foreign_keys = ON", "journal_mode = WAL", "synchronous = FULL"):
             conn.execute(f"PRAGMA {pragma}")
         rng = random.Random(n)
@@ -312,8 +328,5 @@ def _sqlite(url: str, work: Workload) -> Figures:
 
         return transaction
 
-    try:
+    with connections:
         return drive(work.clients, work.seconds, client)
-    finally:
-        for conn in connections:
-            conn.close()
