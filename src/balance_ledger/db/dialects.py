@@ -228,7 +228,8 @@ def _create_ledger_engine(url: URL, options: dict[str, Any]) -> Engine:
         options.setdefault("pool_recycle", 3600)
     else:
         raise InvalidRequest(f"unsupported database {backend!r}: use sqlite, postgresql or mysql")
-    options.setdefault("pool_pre_ping", True)
+    # No pool_pre_ping: transactions.py replaces a connection found dead on its first
+    # statement, which costs nothing while connections are alive.
     return create_engine(url, **options)
 
 

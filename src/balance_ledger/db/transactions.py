@@ -4,6 +4,12 @@ A unit of work is a function of a Connection. It runs inside ``BEGIN … COMMIT`
 any exception rolls the whole transaction back. Deadlocks, serialization failures
 and lock timeouts are retried with jittered backoff a bounded number of times;
 every other driver error becomes a typed ``StorageError`` (``raise … from``).
+
+A pooled connection the server closed while it sat idle fails on the transaction's
+first statement, before anything was sent that could commit: that transaction is run
+again on a fresh connection. This replaces SQLAlchemy's ``pool_pre_ping``, which
+spends a round trip on every checkout to find the same thing out. A connection lost
+after a statement ran is never run again silently: the caller gets a StorageError.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import InvalidRequest, RetriesExhausted, SchemaMissing, StorageError
@@ -33,6 +39,27 @@ def _one_line(cause: object) -> str:
     return " ".join(text.split())
 
 
+# Execution option of every transaction's connection: its _Progress.
+_PROGRESS = "balance_ledger_progress"
+
+
+class _Progress:
+    """Whether a statement of the transaction has run (the server may have seen it)."""
+
+    __slots__ = ("ran",)
+
+    def __init__(self) -> None:
+        self.ran = False
+
+
+def _note_progress(
+    _conn: object, _cursor: object, _statement: str, _params: object, context: Any, _many: bool
+) -> None:
+    progress = context.execution_options.get(_PROGRESS) if context is not None else None
+    if progress is not None:
+        progress.ran = True
+
+
 def _backoff(attempt: int) -> float:
     """Full jitter, 10 ms doubling per attempt, at most 1 s: racers spread out."""
     return random.uniform(0, min(1.0, 0.01 * 2**attempt))
@@ -46,6 +73,8 @@ class Database:
         self.backend: Backend = backend_of(engine)
         if self.backend.name == "sqlite":
             prepare_sqlite(engine)
+        elif not event.contains(engine, "after_cursor_execute", _note_progress):
+            event.listen(engine, "after_cursor_execute", _note_progress)
         self.max_attempts = max_attempts
         self._turn: AbstractContextManager[object] = (
             threading.Lock() if self.backend.single_connection else nullcontext()
@@ -60,13 +89,19 @@ class Database:
 
     def _run(self, work: Callable[[Connection], T], *, write: bool) -> T:
         for attempt in range(1, self.max_attempts + 1):
+            progress = _Progress()
             try:
                 with self._turn, self.engine.connect() as conn:
-                    if write:
-                        conn = conn.execution_options(**{WRITE_OPTION: True})
+                    conn = conn.execution_options(**{WRITE_OPTION: write, _PROGRESS: progress})
                     with conn.begin():
                         return work(conn)
             except DBAPIError as error:
+                stale = error.connection_invalidated and not progress.ran
+                if stale and attempt < self.max_attempts:
+                    log.info(
+                        "pooled connection was closed by the server (%s); reconnecting", error.orig
+                    )
+                    continue
                 if not self.backend.is_retryable(error) or attempt == self.max_attempts:
                     raise self._storage_error(error, attempt) from error
                 log.info("transaction aborted by the server (%s); retry %d", error.orig, attempt)
