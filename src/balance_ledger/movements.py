@@ -211,7 +211,7 @@ def _link(conn: Connection, user_id: int, head: Row[Any] | None) -> Link | None:
     return head_of(queries.unsealed_tail(conn, user_id))
 
 
-def _apply(conn: Connection, movement: _Movement) -> _Posted:
+def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted:
     """The locked read-check-write of one movement; runs inside the write transaction."""
     account = queries.lock_balance(conn, movement.user_id)
     existing = None
@@ -228,8 +228,7 @@ def _apply(conn: Connection, movement: _Movement) -> _Posted:
     assert decision.row is not None
     head = _link(conn, movement.user_id, queries.chain_head(conn, movement.user_id))
     row = _sealed(decision.row, previous=head)
-    transaction = queries.insert_transaction(conn, row)
-    queries.update_balance(conn, decision.after, now=now)
+    transaction = queries.append_transaction(conn, backend, row, decision.after, now=now)
     return _Posted(transaction, _status_change(account, decision.after, transaction.id))
 
 

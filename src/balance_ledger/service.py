@@ -607,7 +607,7 @@ class BalanceService:
                 # Reserved money for usage already delivered: always recorded.
                 allow_overdraft=True,
             )
-            posted = _apply(conn, movement)
+            posted = _apply(conn, self._db.backend, movement)
             queries.close_hold(
                 conn,
                 hold_id,
@@ -668,7 +668,7 @@ class BalanceService:
         return account, hold
 
     def _post(self, movement: _Movement) -> Transaction:
-        return self._commit(lambda conn: _apply(conn, movement))
+        return self._commit(lambda conn: _apply(conn, self._db.backend, movement))
 
     def _commit(self, work: Callable[[Connection], _Posted]) -> Transaction:
         """Run a movement's transaction; only after its commit, tell the callbacks."""

@@ -54,7 +54,7 @@ def main() -> None:
         if (
             fate == "in-transaction"
             and charge_number == fated
-            and statement.lstrip().upper().startswith("UPDATE USER_BALANCES")
+            and "UPDATE user_balances " in statement  # on PostgreSQL, inside the INSERT's CTE
         ):
             die()
 

@@ -20,21 +20,25 @@ from tests.faults.conftest import FaultDatabase
 from tests.faults.ledger import charges, dump, ledger_rows
 from tests.faults.sabotage import OneShot, kill_sessions, session_id
 
+# What the statement to kill after contains. On PostgreSQL both are one statement (the
+# INSERT in a CTE of the UPDATE): both cases then kill after it.
 AFTER = {
-    "after-ledger-insert": "INSERT INTO USER_BALANCE_TRANSACTIONS",
-    "after-balance-update": "UPDATE USER_BALANCES",
+    "after-ledger-insert": "INSERT INTO user_balance_transactions ",
+    "after-balance-update": "UPDATE user_balances ",
 }
 
 
 @contextmanager
-def session_killed_after(svc: BalanceService, db: FaultDatabase, prefix: str) -> Iterator[OneShot]:
-    """Once armed, the session that executes a statement starting with ``prefix`` is
+def session_killed_after(
+    svc: BalanceService, db: FaultDatabase, fragment: str
+) -> Iterator[OneShot]:
+    """Once armed, the session that executes a statement containing ``fragment`` is
     killed by the server right after it, before the transaction can commit."""
     shot = OneShot()
     admin = db.admin_engine()
 
     def kill_own_session(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith(prefix) and shot.take():
+        if fragment in statement and shot.take():
             kill_sessions(admin, db.backend, [session_id(db.backend, cursor.connection)])
 
     event.listen(svc.engine, "after_cursor_execute", kill_own_session)

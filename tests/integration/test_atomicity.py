@@ -13,12 +13,21 @@ from balance_ledger import BalanceService, StorageError
 
 
 @contextmanager
-def rewrite_statement(svc: BalanceService, prefix: str, replacement: str) -> Iterator[None]:
-    """Swap the next statement starting with ``prefix`` for ``replacement`` (a real DB error)."""
+def rewrite_statement(
+    svc: BalanceService, fragment: str, replacement: str, *, whole: bool = False
+) -> Iterator[None]:
+    """In statements containing ``fragment``, put ``replacement`` in its place (the
+    parameters kept), or instead of the ``whole`` statement: a real database error.
+
+    A fragment, not a prefix: on PostgreSQL the ledger INSERT and the balance UPDATE
+    are one statement (a writable CTE), and its INSERT must still run before the UPDATE fails.
+    """
 
     def swap(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool):
-        if statement.lstrip().upper().startswith(prefix):
-            return replacement, ()
+        if fragment in statement:
+            if whole:
+                return replacement, ()
+            return statement.replace(fragment, replacement), parameters
         return statement, parameters
 
     event.listen(svc.engine, "before_cursor_execute", swap, retval=True)
@@ -33,9 +42,9 @@ def test_failed_cache_update_rolls_back_the_ledger_row(svc, account_factory, dum
     before = dump()
 
     # The ledger INSERT succeeds; then the UPDATE of the cache violates a CHECK.
-    violating_update = "UPDATE user_balances SET status = 'bogus'"
+    violating_update = "UPDATE user_balances SET credit_limit = -1, "
     with (
-        rewrite_statement(svc, "UPDATE USER_BALANCES", violating_update),
+        rewrite_statement(svc, "UPDATE user_balances SET ", violating_update),
         pytest.raises(StorageError, match="database error"),
     ):
         svc.charge_service(account.user_id, 100, "vps")
@@ -48,7 +57,7 @@ def test_failed_ledger_insert_leaves_the_cache_unchanged(svc, account_factory, d
     before = dump()
 
     with (
-        rewrite_statement(svc, "INSERT INTO USER_BALANCE_TRANSACTIONS", "SELECT * FROM no_such"),
+        rewrite_statement(svc, "INTO user_balance_transactions ", "INTO no_such_table "),
         pytest.raises(StorageError),
     ):
         svc.recharge(account.user_id, 100)
@@ -59,7 +68,7 @@ def test_failed_ledger_insert_leaves_the_cache_unchanged(svc, account_factory, d
 def test_service_works_normally_after_a_failed_transaction(svc, account_factory):
     account = account_factory(balance=1_000)
     with (
-        rewrite_statement(svc, "UPDATE USER_BALANCES", "SELECT * FROM no_such"),
+        rewrite_statement(svc, "UPDATE user_balances ", "UPDATE no_such_table "),
         pytest.raises(StorageError),
     ):
         svc.charge_service(account.user_id, 100, "vps")
@@ -74,7 +83,7 @@ def test_database_itself_refuses_a_ledger_row_with_wrong_arithmetic(svc, account
         "1000, 950, '2026-01-01 00:00:00')"
     )
     with (
-        rewrite_statement(svc, "INSERT INTO USER_BALANCE_TRANSACTIONS", bad_row),
+        rewrite_statement(svc, "INTO user_balance_transactions ", bad_row, whole=True),
         pytest.raises(StorageError, match=r"(?i)check|constraint"),
     ):
         svc.charge_service(account.user_id, 100, "vps")

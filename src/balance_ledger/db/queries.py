@@ -76,6 +76,16 @@ _UPDATE_BALANCE = (
         updated_at=bindparam("now"),
     )
 )
+# PostgreSQL: the ledger row and the balance update in one statement (a writable CTE).
+_NEW_ROW = (
+    insert(ledger)
+    .values({c.name: bindparam(f"row_{c.name}") for c in ledger.c if c.name != "id"})
+    .returning(ledger.c.id)
+    .cte("new_row")
+)
+_INSERT_AND_UPDATE = _UPDATE_BALANCE.add_cte(_NEW_ROW).returning(
+    select(_NEW_ROW.c.id).scalar_subquery()
+)
 
 
 def _balance(row: Mapping[str, Any]) -> Balance:
@@ -125,29 +135,21 @@ def insert_balance(
     backend.insert_if_absent(conn, balances, row, key="user_id")
 
 
-def update_balance(conn: Connection, account: Balance, *, now: datetime) -> None:
-    """Write the account's moved figures to its cache row."""
-    update_balances(conn, [account], now=now)
+def _balance_params(account: Balance, now: datetime) -> dict[str, Any]:
+    return {
+        "account_id": account.user_id,
+        "new_balance": account.balance,
+        "new_total_recharged": account.total_recharged,
+        "new_total_spent": account.total_spent,
+        "new_status": account.status.value,
+        "now": now,
+    }
 
 
 def update_balances(conn: Connection, accounts: list[Balance], *, now: datetime) -> None:
     """Write many accounts' figures in one executemany."""
-    if not accounts:
-        return
-    conn.execute(
-        _UPDATE_BALANCE,
-        [
-            {
-                "account_id": a.user_id,
-                "new_balance": a.balance,
-                "new_total_recharged": a.total_recharged,
-                "new_total_spent": a.total_spent,
-                "new_status": a.status.value,
-                "now": now,
-            }
-            for a in accounts
-        ],
-    )
+    if accounts:
+        conn.execute(_UPDATE_BALANCE, [_balance_params(a, now) for a in accounts])
 
 
 def lock_balances_of(conn: Connection, user_ids: list[int]) -> dict[int, Balance]:
@@ -204,10 +206,18 @@ def find_by_idempotency_key(conn: Connection, user_id: int, key: str) -> Transac
     return _transaction(row) if row else None
 
 
-def insert_transaction(conn: Connection, values: dict[str, Any]) -> Transaction:
-    """Append one ledger row; ``values`` holds every column but ``id``."""
+def append_transaction(
+    conn: Connection, backend: Backend, values: dict[str, Any], account: Balance, *, now: datetime
+) -> Transaction:
+    """Append one ledger row (``values``: every column but ``id``) and write the
+    account's moved figures: one statement on PostgreSQL, two elsewhere."""
+    if backend.chains_writes:
+        params = {f"row_{name}": value for name, value in values.items()}
+        row_id = conn.execute(_INSERT_AND_UPDATE, {**params, **_balance_params(account, now)})
+        return _transaction({**values, "id": row_id.scalar_one()})
     result = conn.execute(_INSERT_TRANSACTION, values)
     (row_id,) = result.inserted_primary_key or (None,)
+    update_balances(conn, [account], now=now)
     return _transaction({**values, "id": row_id})
 
 
