@@ -16,12 +16,16 @@
     │   └── InvalidAmount         not a positive int within BIGINT (or the result overflows)
     └── StorageError              the database failed or could not be reached
         ├── SchemaMissing         the ledger's tables are not there: migrate first
-        └── RetriesExhausted      deadlock / serialization failure retried too many times
+        ├── RetriesExhausted      deadlock / serialization failure retried too many times
+        └── CommitUnknown         the connection failed during COMMIT: it may have committed
 
 A rejected call never writes: the database transaction is rolled back before the
-error reaches the caller. Errors carry the context a caller needs to react
-(``user_id``, ``amount``, ``available``, ...) as attributes, and a message that says
-what was refused and why.
+error reaches the caller. The one exception is ``CommitUnknown``: the database may
+have committed before the answer was lost; retry with the same idempotency key to
+learn which (the retry returns the committed row, or does the work once).
+
+Errors carry the context a caller needs to react (``user_id``, ``amount``,
+``available``, ...) as attributes, and a message that says what was refused and why.
 """
 
 from __future__ import annotations
@@ -146,7 +150,8 @@ def shown(value: object) -> str:
 
 
 class StorageError(BalanceError):
-    """The database failed; the operation was rolled back (or never started)."""
+    """The database failed; the operation was rolled back (or never started), except
+    for ``CommitUnknown``."""
 
 
 class SchemaMissing(StorageError):
@@ -163,4 +168,14 @@ class RetriesExhausted(StorageError):
         super().__init__(
             f"gave up after {attempts} attempts: the database kept aborting the transaction "
             f"(deadlock or lock timeout): {cause}"
+        )
+
+
+class CommitUnknown(StorageError):
+    """The connection failed while COMMIT was in flight: the server may have committed."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            "the connection failed during COMMIT, so the write may or may not have been "
+            f"committed; retry with the same idempotency key to find out ({cause})"
         )

@@ -3,7 +3,7 @@
 Two ways to cause it: the driver raises a lost connection right after the real COMMIT
 (every backend), and a TCP proxy that forwards COMMIT, waits for the server's answer and
 cuts the connection instead of delivering it (server backends). The caller cannot know
-the outcome, so it gets a StorageError; its retry with the same key must return the
+the outcome, so it gets CommitUnknown (a StorageError); its retry with the same key must return the
 committed row, and the library itself must never re-run a call that has no key.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import make_url
 
-from balance_ledger import BalanceService, StorageError
+from balance_ledger import BalanceService, CommitUnknown
 from tests.faults.conftest import BACKENDS, SERVER_BACKENDS, FaultDatabase, FaultDatabases
 from tests.faults.ledger import charges, ledger_rows
 from tests.faults.sabotage import CommitCuttingProxy, OneShot, driver_error_after_commit
@@ -71,14 +71,14 @@ def ambiguous(
         yield case
 
 
-def test_ambiguous_commit_raises_storage_error_although_the_charge_committed(
+def test_ambiguous_commit_raises_commit_unknown_although_the_charge_committed(
     ambiguous, open_account
 ):
     svc = ambiguous.svc
     user_id = open_account(svc, 1_000)
 
     ambiguous.after_next_commit.arm()
-    with pytest.raises(StorageError):
+    with pytest.raises(CommitUnknown):
         svc.charge_service(user_id, 100, "vps", idempotency_key="usage-1")
 
     assert ambiguous.after_next_commit.fired.is_set()
@@ -92,7 +92,7 @@ def test_retry_with_the_same_key_returns_the_committed_transaction(ambiguous, op
     svc = ambiguous.svc
     user_id = open_account(svc, 1_000)
     ambiguous.after_next_commit.arm()
-    with pytest.raises(StorageError):
+    with pytest.raises(CommitUnknown):
         svc.charge_service(user_id, 100, "vps", idempotency_key="usage-1")
     (committed,) = charges(ledger_rows(svc.engine, [user_id]))
 
@@ -110,7 +110,7 @@ def test_library_does_not_rerun_a_charge_without_key_after_an_ambiguous_commit(
     user_id = open_account(svc, 1_000)
 
     ambiguous.after_next_commit.arm()
-    with pytest.raises(StorageError):
+    with pytest.raises(CommitUnknown):
         svc.charge_service(user_id, 100, "vps")
 
     # Charged once, and the caller was told it failed: re-running it itself would have

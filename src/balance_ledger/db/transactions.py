@@ -10,6 +10,8 @@ first statement, before anything was sent that could commit: that transaction is
 again on a fresh connection. This replaces SQLAlchemy's ``pool_pre_ping``, which
 spends a round trip on every checkout to find the same thing out. A connection lost
 after a statement ran is never run again silently: the caller gets a StorageError.
+One lost while COMMIT was in flight raises ``CommitUnknown``: the server may have
+committed, and only the caller can settle it, by retrying with the same idempotency key.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..errors import InvalidRequest, RetriesExhausted, SchemaMissing, StorageError
+from ..errors import (
+    CommitUnknown,
+    InvalidRequest,
+    RetriesExhausted,
+    SchemaMissing,
+    StorageError,
+)
 from .dialects import WRITE_OPTION, Backend, backend_of, prepare_sqlite
 
 T = TypeVar("T")
@@ -44,12 +52,14 @@ _PROGRESS = "balance_ledger_progress"
 
 
 class _Progress:
-    """Whether a statement of the transaction has run (the server may have seen it)."""
+    """How far a transaction got: a statement ran (the server may have seen it), or
+    COMMIT was sent (the server may have made it durable)."""
 
-    __slots__ = ("ran",)
+    __slots__ = ("committing", "ran")
 
     def __init__(self) -> None:
         self.ran = False
+        self.committing = False
 
 
 def _note_progress(
@@ -94,8 +104,12 @@ class Database:
                 with self._turn, self.engine.connect() as conn:
                     conn = conn.execution_options(**{WRITE_OPTION: write, _PROGRESS: progress})
                     with conn.begin():
-                        return work(conn)
+                        result = work(conn)
+                        progress.committing = True  # leaving the block sends COMMIT
+                    return result
             except DBAPIError as error:
+                if progress.committing and not self.backend.is_retryable(error):
+                    raise CommitUnknown(_one_line(error.orig)) from error
                 stale = error.connection_invalidated and not progress.ran
                 if stale and attempt < self.max_attempts:
                     log.info(
