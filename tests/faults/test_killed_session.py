@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from balance_ledger import BalanceService, CommitUnknown, StorageError
+from balance_ledger import BalanceService, StorageError
 from tests.faults.conftest import FaultDatabase
 from tests.faults.ledger import charges, dump, ledger_rows
 from tests.faults.sabotage import OneShot, kill_sessions, session_id
@@ -66,11 +66,12 @@ def test_killed_session_raises_storage_error_and_leaves_nothing(killed_mid_charg
     before = dump(svc.engine, [user_id])
 
     shot.arm()
-    with pytest.raises(StorageError) as raised:
+    # StorageError, or CommitUnknown when the kill is noticed only by the COMMIT after
+    # the last statement: the client cannot tell that from a commit whose answer was lost.
+    with pytest.raises(StorageError):
         svc.charge_service(user_id, 100, "vps", idempotency_key="usage-1")
 
     assert shot.fired.is_set()
-    assert not isinstance(raised.value, CommitUnknown)  # lost before COMMIT: surely not written
     assert dump(svc.engine, [user_id]) == before
 
 
