@@ -4,6 +4,7 @@ The public API is exactly what ``__all__`` lists; every module below is private.
 """
 
 from .chain import ChainBreak, ChainDigest, ChainReport
+from .coalescer import ChargeCoalescer
 from .errors import (
     AccountExists,
     AccountNotFound,
@@ -57,6 +58,7 @@ __all__ = [
     "ChainBreak",
     "ChainDigest",
     "ChainReport",
+    "ChargeCoalescer",
     "ColumnChange",
     "CommitUnknown",
     "CurrencyMismatch",

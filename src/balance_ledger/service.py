@@ -420,8 +420,13 @@ class BalanceService:
         """
         if mode not in ("independent", "all_or_nothing"):
             raise InvalidRequest(f"mode must be independent or all_or_nothing, not {mode!r}")
-        atomic = mode == "all_or_nothing"
         planned = [_charge_item(item) for item in items]
+        return self._charge_planned(planned, atomic=mode == "all_or_nothing")
+
+    def _charge_planned(
+        self, planned: list[_Movement | BalanceError], *, atomic: bool
+    ) -> list[Transaction | BalanceError]:
+        """charge_many of validated items (a malformed one is its error already)."""
         results: list[Transaction | BalanceError | None] = [
             entry if isinstance(entry, BalanceError) else None for entry in planned
         ]

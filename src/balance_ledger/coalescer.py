@@ -1,0 +1,203 @@
+"""Group commit for charges: concurrent callers' charges share one transaction (opt-in).
+
+Each ``charge_service`` is its own transaction, so a hot account is charged at most
+as often as the database can lock, write and commit one row. A ``ChargeCoalescer``
+queues the charges of many threads and writes each short window's worth with the
+batch path of ``charge_many`` (independent mode): one lock per account, set-based
+writes, one COMMIT. Every caller still blocks until its own charge is committed and
+gets its own ``Transaction`` or typed error, exactly as from ``charge_service``::
+
+    with ChargeCoalescer(svc) as coalescer:        # shared by the request threads
+        row = coalescer.charge(user_id, 12, "api-call", idempotency_key=request_id)
+
+Latency cost: a charge waits up to ``window`` seconds for others to join its batch,
+plus the time the batch before it still needs, plus its own batch's transaction.
+
+Failures stay each caller's own. A refusal (insufficient funds, suspended, ...) is
+that item's outcome and never touches the others. When the batch's transaction fails
+as a whole (a database error), it was rolled back, and its charges are run again one
+by one, so a charge the database refuses cannot fail its neighbours. The exception is
+``CommitUnknown``: the batch may have committed, so nothing is re-run and every caller
+of the batch gets the error, to settle with a keyed retry, as for a single charge.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from .errors import BalanceError, CommitUnknown, InvalidRequest, StorageError
+from .models import Transaction
+from .movements import BATCH_ACCOUNTS, _charge_movement, _Movement
+from .service import BalanceService
+
+DEFAULT_WINDOW = 0.002  # seconds a batch's first charge waits for company
+DEFAULT_MAX_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    movement: _Movement
+    outcome: Future[Transaction] = field(default_factory=Future)
+
+
+_STOP = object()  # tells a writer thread to finish
+
+
+class ChargeCoalescer:
+    """Merges concurrent ``charge`` calls into one transaction per short window.
+
+    Thread-safe; one instance is shared by every thread that charges. ``writers``
+    threads each write one batch at a time: more than one helps only when the charges
+    are spread over many accounts (a hot account's batches queue on its row lock).
+    ``close()`` (or leaving the ``with`` block) writes what is queued, then stops.
+    """
+
+    def __init__(
+        self,
+        service: BalanceService,
+        *,
+        window: float = DEFAULT_WINDOW,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        writers: int = 1,
+    ) -> None:
+        if isinstance(window, bool) or not isinstance(window, int | float) or not 0 <= window <= 1:
+            raise InvalidRequest(f"window must be between 0 and 1 second, got {window!r}")
+        if not _whole(max_batch) or not 1 <= max_batch <= BATCH_ACCOUNTS:
+            # One batch, one transaction: charge_many splits a batch of more accounts,
+            # and a batch that committed in part could not be re-run charge by charge.
+            raise InvalidRequest(f"max_batch must be 1 to {BATCH_ACCOUNTS}, got {max_batch!r}")
+        if not _whole(writers) or not 1 <= writers <= 64:
+            raise InvalidRequest(f"writers must be 1 to 64, got {writers!r}")
+        self._service = service
+        self._window = float(window)
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._closing = threading.Lock()  # held while enqueuing, so none slips past close
+        self._closed = False
+        self._writers = [
+            threading.Thread(target=self._write_batches, name=f"charge-coalescer-{n}", daemon=True)
+            for n in range(writers)
+        ]
+        for writer in self._writers:
+            writer.start()
+
+    def charge(
+        self,
+        user_id: int,
+        amount: int,
+        service_type: str,
+        *,
+        description: str | None = None,
+        reference_model: str | None = None,
+        reference_id: str | int | None = None,
+        idempotency_key: str | None = None,
+        allow_overdraft: bool = False,
+        currency: str | None = None,
+    ) -> Transaction:
+        """``BalanceService.charge_service``, committed together with concurrent charges.
+
+        Blocks until the charge's batch is committed; returns its row or raises its
+        typed error. Malformed arguments are refused at once, before queueing.
+        """
+        movement = _charge_movement(
+            user_id,
+            amount,
+            service_type,
+            description=description,
+            reference_model=reference_model,
+            reference_id=reference_id,
+            idempotency_key=idempotency_key,
+            allow_overdraft=allow_overdraft,
+            currency=currency,
+        )
+        pending = _Pending(movement)
+        with self._closing:
+            if self._closed:
+                raise InvalidRequest("the charge coalescer is closed")
+            self._queue.put(pending)
+        return pending.outcome.result()
+
+    def close(self) -> None:
+        """Write every queued charge, then stop the writer threads (idempotent)."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            for _ in self._writers:
+                self._queue.put(_STOP)
+        for writer in self._writers:
+            writer.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _write_batches(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            if batch:
+                self._write(batch)
+
+    def _next_batch(self) -> list[_Pending] | None:
+        """The next batch: whatever waits, plus what arrives within the window; None once
+        told to stop (after the batch in hand, if any, is written)."""
+        first = self._queue.get()
+        if first is _STOP:
+            return None
+        assert isinstance(first, _Pending)
+        batch = [first]
+        deadline = time.monotonic() + self._window
+        while len(batch) < self._max_batch:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is _STOP:
+                self._queue.put(_STOP)  # for the next round: this batch is written first
+                break
+            assert isinstance(item, _Pending)
+            batch.append(item)
+        return batch
+
+    def _write(self, batch: list[_Pending]) -> None:
+        try:
+            results = self._service._charge_planned(
+                [pending.movement for pending in batch], atomic=False
+            )
+        except CommitUnknown as error:
+            for pending in batch:  # may have committed: re-running could charge twice
+                pending.outcome.set_exception(copy.copy(error))
+            return
+        except StorageError as error:
+            if len(batch) == 1:
+                batch[0].outcome.set_exception(error)
+                return
+            for pending in batch:  # rolled back as a whole: each on its own now
+                self._write([pending])
+            return
+        except BaseException as error:  # a bug: tell every caller, keep the writer alive
+            for pending in batch:
+                pending.outcome.set_exception(copy.copy(error))
+            return
+        for pending, result in zip(batch, results, strict=True):
+            if isinstance(result, BalanceError):
+                pending.outcome.set_exception(result)
+            else:
+                pending.outcome.set_result(result)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
