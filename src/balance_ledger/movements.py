@@ -386,7 +386,7 @@ def _insert_sealed(
                 sealed := _sealed({**row, "id": row_id}, previous=heads.get(row["user_id"]))
             )
             heads[row["user_id"]] = Link(row_id, sealed["row_hash"])
-        written = queries.insert_transactions(conn, rows)
+        written = queries.insert_numbered_transactions(conn, backend, rows)
         return {i: tx for (i, _), tx in zip(appended, written, strict=True)}
     rounds: list[list[tuple[int, dict[str, Any]]]] = []
     seen: dict[int, int] = {}

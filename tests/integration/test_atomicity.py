@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
 from balance_ledger import BalanceService, StorageError
+from balance_ledger.db.tables import user_balance_transactions as ledger
 
 
 @contextmanager
@@ -87,3 +89,24 @@ def test_database_itself_refuses_a_ledger_row_with_wrong_arithmetic(svc, account
         pytest.raises(StorageError, match=r"(?i)check|constraint"),
     ):
         svc.charge_service(account.user_id, 100, "vps")
+
+
+def test_a_refused_bulk_insert_is_a_storage_error_and_leaves_nothing(svc, account_factory, dump):
+    # Batches insert with Backend.insert_rows: binary COPY on PostgreSQL, which bypasses
+    # SQLAlchemy, so its errors must still arrive typed.
+    account = account_factory(balance=1_000)
+    before = dump()
+    zero_amount = {column.name: None for column in ledger.c} | {
+        "id": 10**9,
+        "user_id": account.user_id,
+        "transaction_type": "charge",
+        "amount": 0,
+        "balance_before": 1_000,
+        "balance_after": 1_000,
+        "created_at": datetime.now(UTC),
+    }
+
+    with pytest.raises(StorageError, match=r"(?i)check|constraint"):
+        svc._db.write(lambda conn: svc._db.backend.insert_rows(conn, ledger, [zero_amount]))
+
+    assert dump() == before

@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     literal,
     make_url,
     select,
@@ -126,6 +129,33 @@ class Backend:
         stmt = select(func.nextval(sequence)).select_from(func.generate_series(1, count))
         return sorted(conn.execute(stmt).scalars())
 
+    def insert_rows(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows``, each with every column of ``table`` (ids included).
+
+        PostgreSQL: binary COPY, at half a microsecond of client CPU per row, where a
+        multi-row INSERT spent 8 to 15 (psycopg parses and quotes every parameter of a
+        statement too long for its cache). Elsewhere: an executemany.
+        """
+        if self.name != "postgresql":
+            conn.execute(insert(table), rows)
+            return
+        columns = [c.name for c in table.c]
+        statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        try:
+            with driver.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.set_types(_copy_types(table))
+                for row in rows:
+                    copy.write_row([row[c] for c in columns])
+        except driver.Error as error:  # not through SQLAlchemy: wrap as it would
+            disconnected = conn.dialect.is_disconnect(error, driver, None)
+            if disconnected:
+                conn.invalidate(error)
+            raise DBAPIError.instance(
+                statement, None, error, driver.Error, connection_invalidated=disconnected
+            ) from error
+
     def row_hash_sql(
         self, rows: FromClause, previous_id: ColumnElement[Any], previous_hash: ColumnElement[Any]
     ) -> ColumnElement[str] | None:
@@ -197,6 +227,13 @@ class Backend:
 
 
 _MARIADB_LOCK_NAME = "CONCAT('balance_ledger:', SHA1(CONCAT(DATABASE(), ':', :key)))"
+
+
+@functools.cache
+def _copy_types(table: Table) -> list[str]:
+    """The PostgreSQL type name of each column, as psycopg's binary COPY needs them."""
+    dialect = postgresql.dialect()
+    return [re.sub(r"\(.*\)", "", c.type.compile(dialect=dialect)).lower() for c in table.c]
 
 
 def backend_of(engine: Engine) -> Backend:

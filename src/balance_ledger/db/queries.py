@@ -192,6 +192,15 @@ def reserve_ledger_ids(conn: Connection, backend: Backend, count: int) -> list[i
     return backend.reserve_ids(conn, ledger, count)
 
 
+def insert_numbered_transactions(
+    conn: Connection, backend: Backend, rows: list[dict[str, Any]]
+) -> list[Transaction]:
+    """Append many ledger rows whose ids were reserved (reserve_ledger_ids)."""
+    if rows:
+        backend.insert_rows(conn, ledger, rows)
+    return [_transaction(row) for row in rows]
+
+
 def insert_transactions(conn: Connection, rows: list[dict[str, Any]]) -> list[Transaction]:
     """Append many ledger rows in one statement; their ids come back in order."""
     if not rows:
@@ -231,11 +240,11 @@ def chain_heads(conn: Connection, user_ids: list[int]) -> dict[int, Row[Any]]:
     ordered = sorted(set(user_ids))
     for start in range(0, len(ordered), 1_000):
         part = ordered[start : start + 1_000]
-        newest = (
-            select(func.max(ledger.c.id))
-            .where(ledger.c.user_id.in_(part))
-            .group_by(ledger.c.user_id)
-        )
+        # max(id) per account, each its own index probe: a GROUP BY over the accounts'
+        # rows would read every row of a hot account, on every batch.
+        newer = ledger.alias("newer")
+        head_id = select(func.max(newer.c.id)).where(newer.c.user_id == balances.c.user_id)
+        newest = select(head_id.scalar_subquery()).where(balances.c.user_id.in_(part))
         stmt = select(ledger.c.user_id, ledger.c.id, ledger.c.row_hash).where(
             ledger.c.id.in_(newest)
         )
