@@ -89,6 +89,25 @@ class Balance:
         """What a charge or a new hold may still take: balance + credit limit - held."""
         return self.balance + self.credit_limit - self.held
 
+    def with_figures(self, balance: int, total_recharged: int, total_spent: int) -> Balance:
+        """The account with new figures and the status they give.
+
+        Spelled out rather than ``dataclasses.replace``, which was a tenth of a batch
+        item's client CPU.
+        """
+        return Balance(
+            user_id=self.user_id,
+            currency=self.currency,
+            balance=balance,
+            total_recharged=total_recharged,
+            total_spent=total_spent,
+            credit_limit=self.credit_limit,
+            status=status_for(balance, self.credit_limit),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            held=self.held,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Transaction:

@@ -41,7 +41,6 @@ from .models import (
     StatusChange,
     Transaction,
     TransactionType,
-    status_for,
 )
 
 # The columns that identify a request: a replay must match them all.
@@ -468,12 +467,10 @@ def _moved(account: Balance, movement: _Movement) -> Balance:
     balance = account.balance + effect.balance * amount
     recharged = account.total_recharged + effect.total_recharged * amount
     spent = account.total_spent + effect.total_spent * amount
-    return dataclasses.replace(
-        account,
-        balance=valid.in_bigint_range(balance, "balance", amount=amount),
-        total_recharged=valid.in_bigint_range(recharged, "total_recharged", amount=amount),
-        total_spent=valid.in_bigint_range(spent, "total_spent", amount=amount),
-        status=status_for(balance, account.credit_limit),
+    return account.with_figures(
+        valid.in_bigint_range(balance, "balance", amount=amount),
+        valid.in_bigint_range(recharged, "total_recharged", amount=amount),
+        valid.in_bigint_range(spent, "total_spent", amount=amount),
     )
 
 
