@@ -1,7 +1,10 @@
 """Charges per second through BalanceService, next to the database's own reference.
 
-single: each client calls ``charge_service``, one transaction per charge.
-batch:  each client calls ``charge_many`` with ``--batch-size`` items.
+single:    each client calls ``charge_service``, one transaction per charge.
+batch:     each client calls ``charge_many`` with ``--batch-size`` items.
+coalesced: each client calls ``ChargeCoalescer.charge`` (one charge per call); the
+           coalescer merges them into transactions of up to ``--batch-size`` charges.
+           Its reference is the single one: the same calls, without the coalescer.
 hot:    every charge goes to ONE account (the row lock serialises the clients).
 spread: charges go to random accounts among ``--accounts``.
 
@@ -21,7 +24,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import create_engine, insert, text
 
-from balance_ledger import BalanceService, Transaction
+from balance_ledger import BalanceService, ChargeCoalescer, Transaction
 from balance_ledger.db.tables import user_balances
 
 from . import reference
@@ -31,7 +34,7 @@ from .verify import seal_rows
 
 FUNDS = 10**15  # no charge is ever refused: we measure the accepted path
 SERVICE_TYPE = "bench"
-MODES = ("single", "batch")
+MODES = ("single", "batch", "coalesced")
 
 
 def open_funded_accounts(svc: BalanceService, count: int) -> None:
@@ -84,7 +87,15 @@ def settle(url: str, backend: str, *, analyze: bool = False) -> None:
 
 def ours(svc: BalanceService, work: Workload) -> Figures:
     """Threads sharing one BalanceService, each charging for ``work.seconds``."""
+    if work.mode == "coalesced":
+        with ChargeCoalescer(svc, max_batch=work.batch_size) as coalescer:
+            return drive(work.clients, work.seconds, _clients(svc, work, coalescer))
+    return drive(work.clients, work.seconds, _clients(svc, work, None))
 
+
+def _clients(
+    svc: BalanceService, work: Workload, coalescer: ChargeCoalescer | None
+) -> Callable[[int], Callable[[], int]]:
     def client(n: int) -> Callable[[], int]:
         rng = random.Random(n)
 
@@ -106,9 +117,14 @@ def ours(svc: BalanceService, work: Workload) -> Figures:
                 raise refused[0]
             return len(results)
 
-        return single if work.mode == "single" else batch
+        def coalesced() -> int:
+            assert coalescer is not None
+            coalescer.charge(account(), 1, SERVICE_TYPE)
+            return 1
 
-    return drive(work.clients, work.seconds, client)
+        return {"single": single, "batch": batch, "coalesced": coalesced}[work.mode]
+
+    return client
 
 
 @dataclass(frozen=True)
@@ -169,7 +185,9 @@ def add_matrix_arguments(parser: argparse.ArgumentParser, *, seconds: float) -> 
     """The options ``charges`` and ``report`` share (comma lists run every combination)."""
     parser.add_argument("--backend", default="sqlite,postgresql,mariadb", help="comma list")
     parser.add_argument("--workload", default="hot,spread", help="hot, spread or both")
-    parser.add_argument("--mode", default="single,batch", help="single, batch or both")
+    parser.add_argument(
+        "--mode", default="single,batch", help="comma list of single, batch, coalesced"
+    )
     parser.add_argument("--clients", default="1,8,32", help="comma list of thread counts")
     parser.add_argument("--seconds", type=float, default=seconds, help="per side")
     parser.add_argument("--accounts", type=int, default=10_000)
@@ -186,7 +204,7 @@ def matrix(args: argparse.Namespace) -> list[tuple[str, Workload]]:
     """Every (backend, workload) of the options, backend-major as they print."""
     modes = args.mode.split(",")
     if unknown := set(modes) - set(MODES):
-        raise SystemExit(f"--mode: unknown {', '.join(sorted(unknown))}; use single or batch")
+        raise SystemExit(f"--mode: unknown {', '.join(sorted(unknown))}; use {', '.join(MODES)}")
     if (
         "spread" in args.workload.split(",")
         and "batch" in modes

@@ -17,7 +17,9 @@ class Workload:
     """What each client does: which accounts, how many charges per transaction, how long."""
 
     workload: str  # hot: one account for everyone | spread: random among ``accounts``
-    mode: str  # single: a transaction per charge | batch: ``batch_size`` per transaction
+    # single: a transaction per charge | batch: ``batch_size`` per transaction |
+    # coalesced: a charge per call, merged into transactions of up to ``batch_size``
+    mode: str
     clients: int
     seconds: float
     accounts: int
@@ -40,7 +42,7 @@ class Workload:
         """
         if self.workload == "hot":
             return [1] * self.per_transaction
-        if self.mode == "single":
+        if self.mode != "batch":
             return [rng.randint(1, self.accounts)]
         return [rng.randint(low, high) for low, high in self.stripes()]
 

@@ -158,7 +158,7 @@ def run(backend: str, url: str, work: Workload) -> Figures:
 
 def pgbench_script(work: Workload) -> str:
     lines = ["\\set amount 1"]
-    if work.mode == "single":
+    if work.mode != "batch":  # single and coalesced: each caller's charge on its own
         uid = "\\set uid 1" if work.workload == "hot" else f"\\set uid random(1, {work.accounts})"
         return "\n".join([*lines, uid, _PG_CHARGE.format(uid="uid")])
     if work.workload == "hot":
@@ -283,7 +283,7 @@ def _mariadb(url: str, work: Workload) -> Figures:
 
         def transaction() -> int:
             uids = work.reference_accounts(rng)
-            if work.mode == "single":
+            if work.mode != "batch":
                 send(f"START TRANSACTION; CALL bench_charge({uids[0]}, 1); COMMIT")
             else:  # a round trip per statement, as pgbench's batch script
                 send("START TRANSACTION")

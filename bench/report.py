@@ -28,7 +28,7 @@ BEGIN = "<!-- BEGIN bench report: written by `python -m bench report`; edit outs
 END = "<!-- END bench report -->"
 SETUP_SECONDS = 3  # per configuration: database, migrations, accounts (measured here)
 COLOURS = {"sqlite": "tab:green", "postgresql": "tab:blue", "mariadb": "tab:orange"}
-MARKERS = {"single": "o", "batch": "s"}
+MARKERS = {"single": "o", "batch": "s", "coalesced": "D"}
 WORKLOADS = {
     "hot": "hot: every charge to one account",
     "spread": "spread: random accounts",
