@@ -57,6 +57,8 @@ class ChargeCoalescer:
     threads each write one batch at a time: more than one helps only when the charges
     are spread over many accounts (a hot account's batches queue on its row lock).
     ``close()`` (or leaving the ``with`` block) writes what is queued, then stops.
+    The service's on_suspend / on_reactivate callbacks run on a writer thread: one that
+    charged through the same coalescer would wait for itself.
     """
 
     def __init__(
