@@ -10,8 +10,11 @@ gets its own ``Transaction`` or typed error, exactly as from ``charge_service``:
     with ChargeCoalescer(svc) as coalescer:        # shared by the request threads
         row = coalescer.charge(user_id, 12, "api-call", idempotency_key=request_id)
 
-Latency cost: a charge waits up to ``window`` seconds for others to join its batch,
-plus the time the batch before it still needs, plus its own batch's transaction.
+Batches form by themselves: the charges that arrive while one batch is being written
+make up the next, so a lone caller waits for nobody (its charge is written as by
+``charge_service``) and a crowd gets large batches. ``window`` adds a wait for company
+before each batch. Latency cost: the rest of the batch in progress, plus ``window``,
+plus the charge's own batch transaction.
 
 Failures stay each caller's own. A refusal (insufficient funds, suspended, ...) is
 that item's outcome and never touches the others. When the batch's transaction fails
@@ -37,7 +40,7 @@ from .models import Transaction
 from .movements import BATCH_ACCOUNTS, _charge_movement, _Movement
 from .service import BalanceService
 
-DEFAULT_WINDOW = 0.002  # seconds a batch's first charge waits for company
+DEFAULT_WINDOW = 0.0  # seconds a batch's first charge waits for company
 DEFAULT_MAX_BATCH = 500
 
 
@@ -175,6 +178,9 @@ class ChargeCoalescer:
         return batch
 
     def _write(self, batch: list[_Pending]) -> None:
+        if len(batch) == 1:
+            self._write_alone(batch[0])
+            return
         try:
             results = self._service._charge_planned(
                 [pending.movement for pending in batch], atomic=False
@@ -183,12 +189,9 @@ class ChargeCoalescer:
             for pending in batch:  # may have committed: re-running could charge twice
                 pending.outcome.set_exception(copy.copy(error))
             return
-        except StorageError as error:
-            if len(batch) == 1:
-                batch[0].outcome.set_exception(error)
-                return
+        except StorageError:
             for pending in batch:  # rolled back as a whole: each on its own now
-                self._write([pending])
+                self._write_alone(pending)
             return
         except BaseException as error:  # a bug: tell every caller, keep the writer alive
             for pending in batch:
@@ -199,6 +202,13 @@ class ChargeCoalescer:
                 pending.outcome.set_exception(result)
             else:
                 pending.outcome.set_result(result)
+
+    def _write_alone(self, pending: _Pending) -> None:
+        """One charge in its own transaction: the single-movement path, fewer statements."""
+        try:
+            pending.outcome.set_result(self._service._post(pending.movement))
+        except BaseException as error:  # its typed error, or a bug: the caller gets it
+            pending.outcome.set_exception(error)
 
 
 def _whole(value: object) -> bool:

@@ -65,6 +65,22 @@ _CHAIN_HEAD = (
     .limit(1)
 )
 _INSERT_TRANSACTION = insert(ledger)
+# A batch's statements over its accounts (an expanding IN), built once too.
+_LOCK_BALANCES = (
+    select(balances)
+    .where(balances.c.user_id.in_(bindparam("user_ids", expanding=True)))
+    .order_by(balances.c.user_id)
+    .with_for_update()
+)
+# max(id) per account, each its own index probe: a GROUP BY over the accounts' rows
+# would read every row of a hot account, on every batch.
+_NEWER = ledger.alias("newer")
+_HEAD_IDS = select(
+    select(func.max(_NEWER.c.id)).where(_NEWER.c.user_id == balances.c.user_id).scalar_subquery()
+).where(balances.c.user_id.in_(bindparam("user_ids", expanding=True)))
+_CHAIN_HEADS = select(ledger.c.user_id, ledger.c.id, ledger.c.row_hash).where(
+    ledger.c.id.in_(_HEAD_IDS)
+)
 _UPDATE_BALANCE = (
     update(balances)
     .where(balances.c.user_id == bindparam("account_id"))
@@ -157,14 +173,8 @@ def lock_balances_of(conn: Connection, user_ids: list[int]) -> dict[int, Balance
     found: dict[int, Balance] = {}
     ordered = sorted(set(user_ids))
     for start in range(0, len(ordered), 1_000):  # bounded IN lists
-        part = ordered[start : start + 1_000]
-        stmt = (
-            select(balances)
-            .where(balances.c.user_id.in_(part))
-            .order_by(balances.c.user_id)
-            .with_for_update()
-        )
-        found.update((row["user_id"], _balance(row)) for row in conn.execute(stmt).mappings())
+        rows = conn.execute(_LOCK_BALANCES, {"user_ids": ordered[start : start + 1_000]})
+        found.update((row["user_id"], _balance(row)) for row in rows.mappings())
     return found
 
 
@@ -240,15 +250,7 @@ def chain_heads(conn: Connection, user_ids: list[int]) -> dict[int, Row[Any]]:
     ordered = sorted(set(user_ids))
     for start in range(0, len(ordered), 1_000):
         part = ordered[start : start + 1_000]
-        # max(id) per account, each its own index probe: a GROUP BY over the accounts'
-        # rows would read every row of a hot account, on every batch.
-        newer = ledger.alias("newer")
-        head_id = select(func.max(newer.c.id)).where(newer.c.user_id == balances.c.user_id)
-        newest = select(head_id.scalar_subquery()).where(balances.c.user_id.in_(part))
-        stmt = select(ledger.c.user_id, ledger.c.id, ledger.c.row_hash).where(
-            ledger.c.id.in_(newest)
-        )
-        found.update((row.user_id, row) for row in conn.execute(stmt))
+        found.update((row.user_id, row) for row in conn.execute(_CHAIN_HEADS, {"user_ids": part}))
     return found
 
 
