@@ -47,24 +47,24 @@ _SETTINGS = {
 }
 
 
-def fresh_database(backend: str) -> str:
-    """Create an empty, migrated database; return its URL."""
+def fresh_database(backend: str, name: str = BENCH_DATABASE) -> str:
+    """Create an empty, migrated database ``name`` (a temporary file on SQLite); return its URL."""
     if backend == "sqlite":
         url = f"sqlite:///{tempfile.mkdtemp(prefix='balance-bench-')}/bench.db"
     else:
-        url = recreate_database(server_url(backend, "BALANCE_BENCH"), BENCH_DATABASE)
+        url = recreate_database(server_url(backend, "BALANCE_BENCH"), name)
     with BalanceService.from_url(url) as svc:
         svc.create_schema()
     return url
 
 
 @contextmanager
-def bench_database(backend: str) -> Iterator[str]:
+def bench_database(backend: str, name: str = BENCH_DATABASE) -> Iterator[str]:
     """``fresh_database``, and the SQLite file's directory removed afterwards.
 
     Server databases stay until the next run drops them, as they always have.
     """
-    url = fresh_database(backend)
+    url = fresh_database(backend, name)
     try:
         yield url
     finally:
