@@ -33,6 +33,7 @@ from sqlalchemy import (
     FromClause,
     Table,
     Text,
+    bindparam,
     cast,
     create_engine,
     delete,
@@ -107,6 +108,9 @@ class Backend:
     ) -> None:
         """Insert ``rows``; where ``key`` exists already, overwrite the other columns."""
         columns = [name for name in rows[0] if name != key]
+        if self.name == "postgresql" and len(rows) > 1:
+            _upsert_unnested(conn, table, rows, key=key, columns=columns)
+            return
         if self.name == "mariadb":
             mariadb_stmt = mysql.insert(table)
             stmt: Any = mariadb_stmt.on_duplicate_key_update(
@@ -229,6 +233,27 @@ class Backend:
 
 
 _MARIADB_LOCK_NAME = "CONCAT('balance_ledger:', SHA1(CONCAT(DATABASE(), ':', :key)))"
+
+
+def _upsert_unnested(
+    conn: Connection, table: Table, rows: list[dict[str, Any]], *, key: str, columns: list[str]
+) -> None:
+    """PostgreSQL: the upsert of many rows as one statement over unnested arrays, not an
+    executemany (the verifier writes a checkpoint per account: about 5 s per million)."""
+    names = [key, *columns]
+    arrays = [
+        cast(
+            bindparam(f"all_{n}", type_=postgresql.ARRAY(table.c[n].type)),
+            postgresql.ARRAY(table.c[n].type),
+        )
+        for n in names
+    ]
+    source = func.unnest(*arrays).table_valued(*names).render_derived()
+    stmt = postgresql.insert(table).from_select(names, select(*source.c))
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[key], set_={n: stmt.excluded[n] for n in columns}
+    )
+    conn.execute(stmt, {f"all_{n}": [row[n] for row in rows] for n in names})
 
 
 @functools.cache
