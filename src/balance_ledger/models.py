@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -128,6 +128,9 @@ class Transaction:
     related_transaction_id: int | None = None  # the charge a refund gives back
     actor: str | None = None  # who made an adjustment
     row_hash: str | None = None  # the tamper-evident chain's seal (chain.py)
+    # Not a column: True when this call wrote nothing and returned the row an earlier
+    # call with the same idempotency key wrote (HTTP answers such a retry 200, not 201).
+    replayed: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,7 +221,7 @@ def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted:
     now = _now()
     decision = _decide(account, movement, existing, now)
     if decision.replay is not None:
-        return _Posted(decision.replay, status_change=None)
+        return _Posted(dataclasses.replace(decision.replay, replayed=True), status_change=None)
     assert account is not None, "_decide refuses a missing account"
     assert decision.after is not None
     assert decision.row is not None
@@ -332,7 +332,7 @@ def _apply_many(
         if first is not None:
             same_as[i] = first[0]
         elif decision.replay is not None:
-            outcomes[i] = decision.replay
+            outcomes[i] = dataclasses.replace(decision.replay, replayed=True)
         else:
             assert decision.after is not None
             assert decision.row is not None
@@ -352,7 +352,9 @@ def _apply_many(
         raise error
     outcomes.update(_insert_sealed(conn, backend, appended))
     for i, first in same_as.items():
-        outcomes[i] = outcomes[first]
+        written = outcomes[first]
+        assert isinstance(written, Transaction)
+        outcomes[i] = dataclasses.replace(written, replayed=True)
     moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]
     queries.update_balances(conn, moved, now=now)
     # Like single charges: each change names the row that crossed the limit, in order.

@@ -21,6 +21,30 @@ def test_repeated_charge_returns_the_first_row_and_writes_nothing(svc, account_f
     assert dump() == before
 
 
+def test_a_replay_says_it_is_one_and_the_first_call_does_not(svc, account_factory):
+    account = account_factory(balance=1_000)
+    first = svc.charge_service(account.user_id, 100, "vps", idempotency_key="usage-1")
+    again = svc.charge_service(account.user_id, 100, "vps", idempotency_key="usage-1")
+
+    assert (first.replayed, again.replayed) == (False, True)
+
+
+def test_a_batch_marks_replays_and_repeats_of_a_key_within_it(svc, account_factory):
+    account = account_factory(balance=1_000)
+    svc.charge_service(account.user_id, 5, "vps", idempotency_key="earlier")
+    item = {"user_id": account.user_id, "amount": 5, "service_type": "vps"}
+
+    results = svc.charge_many(
+        [
+            {**item, "idempotency_key": "earlier"},
+            {**item, "idempotency_key": "new"},
+            {**item, "idempotency_key": "new"},
+        ]
+    )
+
+    assert [r.replayed for r in results] == [True, False, True]
+
+
 def test_repeated_recharge_returns_the_first_row(svc: BalanceService, account_factory):
     account = account_factory()
     first = svc.recharge(account.user_id, 500, idempotency_key="pay-1", reference_id=1)
