@@ -1,14 +1,15 @@
-"""``python -m bench batch|charges|report|verify [options]``"""
+"""``python -m bench batch|charges|http|report|verify [options]``"""
 
 from __future__ import annotations
 
 import sys
 
-from . import batch, charges, report, verify
+from . import batch, charges, http_load, report, verify
 
 COMMANDS = {
     "batch": batch.main,
     "charges": charges.main,
+    "http": http_load.main,
     "report": report.main,
     "verify": verify.main,
 }

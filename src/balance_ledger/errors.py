@@ -12,6 +12,7 @@
     ├── CurrencyMismatch          the caller's currency is not the account's
     ├── IdempotencyConflict       a reused idempotency key with a different request
     ├── JobBusy                   another runner holds the job (anchor-chains) right now
+    ├── ApiKeyNotFound            no API key with that id
     ├── InvalidRequest            an argument is malformed (user id, text, currency, ...)
     │   └── InvalidAmount         not a positive int within BIGINT (or the result overflows)
     └── StorageError              the database failed or could not be reached
@@ -129,6 +130,12 @@ class IdempotencyConflict(BalanceError):
             f"idempotency key {idempotency_key!r} of account {user_id} was already used "
             f"for a different request: {detail}"
         )
+
+
+class ApiKeyNotFound(BalanceError):
+    def __init__(self, key_id: int) -> None:
+        self.key_id = key_id
+        super().__init__(f"API key {key_id} does not exist")
 
 
 class InvalidRequest(BalanceError):

@@ -176,6 +176,39 @@ class Statement:
     totals: dict[str, int]  # sum of amounts per transaction type in the period
 
 
+class Scope(StrEnum):
+    """What an API key may do; ``admin`` implies every other scope."""
+
+    READ = "read"
+    CHARGE = "charge"
+    RECHARGE = "recharge"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key's record (``balance_api_keys``): never the key itself, nor its hash.
+
+    ``prefix`` is the first characters of the key after ``bl_``, so an operator can
+    tell keys apart in a list; the rest of the key is shown once, when it is created.
+    """
+
+    id: int
+    name: str
+    scopes: frozenset[Scope]
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None  # None while the key is active
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def allows(self, scope: Scope) -> bool:
+        """True when the key holds ``scope`` or ``admin`` (which implies every scope)."""
+        return Scope.ADMIN in self.scopes or scope in self.scopes
+
+
 @dataclass(frozen=True, slots=True)
 class StatusChange:
     """Passed to ``on_suspend`` / ``on_reactivate`` callbacks after the commit."""

@@ -29,7 +29,7 @@ from typing import Any, Self
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from . import integrity
+from . import apikeys, integrity
 from . import validation as valid
 from .chain import ChainDigest, ChainReport
 from .db import queries
@@ -51,10 +51,12 @@ from .errors import (
 )
 from .models import (
     AccountStatus,
+    ApiKey,
     Balance,
     Hold,
     HoldStatus,
     LedgerTotals,
+    Scope,
     Statement,
     StatusChange,
     Transaction,
@@ -188,6 +190,10 @@ class BalanceService:
             return account
 
         return self._db.write(work)
+
+    def ping(self) -> None:
+        """Raise StorageError (or SchemaMissing) unless the database answers."""
+        self._db.read(queries.ping)
 
     def get_balance(self, user_id: int) -> Balance:
         user_id = valid.user_id(user_id)
@@ -518,6 +524,27 @@ class BalanceService:
             direction=1 if delta > 0 else -1,
         )
         return self._post(movement)
+
+    # -- API keys (apikeys.py): the HTTP service's credentials ------------------------
+
+    def create_api_key(self, name: str, scopes: Iterable[Scope | str]) -> tuple[ApiKey, str]:
+        """A new key with ``scopes`` (read, charge, recharge, admin): (its record, the key).
+
+        The key itself is returned only here; the database keeps its SHA-256.
+        """
+        return apikeys.create(self._db, name, scopes)
+
+    def authenticate_api_key(self, secret: str) -> ApiKey | None:
+        """The active key ``secret`` is, or None when it is unknown, malformed or revoked."""
+        return apikeys.authenticate(self._db, secret)
+
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, newest first (never a key or its hash)."""
+        return apikeys.list_keys(self._db)
+
+    def revoke_api_key(self, key_id: int) -> ApiKey:
+        """Revoke a key (ApiKeyNotFound if there is none); again keeps the first time."""
+        return apikeys.revoke(self._db, key_id)
 
     # -- holds: authorize → capture | void (| expire) ----------------------------------
 

@@ -7,12 +7,15 @@ round trip, takes no lock and can leave nothing behind.
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TypeGuard
 
 from babel.numbers import list_currencies
 
 from .errors import InvalidAmount, InvalidRequest, shown
+from .models import Scope
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
@@ -26,6 +29,7 @@ TEXT_LIMITS = {
     "reference_id": 128,
     "idempotency_key": 255,
     "actor": 128,
+    "name": 128,  # an API key's (balance_api_keys)
 }
 
 # XXX ("no currency") and XTS (reserved for testing) are codes, but no account's money.
@@ -150,3 +154,34 @@ def instant(value: object, what: str) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise InvalidRequest(f"{what} must be a timezone-aware datetime, got {shown(value)}")
     return value
+
+
+def api_key_name(value: object) -> str:
+    """An API key's name: required, at most 128 characters, one line of printable text.
+
+    Stricter than ``text``: no control character at all (tabs and line breaks
+    included), since the name is printed in one cell of ``balance apikey list``.
+    """
+    name = text("name", value, required=True)
+    assert name is not None
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        raise InvalidRequest("name must not contain control characters (tabs, line breaks, ...)")
+    return name
+
+
+_SCOPE_VALUES = frozenset(scope.value for scope in Scope)
+_SCOPE_NAMES = ", ".join(scope.value for scope in Scope)
+
+
+def scopes(value: object) -> frozenset[Scope]:
+    """A non-empty collection of scope names (or ``Scope`` members), each one known."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidRequest(f"scopes must be a list of scope names ({_SCOPE_NAMES})")
+    found: set[Scope] = set()
+    for name in value:
+        if not isinstance(name, str) or name not in _SCOPE_VALUES:
+            raise InvalidRequest(f"unknown scope {shown(name)}: use {_SCOPE_NAMES}")
+        found.add(Scope(name))
+    if not found:
+        raise InvalidRequest(f"an API key needs at least one scope ({_SCOPE_NAMES})")
+    return frozenset(found)

@@ -9,8 +9,10 @@ import typer
 from rich.console import Console
 
 from ..errors import BalanceError, InvalidRequest, StorageError
+from . import apikey as _apikey  # noqa: F401  (registers its commands on app)
 from . import batch as _batch  # noqa: F401  (registers its commands on app)
 from . import chain as _chain  # noqa: F401  (registers its commands on app)
+from . import serve as _serve  # noqa: F401  (registers its commands on app)
 from . import sync as _sync  # noqa: F401  (registers its commands on app)
 from .app import app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -15,7 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from ..chain import ChainBreak
-from ..models import AccountStatus, Balance, Statement, Transaction
+from ..models import AccountStatus, ApiKey, Balance, Scope, Statement, Transaction
 from ..reconcile import ColumnChange, Discrepancy, SyncError, SyncReport, SyncRun
 
 
@@ -39,7 +39,9 @@ def to_json(value: Any) -> str:
         raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
     if isinstance(value, list):
-        value = [dataclasses.asdict(item) for item in value]
+        value = [
+            dataclasses.asdict(item) if dataclasses.is_dataclass(item) else item for item in value
+        ]
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     return json.dumps(value, default=default, ensure_ascii=False, indent=2)
@@ -116,6 +118,30 @@ def history_table(transactions: list[Transaction], currency: str) -> Table:
             escape(tx.service_type or ""),
             escape(tx.description or ""),
             escape(reference),
+        )
+    return table
+
+
+def scope_names(scopes: Iterable[Scope]) -> list[str]:
+    """Scopes in the order Scope lists them: read, charge, recharge, admin."""
+    granted = set(scopes)
+    return [scope.value for scope in Scope if scope in granted]
+
+
+def api_keys_table(keys: list[ApiKey]) -> Table:
+    """Keys newest first, told apart by their prefix; never a key or its hash."""
+    table = Table(title="API keys (newest first)")
+    for name in ("ID", "Name", "Prefix", "Scopes", "Created (UTC)", "Revoked (UTC)"):
+        table.add_column(name, justify="right" if name == "ID" else "left")
+    for key in keys:
+        revoked = key.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if key.revoked_at else ""
+        table.add_row(
+            str(key.id),
+            escape(key.name),
+            f"bl_{key.prefix}…",
+            ",".join(scope_names(key.scopes)),
+            key.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"[red]{revoked}[/]" if revoked else "[green]active[/]",
         )
     return table
 

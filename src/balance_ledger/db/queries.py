@@ -31,14 +31,17 @@ from ..chain import SEALED_FIELDS
 from ..models import (
     EFFECTS,
     AccountStatus,
+    ApiKey,
     Balance,
     Hold,
     HoldStatus,
     LedgerTotals,
+    Scope,
     Transaction,
     TransactionType,
 )
 from .dialects import Backend
+from .tables import balance_api_keys as api_keys
 from .tables import balance_chain_anchors as anchors
 from .tables import balance_chain_digests as digests
 from .tables import balance_holds as holds
@@ -810,3 +813,71 @@ def count_anchors(conn: Connection, user_id: int | None) -> int:
     if user_id is not None:
         stmt = stmt.where(anchors.c.user_id == user_id)
     return int(conn.execute(stmt).scalar_one())
+
+
+# -- API keys ----------------------------------------------------------------------------
+
+# Every column but the hash: nothing read back from this table carries it.
+_API_KEY_COLUMNS = [c for c in api_keys.c if c.name != "key_hash"]
+
+
+def _scopes_text(scopes: frozenset[Scope]) -> str:
+    return ",".join(scope.value for scope in Scope if scope in scopes)
+
+
+def _api_key(row: Mapping[str, Any]) -> ApiKey:
+    # A name this version does not know (a row from a newer version) grants nothing.
+    known = {scope.value for scope in Scope}
+    scopes = frozenset(Scope(name) for name in row["scopes"].split(",") if name in known)
+    return ApiKey(**{**row, "scopes": scopes})
+
+
+def insert_api_key(
+    conn: Connection,
+    *,
+    name: str,
+    key_hash: str,
+    prefix: str,
+    scopes: frozenset[Scope],
+    now: datetime,
+) -> ApiKey:
+    values = {
+        "name": name,
+        "key_hash": key_hash,
+        "prefix": prefix,
+        "scopes": _scopes_text(scopes),
+        "created_at": now,
+        "revoked_at": None,
+    }
+    result = conn.execute(insert(api_keys).values(values))
+    (key_id,) = result.inserted_primary_key or (None,)
+    return ApiKey(
+        id=int(key_id), name=name, scopes=scopes, prefix=prefix, created_at=now, revoked_at=None
+    )
+
+
+def api_key_by_hash(conn: Connection, key_hash: str) -> ApiKey | None:
+    """The key whose hash this is, revoked or not (one probe of the unique index)."""
+    stmt = select(*_API_KEY_COLUMNS).where(api_keys.c.key_hash == key_hash)
+    row = conn.execute(stmt).mappings().first()
+    return _api_key(row) if row else None
+
+
+def get_api_key(conn: Connection, key_id: int) -> ApiKey | None:
+    row = conn.execute(select(*_API_KEY_COLUMNS).where(api_keys.c.id == key_id)).mappings().first()
+    return _api_key(row) if row else None
+
+
+def all_api_keys(conn: Connection) -> list[ApiKey]:
+    """Every key, revoked ones included, newest first."""
+    stmt = select(*_API_KEY_COLUMNS).order_by(api_keys.c.id.desc())
+    return [_api_key(row) for row in conn.execute(stmt).mappings()]
+
+
+def revoke_api_key(conn: Connection, key_id: int, now: datetime) -> None:
+    """Set revoked_at unless it is set already: the first revocation's time stays."""
+    conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )

@@ -278,3 +278,23 @@ balance_job_locks = Table(
     Column("expires_at", UtcDateTime, nullable=False),
     **_MARIADB_TABLE,
 )
+
+# -- API keys (the HTTP service) ----------------------------------------------------
+
+# One row per key: only its SHA-256 is stored (apikeys.py says why that hash), so a
+# copy of this table lets nobody call the API. Revoking sets revoked_at; rows are kept.
+balance_api_keys = Table(
+    "balance_api_keys",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("key_hash", String(64), nullable=False),  # hex SHA-256 of the whole key
+    Column("prefix", String(16), nullable=False),  # shown in lists to tell keys apart
+    Column("scopes", String(64), nullable=False),  # comma-joined, e.g. "read,charge"
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("revoked_at", UtcDateTime),
+    # Also the index of authentication's lookup by hash.
+    UniqueConstraint("key_hash"),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)

@@ -1,0 +1,108 @@
+"""Charges over HTTP: ``balance serve`` on a loopback port, driven by httpx clients.
+
+Each client is a thread with its own keep-alive connection posting one charge per
+request to ``/v1/accounts/{id}/charges`` (hot: one account; spread: random among
+``--accounts``). Prints requests/s, p50/p99 latency and the load generator's CPU per
+concurrency. The load generator shares the machine (and its 2 CPUs) with the server
+and the database, so the figures are a floor for a real deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+
+from balance_ledger import BalanceService
+
+from .charges import SERVICE_TYPE, open_funded_accounts
+from .databases import bench_database, server_settings
+from .measure import drive
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-c", "from balance_ledger.cli import main; main()"]
+    server = subprocess.Popen(
+        [*command, "--database-url", url, "serve", "--port", str(port), "--workers", str(workers)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("balance serve did not become ready in 60 s")
+
+
+def _client(
+    base: str, key: str, workload: str, accounts: int
+) -> Callable[[int], Callable[[], int]]:
+    def client(n: int) -> Callable[[], int]:
+        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"})
+        rng = random.Random(n)
+
+        def charge() -> int:
+            user = 1 if workload == "hot" else rng.randint(1, accounts)
+            answer = http.post(
+                f"/v1/accounts/{user}/charges", json={"amount": 1, "service_type": SERVICE_TYPE}
+            )
+            if answer.status_code != 201:
+                raise RuntimeError(f"{answer.status_code}: {answer.text}")
+            return 1
+
+        return charge
+
+    return client
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench http", description=__doc__)
+    parser.add_argument("--backend", default="postgresql")
+    parser.add_argument("--workload", default="spread", choices=["hot", "spread"])
+    parser.add_argument("--concurrency", default="1,16,64", help="comma list of clients")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=1, help="balance serve --workers")
+    args = parser.parse_args(argv)
+    settings = ", ".join(f"{k}={v}" for k, v in server_settings(args.backend).items())
+    print(
+        f"{args.backend} ({settings}); {args.workload} over {args.accounts:,} accounts; "
+        f"balance serve --workers {args.workers}; {args.seconds:g} s per concurrency; "
+        f"{os.cpu_count()} CPUs shared by load generator, server and database"
+    )
+    print(f"{'clients':>8}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'gen CPU %':>11}")
+    with bench_database(args.backend) as url:
+        with BalanceService.from_url(url) as svc:
+            open_funded_accounts(svc, 1 if args.workload == "hot" else args.accounts)
+            _, key = svc.create_api_key("bench", ["charge"])
+        port = _free_port()
+        server = _serve(url, port, args.workers)
+        try:
+            for clients in map(int, args.concurrency.split(",")):
+                make = _client(f"http://127.0.0.1:{port}", key, args.workload, args.accounts)
+                f = drive(clients, args.seconds, make)
+                print(
+                    f"{clients:>8}{f.charges:>10,}{f.charges_per_s:>9,.0f}{f.p50_ms or 0:>9.2f}"
+                    f"{f.p99_ms or 0:>9.2f}{f.client_cpu:>11.0f}",
+                    flush=True,
+                )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

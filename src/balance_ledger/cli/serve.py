@@ -1,0 +1,32 @@
+"""``balance serve``: the HTTP service under uvicorn."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from .app import app
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
+) -> None:
+    """Serve the JSON API (docs at /docs, schema at /openapi.json) until interrupted."""
+    import uvicorn  # only here: every other command starts without the web stack
+
+    # The workers build their own service from the environment (one pool per process).
+    os.environ["BALANCE_DATABASE_URL"] = ctx.find_root().obj
+    uvicorn.run(
+        "balance_ledger.http.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=False,
+    )

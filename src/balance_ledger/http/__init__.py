@@ -1,0 +1,5 @@
+"""The HTTP service (``balance serve``): FastAPI over BalanceService."""
+
+from .app import create_app
+
+__all__ = ["create_app"]

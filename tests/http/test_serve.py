@@ -1,0 +1,64 @@
+"""``balance serve`` as a real process on a loopback port, talked to over TCP."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from balance_ledger import BalanceService
+
+START_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def served(database_url: str) -> Iterator[tuple[str, str]]:
+    """(base URL, an admin key) of a ``balance serve`` process over the test database."""
+    with BalanceService.from_url(database_url) as svc:
+        _, secret = svc.create_api_key("serve-test", ["admin"])
+    port = free_port()
+    command = [sys.executable, "-c", "from balance_ledger.cli import main; main()"]
+    server = subprocess.Popen(
+        [*command, "--database-url", database_url, "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"balance serve did not start: {server.stderr.read().decode()}")
+            time.sleep(0.1)
+        yield base, secret
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server.stderr.close()
+
+
+def test_balance_serve_answers_over_tcp(served):
+    base, secret = served
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {secret}"}) as http:
+        assert http.post("/v1/accounts", json={"user_id": 1}).status_code == 201
+        assert http.post("/v1/accounts/1/recharges", json={"amount": 100}).status_code == 201
+        charged = http.post("/v1/accounts/1/charges", json={"amount": 30, "service_type": "vps"})
+        assert charged.json()["balance_after"] == 70
+        assert http.get("/readyz").status_code == 200
+        assert http.get("/openapi.json").json()["info"]["title"] == "balance-ledger"
