@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -183,6 +184,12 @@ class Scope(StrEnum):
     CHARGE = "charge"
     RECHARGE = "recharge"
     ADMIN = "admin"
+
+
+def scope_names(scopes: Iterable[Scope]) -> list[str]:
+    """``scopes`` in the order Scope lists them: read, charge, recharge, admin."""
+    granted = set(scopes)
+    return [scope.value for scope in Scope if scope in granted]
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ..models import ApiKey, Scope
+from ..models import ApiKey, Scope, scope_names
 from . import format as fmt
 from .app import Json, _service, app, console
 
@@ -28,7 +28,7 @@ def _record(key: ApiKey) -> dict[str, Any]:
         "id": key.id,
         "name": key.name,
         "prefix": key.prefix,
-        "scopes": fmt.scope_names(key.scopes),
+        "scopes": scope_names(key.scopes),
         "created_at": key.created_at,
         "revoked_at": key.revoked_at,
     }
@@ -47,11 +47,11 @@ def apikey_create(
     """Create a key and print it once; only its hash is stored."""
     key, secret = _service(ctx).create_api_key(name, _scope_names(scope or []))
     if as_json:
-        record = {"id": key.id, "name": key.name, "scopes": fmt.scope_names(key.scopes)}
+        record = {"id": key.id, "name": key.name, "scopes": scope_names(key.scopes)}
         console.print_json(fmt.to_json({**record, "key": secret}))
         return
     console.print(
-        f"API key {key.id} ({escape(key.name)}), scopes: {', '.join(fmt.scope_names(key.scopes))}"
+        f"API key {key.id} ({escape(key.name)}), scopes: {', '.join(scope_names(key.scopes))}"
     )
     console.print(secret, markup=False, highlight=False)
     console.print("[bold yellow]Store this key now: it cannot be shown again.[/]")

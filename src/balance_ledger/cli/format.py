@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -15,7 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from ..chain import ChainBreak
-from ..models import AccountStatus, ApiKey, Balance, Scope, Statement, Transaction
+from ..models import AccountStatus, ApiKey, Balance, Statement, Transaction, scope_names
 from ..reconcile import ColumnChange, Discrepancy, SyncError, SyncReport, SyncRun
 
 
@@ -120,12 +120,6 @@ def history_table(transactions: list[Transaction], currency: str) -> Table:
             escape(reference),
         )
     return table
-
-
-def scope_names(scopes: Iterable[Scope]) -> list[str]:
-    """Scopes in the order Scope lists them: read, charge, recharge, admin."""
-    granted = set(scopes)
-    return [scope.value for scope in Scope if scope in granted]
 
 
 def api_keys_table(keys: list[ApiKey]) -> Table:

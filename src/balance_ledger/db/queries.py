@@ -39,6 +39,7 @@ from ..models import (
     Scope,
     Transaction,
     TransactionType,
+    scope_names,
 )
 from .dialects import Backend
 from .tables import balance_api_keys as api_keys
@@ -821,14 +822,13 @@ def count_anchors(conn: Connection, user_id: int | None) -> int:
 _API_KEY_COLUMNS = [c for c in api_keys.c if c.name != "key_hash"]
 
 
-def _scopes_text(scopes: frozenset[Scope]) -> str:
-    return ",".join(scope.value for scope in Scope if scope in scopes)
+_KNOWN_SCOPES = frozenset(scope.value for scope in Scope)
 
 
 def _api_key(row: Mapping[str, Any]) -> ApiKey:
     # A name this version does not know (a row from a newer version) grants nothing.
-    known = {scope.value for scope in Scope}
-    scopes = frozenset(Scope(name) for name in row["scopes"].split(",") if name in known)
+    names = row["scopes"].split(",")
+    scopes = frozenset(Scope(name) for name in names if name in _KNOWN_SCOPES)
     return ApiKey(**{**row, "scopes": scopes})
 
 
@@ -845,7 +845,7 @@ def insert_api_key(
         "name": name,
         "key_hash": key_hash,
         "prefix": prefix,
-        "scopes": _scopes_text(scopes),
+        "scopes": ",".join(scope_names(scopes)),
         "created_at": now,
         "revoked_at": None,
     }
