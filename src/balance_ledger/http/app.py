@@ -6,6 +6,7 @@ No SQL here: every route is one service call. Errors are problem documents
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Annotated, Any
 
@@ -121,14 +122,7 @@ def create_app(service: BalanceService, *, max_body_bytes: int = DEFAULT_MAX_BOD
         idempotency_key: IdempotencyKey = None,
     ) -> dict[str, Any]:
         """Debit the account for a service; 402 when the balance cannot cover it."""
-        fields = body.model_dump()
-        row = svc.charge_service(
-            user_id,
-            fields.pop("amount"),
-            fields.pop("service_type"),
-            idempotency_key=idempotency_key,
-            **fields,
-        )
+        row = svc.charge_service(user_id, idempotency_key=idempotency_key, **body.model_dump())
         return _posted(row, response)
 
     @app.get("/v1/accounts/{user_id}/transactions", tags=["accounts"])
@@ -156,23 +150,10 @@ def _posted(row: Transaction, response: Response) -> dict[str, Any]:
 
 
 def _row(row: Transaction) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "user_id": row.user_id,
-        "transaction_type": row.transaction_type.value,
-        "amount": row.amount,
-        "balance_before": row.balance_before,
-        "balance_after": row.balance_after,
-        "service_type": row.service_type,
-        "description": row.description,
-        "reference_model": row.reference_model,
-        "reference_id": row.reference_id,
-        "idempotency_key": row.idempotency_key,
-        "created_at": row.created_at.isoformat(),
-        "related_transaction_id": row.related_transaction_id,
-        "actor": row.actor,
-        "row_hash": row.row_hash,
-    }
+    """The ledger row's columns (``replayed`` is said by the status and a header)."""
+    columns = dataclasses.asdict(row)
+    del columns["replayed"]
+    return columns  # FastAPI encodes the enum and the datetime
 
 
 def _balance(balance: Balance) -> dict[str, Any]:

@@ -54,7 +54,6 @@ _CONTEXT = (
     "transaction_id",
     "refundable",
     "hold_id",
-    "status",
     "account_currency",
     "requested_currency",
     "idempotency_key",
@@ -85,8 +84,8 @@ def status_of(error: errors.BalanceError) -> tuple[int, str]:
 def from_error(error: errors.BalanceError) -> JSONResponse:
     status, code = status_of(error)
     context = {name: getattr(error, name) for name in _CONTEXT if hasattr(error, name)}
-    context = {k: v for k, v in context.items() if isinstance(v, int | str) and k != "status"}
-    if isinstance(error, errors.HoldNotActive):
+    context = {k: v for k, v in context.items() if isinstance(v, int | str)}
+    if isinstance(error, errors.HoldNotActive):  # its .status would shadow the HTTP one
         context["hold_status"] = error.status
     headers = {"Retry-After": "1"} if status == 503 else None
     return problem(status, code, str(error), headers, **context)
