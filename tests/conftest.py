@@ -22,7 +22,8 @@ from balance_ledger.db.tables import metadata, user_balances
 from tests.databases import recreate_database, server_url
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
-TEST_DATABASE = "balance_ledger_test"
+# Its own name lets two test runs share a server (BALANCE_TEST_DATABASE=…).
+TEST_DATABASE = os.environ.get("BALANCE_TEST_DATABASE", "balance_ledger_test")
 SERVER_URLS = {
     backend: server_url(backend, "BALANCE_TEST") for backend in ("postgresql", "mariadb")
 }
