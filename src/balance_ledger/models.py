@@ -150,6 +150,8 @@ class Hold:
     capture_transaction_id: int | None
     created_at: datetime
     closed_at: datetime | None
+    # Not a column: True when authorize returned the hold its idempotency key made before.
+    replayed: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -406,6 +406,27 @@ def _insert_sealed(
     return by_item
 
 
+def _capture_replay(
+    conn: Connection, user_id: int, hold_id: int, amount: int | None, key: str
+) -> Transaction | None:
+    """The row an earlier capture of the hold with ``key`` wrote, or None if there is none.
+
+    Takes the account's lock first, so a retry racing its own first attempt waits for it.
+    """
+    queries.lock_balance(conn, user_id)
+    existing = queries.find_by_idempotency_key(conn, user_id, key)
+    if existing is None:
+        return None
+    hold = queries.get_hold(conn, hold_id)
+    assert hold is not None, "holds are never deleted"
+    asked = hold.amount if amount is None else amount
+    capture = ("hold", str(hold_id), asked)
+    if (existing.reference_model, existing.reference_id, existing.amount) != capture:
+        found = f"ledger row {existing.id} is not a capture of {asked} from hold {hold_id}"
+        raise IdempotencyConflict(user_id, key, found)
+    return dataclasses.replace(existing, replayed=True)
+
+
 def _release(conn: Connection, account: Balance, hold: Hold, status: HoldStatus) -> Hold:
     now = _now()
     queries.set_held(conn, account.user_id, account.held - hold.amount, now)

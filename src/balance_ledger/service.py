@@ -19,6 +19,7 @@ appended to; the balance row is a cache of it that the lock keeps exact.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -67,6 +68,7 @@ from .movements import (
     _apply,
     _apply_many,
     _by_account_groups,
+    _capture_replay,
     _charge_item,
     _charge_movement,
     _expire,
@@ -580,7 +582,7 @@ class BalanceService:
                 asked = (amount, service_type, description)
                 if (existing.amount, existing.service_type, existing.description) != asked:
                     raise IdempotencyConflict(user_id, key, f"hold {existing.id} differs")
-                return existing
+                return dataclasses.replace(existing, replayed=True)
             if account.status is AccountStatus.SUSPENDED:
                 raise AccountSuspended(account.user_id, account.balance, account.credit_limit)
             if amount > account.available:
@@ -608,18 +610,24 @@ class BalanceService:
 
         return self._db.write(work)
 
-    def capture(self, hold_id: int, amount: int | None = None) -> Transaction:
+    def capture(
+        self, hold_id: int, amount: int | None = None, *, idempotency_key: str | None = None
+    ) -> Transaction:
         """Charge up to the held amount (default: all of it) and release the hold.
 
         The charge goes through the one movement path; the rest of the hold is
         released. Under races exactly one capture or void of a hold wins; every other
-        raises ``HoldNotActive``.
+        raises ``HoldNotActive`` — except a retry with the winning capture's
+        ``idempotency_key``, which returns its row (``replayed``).
         """
         hold_id = valid.row_id(hold_id, "hold id")
         take = None if amount is None else valid.amount(amount)
+        key = valid.idempotency_key(idempotency_key)
         user_id = self._hold_owner(hold_id)
 
         def work(conn: Connection) -> _Posted:
+            if key is not None and (replay := _capture_replay(conn, user_id, hold_id, take, key)):
+                return _Posted(replay, status_change=None)
             account, hold = self._lock_active_hold(conn, user_id, hold_id, capturing=True)
             charged = hold.amount if take is None else take
             if charged > hold.amount:
@@ -634,7 +642,7 @@ class BalanceService:
                 description=hold.description,
                 reference_model="hold",
                 reference_id=str(hold_id),
-                idempotency_key=None,
+                idempotency_key=key,
                 currency=None,
                 # Reserved money for usage already delivered: always recorded.
                 allow_overdraft=True,

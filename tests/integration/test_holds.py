@@ -115,10 +115,45 @@ def test_a_hold_past_its_expiry_cannot_be_captured_even_before_release(svc, acco
 def test_authorize_replay_with_its_key_returns_the_hold(svc, account_factory):
     account = account_factory(balance=1_000)
     first = svc.authorize(account.user_id, 100, "vps", idempotency_key="vm-7")
-    assert svc.authorize(account.user_id, 100, "vps", idempotency_key="vm-7") == first
+    again = svc.authorize(account.user_id, 100, "vps", idempotency_key="vm-7")
+    assert again == first
+    assert (first.replayed, again.replayed) == (False, True)
     assert svc.get_balance(account.user_id).held == 100
     with pytest.raises(IdempotencyConflict):
         svc.authorize(account.user_id, 200, "vps", idempotency_key="vm-7")
+
+
+def test_capture_retried_with_its_key_returns_the_first_charge(svc, account_factory, dump):
+    account = account_factory(balance=1_000)
+    hold = svc.authorize(account.user_id, 300, "vps")
+    first = svc.capture(hold.id, 200, idempotency_key="capture-1")
+    before = dump()
+
+    again = svc.capture(hold.id, 200, idempotency_key="capture-1")
+
+    assert (again, again.replayed, first.replayed) == (first, True, False)
+    assert dump() == before
+    with pytest.raises(HoldNotActive, match="captured"):
+        svc.capture(hold.id, 200)  # without the key it is a second capture
+
+
+@pytest.mark.parametrize(
+    ("amount", "key"),
+    [(100, "capture-1"), (None, "capture-1"), (200, "a-charge")],
+    ids=["other-amount", "whole-hold", "key-of-another-row"],
+)
+def test_capture_with_a_key_of_another_movement_is_a_conflict(
+    svc, account_factory, dump, amount, key
+):
+    account = account_factory(balance=1_000)
+    hold = svc.authorize(account.user_id, 300, "vps")
+    svc.charge_service(account.user_id, 5, "api", idempotency_key="a-charge")
+    svc.capture(hold.id, 200, idempotency_key="capture-1")
+    before = dump()
+
+    with pytest.raises(IdempotencyConflict):
+        svc.capture(hold.id, amount, idempotency_key=key)
+    assert dump() == before
 
 
 def test_suspended_accounts_cannot_authorize(svc, account_factory):

@@ -213,11 +213,13 @@ def capture(
     amount: Annotated[
         int | None, typer.Argument(help="Minor units to charge; default: all of the hold.")
     ] = None,
+    idempotency_key: IdempotencyKey = None,
     as_json: Json = False,
 ) -> None:
     """Charge up to a hold's amount and release the rest."""
     svc = _service(ctx)
-    _print_transaction(svc, svc.capture(hold_id, amount), as_json)
+    tx = svc.capture(hold_id, amount, idempotency_key=idempotency_key)
+    _print_transaction(svc, tx, as_json)
 
 
 @app.command()
