@@ -46,6 +46,7 @@ from .reconcile import (
     SyncError,
     SyncReport,
     SyncRun,
+    SyncTotals,
     UserSync,
 )
 from .service import BalanceService
@@ -89,6 +90,7 @@ __all__ = [
     "SyncError",
     "SyncReport",
     "SyncRun",
+    "SyncTotals",
     "Transaction",
     "TransactionNotFound",
     "TransactionType",

@@ -178,6 +178,22 @@ class SyncRun(Serialisable):
     message: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class SyncTotals(Serialisable):
+    """Every recorded run of one kind (``verify`` or ``rebuild``) added up, for monitoring.
+
+    The sums only grow (runs are never deleted), so they are counters that every host's
+    runs feed, whichever process reads them.
+    """
+
+    kind: str
+    runs: int
+    discrepancies: int  # accounts found out of sync
+    fixed: int  # accounts whose cache was rewritten
+    errors: int  # accounts whose ledger was in doubt
+    last_finished_at: datetime | None
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -699,6 +715,17 @@ class Reconciler:
         return [
             SyncRun(**row)
             for row in self.db.read(lambda conn: queries.recent_sync_runs(conn, limit))
+        ]
+
+    def totals(self) -> list[SyncTotals]:
+        return [
+            SyncTotals(
+                kind=row["kind"],
+                # SUM of a BIGINT is a DECIMAL on PostgreSQL and MariaDB
+                **{c: int(row[c]) for c in ("runs", "discrepancies", "fixed", "errors")},
+                last_finished_at=row["last_finished_at"],
+            )
+            for row in self.db.read(queries.sync_run_totals)
         ]
 
     def fixes(self, run_id: int) -> list[ColumnChange]:

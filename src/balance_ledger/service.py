@@ -87,6 +87,7 @@ from .reconcile import (
     Reconciler,
     SyncReport,
     SyncRun,
+    SyncTotals,
 )
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,16 @@ class BalanceService:
     def on_reactivate(self, callback: StatusCallback) -> StatusCallback:
         """Register ``callback(StatusChange)`` to run after a commit reactivates an account."""
         self._on_reactivate.append(callback)
+        return callback
+
+    def on_lock_wait(self, callback: Callable[[float], object]) -> Callable[[float], object]:
+        """Register ``callback(seconds)``, told how long each account lock took to get.
+
+        PostgreSQL and MariaDB: each ``SELECT … FOR UPDATE`` of balance rows. SQLite: each
+        write transaction's wait for the database's write lock. Runs on the writing
+        thread, inside the transaction: keep it quick (a histogram's observe).
+        """
+        self._db.on_lock_wait(callback)
         return callback
 
     # -- accounts ----------------------------------------------------------------
@@ -394,6 +405,10 @@ class BalanceService:
     def sync_runs(self, limit: int = 20) -> list[SyncRun]:
         """The most recent verify / rebuild runs, newest first."""
         return self._reconciler.runs(valid.page_size(limit))
+
+    def sync_totals(self) -> list[SyncTotals]:
+        """Every recorded run added up per kind: discrepancies found, fixed (monitoring)."""
+        return self._reconciler.totals()
 
     def sync_fixes(self, run_id: int) -> list[ColumnChange]:
         """Every cache column a run rewrote, with old and new values."""

@@ -367,6 +367,24 @@ def test_ledger_rows_without_a_balance_row_are_reported(svc, backend, account_fa
     assert svc.get_balance(keep.user_id).balance == 10
 
 
+def test_sync_totals_add_up_every_run_per_kind(svc, three_accounts, corrupt):
+    assert svc.sync_totals() == []
+    corrupt(three_accounts[0], balance=0)
+    corrupt(three_accounts[1], total_spent=7)
+    svc.verify_and_fix_balance()  # finds two, fixes none
+    svc.verify_and_fix_balance(fix=True, full=True)  # finds and fixes both
+    corrupt(three_accounts[2], balance=1)
+    svc.rebuild_all_balances()
+    svc.rebuild_all_balances(dry_run=True)  # records no run
+
+    rebuild, verify = svc.sync_totals()  # by kind
+
+    counts = [(t.kind, t.runs, t.discrepancies, t.fixed, t.errors) for t in (verify, rebuild)]
+    assert counts == [("verify", 2, 4, 2, 0), ("rebuild", 1, 1, 1, 0)]
+    (last_rebuild, *_) = svc.sync_runs()
+    assert rebuild.last_finished_at == last_rebuild.finished_at
+
+
 def test_a_run_that_fails_is_recorded_as_failed(svc, three_accounts):
     def fail_the_chain_walk(conn, cursor, statement, parameters, context, many):
         if "lag(" in statement.lower():

@@ -70,6 +70,37 @@ def test_charge_waiting_out_a_held_lock_is_retried_and_succeeds(
     assert "retry 1" in caplog.text
 
 
+def test_each_charge_reports_its_lock_wait(svc, funded_account):
+    waits: list[float] = []
+    svc.on_lock_wait(waits.append)
+
+    svc.charge_service(funded_account, 100, "vps")
+
+    assert len(waits) == 1
+    assert 0 <= waits[0] < 1
+
+
+def test_a_charge_queued_behind_a_held_lock_reports_the_wait(database_url, backend, funded_account):
+    waits: list[float] = []
+    with BalanceService.from_url(database_url) as svc:
+        svc.on_lock_wait(waits.append)
+        with account_locked_elsewhere(database_url, backend, seconds=0.5):
+            svc.charge_service(funded_account, 100, "vps")
+
+    assert len(waits) == 1
+    assert 0.4 < waits[0] < 5
+
+
+def test_a_failing_lock_wait_observer_never_fails_the_charge(svc, funded_account, caplog):
+    def broken(_seconds: float) -> None:
+        raise RuntimeError("metrics backend down")
+
+    svc.on_lock_wait(broken)
+
+    assert svc.charge_service(funded_account, 100, "vps").balance_after == 900
+    assert "lock-wait observer" in caplog.text
+
+
 def test_retries_are_bounded_then_raise_retries_exhausted(
     database_url, backend, funded_account, dump
 ):

@@ -20,7 +20,8 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,9 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    CursorResult,
     Engine,
+    Executable,
     FromClause,
     Table,
     Text,
@@ -56,6 +59,8 @@ from .tables import balance_job_locks
 
 # Execution option a write transaction carries; SQLite's begin hook reads it.
 WRITE_OPTION = "balance_ledger_write"
+# Execution option: a callable told how long each lock took to acquire, in seconds.
+LOCK_WAIT_OPTION = "balance_ledger_lock_wait"
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
@@ -354,8 +359,30 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    write = connection.get_execution_options().get(WRITE_OPTION, False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    options = connection.get_execution_options()
+    if not options.get(WRITE_OPTION, False):
+        connection.exec_driver_sql("BEGIN")
+        return
+    started = time.perf_counter()
+    connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits for the database's write lock
+    if (observe := options.get(LOCK_WAIT_OPTION)) is not None:
+        observe(time.perf_counter() - started)
+
+
+def execute_locking(
+    conn: Connection, statement: Executable, params: Mapping[str, Any]
+) -> CursorResult[Any]:
+    """Run a ``FOR UPDATE`` statement, telling the lock-wait observer how long it took.
+
+    SQLite ignores ``FOR UPDATE``: its wait is at ``BEGIN IMMEDIATE``, timed above.
+    """
+    observe = conn.get_execution_options().get(LOCK_WAIT_OPTION)
+    if observe is None or conn.dialect.name == "sqlite":
+        return conn.execute(statement, params)
+    started = time.perf_counter()
+    result = conn.execute(statement, params)  # the drivers buffer the rows: the wait is in here
+    observe(time.perf_counter() - started)
+    return result
 
 
 @contextmanager

@@ -41,7 +41,7 @@ from ..models import (
     TransactionType,
     scope_names,
 )
-from .dialects import Backend
+from .dialects import Backend, execute_locking
 from .tables import balance_api_keys as api_keys
 from .tables import balance_chain_anchors as anchors
 from .tables import balance_chain_digests as digests
@@ -127,7 +127,7 @@ def lock_balance(conn: Connection, user_id: int) -> Balance | None:
     ``FOR UPDATE`` on PostgreSQL and MariaDB; SQLite ignores the clause and relies on
     the ``BEGIN IMMEDIATE`` its write transactions start with (see dialects.py).
     """
-    row = conn.execute(_LOCK_BALANCE, {"user_id": user_id}).mappings().first()
+    row = execute_locking(conn, _LOCK_BALANCE, {"user_id": user_id}).mappings().first()
     return _balance(row) if row else None
 
 
@@ -177,7 +177,8 @@ def lock_balances_of(conn: Connection, user_ids: list[int]) -> dict[int, Balance
     found: dict[int, Balance] = {}
     ordered = sorted(set(user_ids))
     for start in range(0, len(ordered), 1_000):  # bounded IN lists
-        rows = conn.execute(_LOCK_BALANCES, {"user_ids": ordered[start : start + 1_000]})
+        chunk = {"user_ids": ordered[start : start + 1_000]}
+        rows = execute_locking(conn, _LOCK_BALANCES, chunk)
         found.update((row["user_id"], _balance(row)) for row in rows.mappings())
     return found
 
@@ -455,7 +456,7 @@ def lock_balances(conn: Connection, low: int, high: int) -> None:
         .order_by(balances.c.user_id)
         .with_for_update()
     )
-    conn.execute(stmt).all()
+    execute_locking(conn, stmt, {}).all()
 
 
 _ROW_COLUMNS = ("id", "user_id", "transaction_type", "amount", "balance_before", "balance_after")
@@ -640,6 +641,23 @@ def record_fixes(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 def recent_sync_runs(conn: Connection, limit: int) -> list[RowMapping]:
     stmt = select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
+    return list(conn.execute(stmt).mappings())
+
+
+def sync_run_totals(conn: Connection) -> list[RowMapping]:
+    """Per kind: runs, and the sums of their discrepancies, fixes and errors."""
+    stmt = (
+        select(
+            sync_runs.c.kind,
+            func.count().label("runs"),
+            func.coalesce(func.sum(sync_runs.c.discrepancies), 0).label("discrepancies"),
+            func.coalesce(func.sum(sync_runs.c.fixed), 0).label("fixed"),
+            func.coalesce(func.sum(sync_runs.c.errors), 0).label("errors"),
+            func.max(sync_runs.c.finished_at).label("last_finished_at"),
+        )
+        .group_by(sync_runs.c.kind)
+        .order_by(sync_runs.c.kind)
+    )
     return list(conn.execute(stmt).mappings())
 
 

@@ -34,7 +34,7 @@ from ..errors import (
     SchemaMissing,
     StorageError,
 )
-from .dialects import WRITE_OPTION, Backend, backend_of, prepare_sqlite
+from .dialects import LOCK_WAIT_OPTION, WRITE_OPTION, Backend, backend_of, prepare_sqlite
 
 T = TypeVar("T")
 
@@ -89,6 +89,19 @@ class Database:
         self._turn: AbstractContextManager[object] = (
             threading.Lock() if self.backend.single_connection else nullcontext()
         )
+        self._lock_wait_observers: list[Callable[[float], object]] = []
+
+    def on_lock_wait(self, observer: Callable[[float], object]) -> None:
+        """Tell ``observer(seconds)`` how long each lock took to acquire (for metrics)."""
+        self._lock_wait_observers.append(observer)
+
+    def _observe_lock_wait(self, seconds: float) -> None:
+        for observer in self._lock_wait_observers:
+            try:
+                observer(seconds)
+            except Exception:
+                # Metrics are not worth a failed charge.
+                log.exception("lock-wait observer %r failed", observer)
 
     def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a write transaction (SQLite: ``BEGIN IMMEDIATE``)."""
@@ -102,7 +115,10 @@ class Database:
             progress = _Progress()
             try:
                 with self._turn, self.engine.connect() as conn:
-                    conn = conn.execution_options(**{WRITE_OPTION: write, _PROGRESS: progress})
+                    options = {WRITE_OPTION: write, _PROGRESS: progress}
+                    if self._lock_wait_observers:
+                        options[LOCK_WAIT_OPTION] = self._observe_lock_wait
+                    conn = conn.execution_options(**options)
                     with conn.begin():
                         result = work(conn)
                         progress.committing = True  # leaving the block sends COMMIT
