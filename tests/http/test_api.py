@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-PROBLEM = "application/problem+json"
-
-
-def open_account(client, user_id=1, balance=0):
-    assert client.post("/v1/accounts", json={"user_id": user_id}).status_code == 201
-    if balance:
-        answer = client.post(f"/v1/accounts/{user_id}/recharges", json={"amount": balance})
-        assert answer.status_code == 201
+from tests.http.calls import PROBLEM, charge, open_account
 
 
 def test_health_needs_no_key_and_ready_checks_the_database(client):
@@ -192,20 +187,33 @@ def test_a_revoked_key_is_401(svc, client):
     assert client.get("/v1/accounts/1").status_code == 401
 
 
+INSTANT = "2030-01-01T00:00:00Z"
+# (method, path, body, the scope it needs; admin may do everything). {hold} and {charge}
+# are an active hold and a charge the test makes first.
 ROUTES = {
-    "open": ("post", "/v1/accounts", {"user_id": 2}),
-    "card": ("get", "/v1/accounts/1", None),
-    "history": ("get", "/v1/accounts/1/transactions", None),
-    "recharge": ("post", "/v1/accounts/1/recharges", {"amount": 5}),
-    "charge": ("post", "/v1/accounts/1/charges", {"amount": 5, "service_type": "vps"}),
-}
-# The scope each route needs; admin may do everything.
-NEEDS = {
-    "open": "admin",
-    "card": "read",
-    "history": "read",
-    "recharge": "recharge",
-    "charge": "charge",
+    "open": ("post", "/v1/accounts", {"user_id": 2}, "admin"),
+    "card": ("get", "/v1/accounts/1", None, "read"),
+    "history": ("get", "/v1/accounts/1/transactions", None, "read"),
+    "statement": ("get", f"/v1/accounts/1/statement?from={INSTANT}&to={INSTANT}", None, "read"),
+    "balance-at": ("get", f"/v1/accounts/1/balance?at={INSTANT}", None, "read"),
+    "recharge": ("post", "/v1/accounts/1/recharges", {"amount": 5}, "recharge"),
+    "charge": ("post", "/v1/accounts/1/charges", {"amount": 5, "service_type": "vps"}, "charge"),
+    "batch": (
+        "post",
+        "/v1/charges:batch",
+        {"items": [{"user_id": 1, "amount": 5, "service_type": "vps"}]},
+        "charge",
+    ),
+    "refund": ("post", "/v1/transactions/{charge}:refund", {"amount": 1}, "recharge"),
+    "adjust": ("post", "/v1/accounts/1/adjustments", {"delta": 5, "reason": "why"}, "admin"),
+    "hold": ("post", "/v1/accounts/1/holds", {"amount": 5, "service_type": "vps"}, "charge"),
+    "get-hold": ("get", "/v1/holds/{hold}", None, "read"),
+    "capture": ("post", "/v1/holds/{hold}:capture", None, "charge"),
+    "void": ("post", "/v1/holds/{hold}:void", None, "charge"),
+    "discrepancies": ("get", "/v1/discrepancies", None, "admin"),
+    "reconcile": ("post", "/v1/reconciliations", {}, "admin"),
+    "sync-runs": ("get", "/v1/sync-runs", None, "read"),
+    "sync-fixes": ("get", "/v1/sync-runs/1/fixes", None, "read"),
 }
 
 
@@ -213,10 +221,33 @@ NEEDS = {
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_each_route_needs_its_scope(make_client, client, scope, route):
     open_account(client, balance=1_000)
-    method, path, body = ROUTES[route]
+    method, path, body, needs = ROUTES[route]
+    if "{hold}" in path:
+        held = client.post("/v1/accounts/1/holds", json={"amount": 5, "service_type": "vps"})
+        path = path.format(hold=held.json()["id"])
+    if "{charge}" in path:
+        path = path.format(charge=charge(client, 5)["id"])
     scoped = make_client(scope)
 
     answer = scoped.request(method, path, json=body)
 
-    allowed = scope in (NEEDS[route], "admin")
+    allowed = scope in (needs, "admin")
     assert answer.status_code < 400 if allowed else answer.status_code == 403, answer.text
+
+
+def test_the_scope_matrix_covers_every_route(client):
+    """A new route must be added to ROUTES, so its scope is tested."""
+    schema = client.get("/openapi.json").json()
+    served = {
+        (method, path)
+        for path, operations in schema["paths"].items()
+        if path.startswith("/v1/")
+        for method in operations
+    }
+    listed = {(method, path.split("?")[0]) for method, path, _, _ in ROUTES.values()}
+    assert {(m, shape(p)) for m, p in served} == {(m, shape(p)) for m, p in listed}
+
+
+def shape(path: str) -> str:
+    """The path with each parameter, named or filled in, as {}."""
+    return re.sub(r"\{[^}]*\}|(?<=/)\d+(?=/|:|$)", "{}", path)

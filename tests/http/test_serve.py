@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -25,12 +26,18 @@ def free_port() -> int:
 @pytest.fixture
 def served(database_url: str) -> Iterator[tuple[str, str]]:
     """(base URL, an admin key) of a ``balance serve`` process over the test database."""
+    with serving(database_url) as started:
+        yield started
+
+
+@contextmanager
+def serving(database_url: str, *options: str) -> Iterator[tuple[str, str]]:
     with BalanceService.from_url(database_url) as svc:
         _, secret = svc.create_api_key("serve-test", ["admin"])
     port = free_port()
     command = [sys.executable, "-c", "from balance_ledger.cli import main; main()"]
     server = subprocess.Popen(
-        [*command, "--database-url", database_url, "serve", "--port", str(port)],
+        [*command, "--database-url", database_url, "serve", "--port", str(port), *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -62,3 +69,19 @@ def test_balance_serve_answers_over_tcp(served):
         assert charged.json()["balance_after"] == 70
         assert http.get("/readyz").status_code == 200
         assert http.get("/openapi.json").json()["info"]["title"] == "balance-ledger"
+
+
+def test_every_worker_reports_the_counts_of_all_workers(database_url):
+    with serving(database_url, "--workers", "2") as (base, secret):
+        auth = {"Authorization": f"Bearer {secret}"}
+        httpx.post(f"{base}/v1/accounts", json={"user_id": 1}, headers=auth)
+        httpx.post(f"{base}/v1/accounts/1/recharges", json={"amount": 100}, headers=auth)
+        for _ in range(20):  # a connection each, so both workers take some
+            body = {"amount": 1, "service_type": "api"}
+            answer = httpx.post(f"{base}/v1/accounts/1/charges", json=body, headers=auth)
+            assert answer.status_code == 201
+
+        scrapes = [httpx.get(f"{base}/metrics").text for _ in range(10)]
+
+    created = 'balance_movements_total{kind="charge",outcome="created"} 20.0'
+    assert all(created in scrape for scrape in scrapes)

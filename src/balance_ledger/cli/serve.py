@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -22,11 +25,28 @@ def serve(
 
     # The workers build their own service from the environment (one pool per process).
     os.environ["BALANCE_DATABASE_URL"] = ctx.find_root().obj
-    uvicorn.run(
-        "balance_ledger.http.app:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=False,
-    )
+    with _shared_metrics(workers):
+        uvicorn.run(
+            "balance_ledger.http.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=False,
+        )
+
+
+@contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """Let every worker's /metrics add up all workers' counts (a fresh directory per run)."""
+    from ..http.metrics import MULTIPROCESS_ENV
+
+    if workers == 1 or os.environ.get(MULTIPROCESS_ENV):
+        yield  # one process, or the operator chose the directory
+        return
+    with tempfile.TemporaryDirectory(prefix="balance-metrics-") as directory:
+        os.environ[MULTIPROCESS_ENV] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_ENV]

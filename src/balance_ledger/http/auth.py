@@ -19,10 +19,6 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `balance api
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def service_of(request: Request) -> BalanceService:
-    return request.app.state.service  # type: ignore[no-any-return]
-
-
 def require(scope: Scope) -> Callable[..., ApiKey]:
     """A dependency that lets the request through with a key allowed ``scope``."""
 
@@ -32,7 +28,8 @@ def require(scope: Scope) -> Callable[..., ApiKey]:
     ) -> ApiKey:
         if credentials is None:
             raise HTTPException(401, "send an API key: Authorization: Bearer <key>", _CHALLENGE)
-        key = service_of(request).authenticate_api_key(credentials.credentials)
+        service: BalanceService = request.app.state.service
+        key = service.authenticate_api_key(credentials.credentials)
         if key is None:
             raise HTTPException(401, "the API key is unknown or revoked", _CHALLENGE)
         if not key.allows(scope):

@@ -65,9 +65,16 @@ _CONTEXT = (
 def problem(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
+    return _response(_body(status, code, detail, **extra), headers)
+
+
+def _response(body: dict[str, Any], headers: dict[str, str] | None) -> JSONResponse:
+    return JSONResponse(body, status_code=body["status"], media_type=MEDIA_TYPE, headers=headers)
+
+
+def _body(status: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
     body = {"type": f"urn:balance-ledger:problem:{code}", "title": _title(code), "status": status}
-    body |= {"code": code, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    return body | {"code": code, "detail": detail, **extra}
 
 
 def _title(code: str) -> str:
@@ -81,14 +88,19 @@ def status_of(error: errors.BalanceError) -> tuple[int, str]:
     raise AssertionError("BalanceError itself is listed")
 
 
-def from_error(error: errors.BalanceError) -> JSONResponse:
+def document(error: errors.BalanceError) -> tuple[int, dict[str, Any]]:
+    """The error's HTTP status and problem document."""
     status, code = status_of(error)
     context = {name: getattr(error, name) for name in _CONTEXT if hasattr(error, name)}
     context = {k: v for k, v in context.items() if isinstance(v, int | str)}
     if isinstance(error, errors.HoldNotActive):  # its .status would shadow the HTTP one
         context["hold_status"] = error.status
-    headers = {"Retry-After": "1"} if status == 503 else None
-    return problem(status, code, str(error), headers, **context)
+    return status, _body(status, code, str(error), **context)
+
+
+def from_error(error: errors.BalanceError) -> JSONResponse:
+    status, body = document(error)
+    return _response(body, {"Retry-After": "1"} if status == 503 else None)
 
 
 def install(app: FastAPI) -> None:

@@ -1,0 +1,38 @@
+"""What route handlers are given: the service, the metrics, the parsed common headers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Path, Request
+from fastapi.params import Depends as Dependency
+
+from ..models import Scope
+from ..service import BalanceService
+from .auth import require
+from .metrics import Metrics
+
+
+def service_of(request: Request) -> BalanceService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def metrics_of(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def needs(scope: Scope) -> list[Dependency]:
+    """A route's ``dependencies=``: an API key allowed ``scope`` (auth.py)."""
+    return [Depends(require(scope))]
+
+
+Service = Annotated[BalanceService, Depends(service_of)]
+Meter = Annotated[Metrics, Depends(metrics_of)]
+UserId = Annotated[int, Path(description="The account's user id.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="A retry with the same key returns the first result (200, not 201).",
+    ),
+]
