@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeGuard
 
 from babel.numbers import list_currencies
@@ -153,6 +153,10 @@ def instant(value: object, what: str) -> datetime:
     """An aware datetime (a point in time, not a wall-clock reading)."""
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise InvalidRequest(f"{what} must be a timezone-aware datetime, got {shown(value)}")
+    try:
+        value.astimezone(UTC)  # the database stores UTC; year 1 at +01:00 has no UTC date
+    except OverflowError:
+        raise InvalidRequest(f"{what} is out of range in UTC: {value.isoformat()}") from None
     return value
 
 

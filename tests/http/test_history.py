@@ -45,6 +45,7 @@ def test_balance_at_is_the_balance_after_the_rows_written_by_then(client):
     [
         ("/v1/accounts/1/balance", {"at": "2030-01-01T00:00:00"}, "invalid-request"),
         ("/v1/accounts/1/balance", {"at": "yesterday"}, "malformed-request"),
+        ("/v1/accounts/1/balance", {"at": "0001-01-01T00:01:00+01:00"}, "invalid-request"),
         ("/v1/accounts/1/balance", {}, "malformed-request"),
         (
             "/v1/accounts/1/statement",
@@ -53,7 +54,7 @@ def test_balance_at_is_the_balance_after_the_rows_written_by_then(client):
         ),
         ("/v1/accounts/1/statement", {"from": "2030-01-02T00:00:00Z"}, "malformed-request"),
     ],
-    ids=["naive", "not-a-date", "missing", "backwards", "no-end"],
+    ids=["naive", "not-a-date", "before-utc-begins", "missing", "backwards", "no-end"],
 )
 def test_a_bad_instant_is_422(client, path, params, code):
     open_account(client)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from balance_ledger import AccountNotFound, BalanceService, InvalidRequest
 
 MICROSECOND = timedelta(microseconds=1)
+WEST = timezone(timedelta(hours=-1))
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 
 @pytest.fixture
@@ -74,12 +76,23 @@ def test_statement_of_everything_matches_the_cache(svc, history):
         (datetime(2026, 1, 2), datetime(2026, 1, 3, tzinfo=UTC), "timezone-aware"),
         (datetime(2026, 1, 3, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC), "ends"),
         ("2026-01-01", datetime(2026, 1, 3, tzinfo=UTC), "timezone-aware"),
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))), END_OF_TIME, "out of range"),
+        (datetime(1, 1, 1, tzinfo=UTC), datetime.max.replace(tzinfo=WEST), "out of range"),
     ],
 )
 def test_statement_refuses_a_malformed_period(svc, account_factory, start, end, message):
     account = account_factory()
     with pytest.raises(InvalidRequest, match=message):
         svc.statement(account.user_id, start, end)
+
+
+@pytest.mark.parametrize(
+    "at", [datetime(1, 1, 1, tzinfo=UTC), END_OF_TIME], ids=["first-instant", "last-instant"]
+)
+def test_balance_at_the_ends_of_time(svc, account_factory, at):
+    account = account_factory(balance=500)
+    expected = 0 if at.year == 1 else 500
+    assert svc.balance_at(account.user_id, at) == expected
 
 
 def test_history_of_an_unknown_account_raises(svc):
