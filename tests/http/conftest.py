@@ -17,9 +17,10 @@ def make_client(svc: BalanceService) -> Iterator[MakeClient]:
     clients: list[TestClient] = []
 
     def make(*scopes: str, **app_options: object) -> TestClient:
-        _, secret = svc.create_api_key(f"test-{len(clients)}", list(scopes) or ["admin"])
+        key, secret = svc.create_api_key(f"test-{len(clients)}", list(scopes) or ["admin"])
         client = TestClient(create_app(svc, **app_options), raise_server_exceptions=False)
         client.headers["Authorization"] = f"Bearer {secret}"
+        client.key_id = key.id  # type: ignore[attr-defined]
         clients.append(client)
         return client
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
+from sqlalchemy import event
 
 from tests.http.calls import PROBLEM, charge, open_account
 
@@ -185,6 +187,38 @@ def test_a_revoked_key_is_401(svc, client):
     client.headers["Authorization"] = f"Bearer {secret}"
 
     assert client.get("/v1/accounts/1").status_code == 401
+
+
+def test_a_key_revoked_after_use_works_until_its_cache_entry_expires(svc, make_client):
+    client = make_client("read", key_cache_seconds=0.5)
+    assert client.get("/v1/sync-runs").status_code == 200
+    svc.revoke_api_key(client.key_id)
+
+    assert client.get("/v1/sync-runs").status_code == 200  # trusted for 0.5 s more
+    time.sleep(0.6)
+    assert client.get("/v1/sync-runs").status_code == 401
+
+
+def test_without_the_cache_a_revoked_key_is_refused_at_once(svc, make_client):
+    client = make_client("read", key_cache_seconds=0)
+    assert client.get("/v1/sync-runs").status_code == 200
+    svc.revoke_api_key(client.key_id)
+
+    assert client.get("/v1/sync-runs").status_code == 401
+
+
+def test_a_cached_key_is_read_from_the_database_once(svc, make_client):
+    client = make_client("read")
+    reads = []
+    count = lambda *args: reads.append(args[2]) if "balance_api_keys" in args[2] else None  # noqa: E731
+    event.listen(svc.engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):
+            assert client.get("/v1/sync-runs").status_code == 200
+    finally:
+        event.remove(svc.engine, "before_cursor_execute", count)
+
+    assert len(reads) == 1
 
 
 INSTANT = "2030-01-01T00:00:00Z"

@@ -19,12 +19,22 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8080,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
+    key_cache_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Trust an authenticated API key this long without a database read; "
+            "a revoked key may work this long (0: check every request).",
+            min=0,
+            max=300,
+        ),
+    ] = 5.0,
 ) -> None:
     """Serve the JSON API (docs at /docs, schema at /openapi.json) until interrupted."""
     import uvicorn  # only here: every other command starts without the web stack
 
     # The workers build their own service from the environment (one pool per process).
     os.environ["BALANCE_DATABASE_URL"] = ctx.find_root().obj
+    os.environ["BALANCE_KEY_CACHE_SECONDS"] = str(key_cache_seconds)
     with _shared_metrics(workers):
         uvicorn.run(
             "balance_ledger.http.app:app_from_environment",

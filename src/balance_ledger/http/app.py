@@ -14,21 +14,33 @@ from fastapi import FastAPI, Response
 
 from ..service import BalanceService
 from . import accounts, movements, problems, reconciliation
+from .auth import KeyCache
 from .deps import Meter, Service
 from .limits import BodySizeLimit
 from .metrics import CONTENT_TYPE, Metrics, RequestMetrics
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_KEY_CACHE_SECONDS = 5.0
 
 
-def create_app(service: BalanceService, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
-    """The app over ``service`` (which the caller owns and closes)."""
+def create_app(
+    service: BalanceService,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS,
+) -> FastAPI:
+    """The app over ``service`` (which the caller owns and closes).
+
+    ``key_cache_seconds``: how long an authenticated key is trusted without a database
+    read, so also how long a revoked key may still work (0: check every request).
+    """
     app = FastAPI(
         title="balance-ledger",
         version="1",
         description="Prepaid balances: charge, recharge, hold, refund, reconcile.",
     )
     app.state.service = service
+    app.state.keys = KeyCache(service, key_cache_seconds)
     app.state.metrics = metrics = Metrics(service)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees 413s too
@@ -64,6 +76,8 @@ def create_app(service: BalanceService, *, max_body_bytes: int = DEFAULT_MAX_BOD
 
 
 def app_from_environment() -> FastAPI:
-    """The app ``balance serve`` runs in each uvicorn worker (BALANCE_DATABASE_URL)."""
+    """The app ``balance serve`` runs in each uvicorn worker (BALANCE_DATABASE_URL,
+    BALANCE_KEY_CACHE_SECONDS)."""
     url = os.environ.get("BALANCE_DATABASE_URL", "sqlite:///balance.db")
-    return create_app(BalanceService.from_url(url))
+    cache = float(os.environ.get("BALANCE_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS))
+    return create_app(BalanceService.from_url(url), key_cache_seconds=cache)
