@@ -1,7 +1,8 @@
 """The HTTP service: a thin adapter that parses, calls BalanceService and answers JSON.
 
-No SQL here: every route is one service call. Errors are problem documents
-(problems.py); every /v1 route needs an API key with its scope (auth.py).
+No SQL here: routes only call BalanceService (one call each; balance-at also reads
+the currency it is in). Errors are problem documents (problems.py); every /v1 route
+needs an API key with its scope (auth.py).
 Routes: accounts.py (accounts and their history), movements.py (money and holds),
 reconciliation.py (verify, fix, audit); operations (health, metrics) are below.
 """
