@@ -5,6 +5,7 @@ The public API is exactly what ``__all__`` lists; every module below is private.
 
 from .chain import ChainBreak, ChainDigest, ChainReport
 from .coalescer import ChargeCoalescer
+from .dispatch import Dispatcher, DispatchReport
 from .errors import (
     AccountExists,
     AccountNotFound,
@@ -25,11 +26,16 @@ from .errors import (
     SchemaMissing,
     StorageError,
     TransactionNotFound,
+    WebhookNotFound,
 )
 from .models import (
     AccountStatus,
     ApiKey,
     Balance,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    EventType,
     Hold,
     HoldStatus,
     LedgerTotals,
@@ -38,6 +44,7 @@ from .models import (
     StatusChange,
     Transaction,
     TransactionType,
+    Webhook,
 )
 from .reconcile import (
     ColumnChange,
@@ -68,7 +75,13 @@ __all__ = [
     "ColumnChange",
     "CommitUnknown",
     "CurrencyMismatch",
+    "Delivery",
+    "DeliveryStatus",
     "Discrepancy",
+    "DispatchReport",
+    "Dispatcher",
+    "Event",
+    "EventType",
     "Hold",
     "HoldNotActive",
     "HoldNotFound",
@@ -95,4 +108,6 @@ __all__ = [
     "TransactionNotFound",
     "TransactionType",
     "UserSync",
+    "Webhook",
+    "WebhookNotFound",
 ]

@@ -13,6 +13,7 @@
     ├── IdempotencyConflict       a reused idempotency key with a different request
     ├── JobBusy                   another runner holds the job (anchor-chains) right now
     ├── ApiKeyNotFound            no API key with that id
+    ├── WebhookNotFound           no webhook with that id
     ├── InvalidRequest            an argument is malformed (user id, text, currency, ...)
     │   └── InvalidAmount         not a positive int within BIGINT (or the result overflows)
     └── StorageError              the database failed or could not be reached
@@ -136,6 +137,12 @@ class ApiKeyNotFound(BalanceError):
     def __init__(self, key_id: int) -> None:
         self.key_id = key_id
         super().__init__(f"API key {key_id} does not exist")
+
+
+class WebhookNotFound(BalanceError):
+    def __init__(self, webhook_id: int) -> None:
+        self.webhook_id = webhook_id
+        super().__init__(f"webhook {webhook_id} does not exist")
 
 
 class InvalidRequest(BalanceError):

@@ -227,3 +227,67 @@ class StatusChange:
     new_status: AccountStatus
     balance: int
     transaction_id: int
+
+
+class EventType(StrEnum):
+    """What an outbox event announces (``balance_events.event_type``)."""
+
+    CHARGED = "balance.charged"
+    RECHARGED = "balance.recharged"
+    REFUNDED = "balance.refunded"
+    ADJUSTED = "balance.adjusted"
+    HOLD_AUTHORIZED = "hold.authorized"
+    HOLD_CAPTURED = "hold.captured"
+    HOLD_VOIDED = "hold.voided"
+    HOLD_EXPIRED = "hold.expired"
+    ACCOUNT_SUSPENDED = "account.suspended"
+    ACCOUNT_REACTIVATED = "account.reactivated"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the outbox: written in the transaction of what it announces."""
+
+    id: int
+    event_type: EventType
+    user_id: int | None
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A URL that receives the events it subscribes to, signed with its secret."""
+
+    id: int
+    url: str
+    event_types: frozenset[str] | None  # None: every event
+    created_at: datetime
+    removed_at: datetime | None
+
+    def wants(self, event_type: str) -> bool:
+        return self.event_types is None or event_type in self.event_types
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt
+    DELIVERING = "delivering"  # claimed by a dispatcher until its lease ends
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    DEAD = "dead"  # gave up after max attempts: ``balance events retry`` revives it
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event's delivery to one webhook."""
+
+    id: int
+    event_id: int
+    webhook_id: int
+    user_id: int | None
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime
+    lease_until: datetime | None
+    last_error: str | None
+    delivered_at: datetime | None
+    created_at: datetime

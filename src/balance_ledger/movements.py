@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
+from . import events
 from . import validation as valid
 from .chain import Link, head_of, seal
 from .db import queries
@@ -228,7 +229,20 @@ def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted:
     head = _link(conn, movement.user_id, queries.chain_head(conn, movement.user_id))
     row = _sealed(decision.row, previous=head)
     transaction = queries.append_transaction(conn, backend, row, decision.after, now=now)
-    return _Posted(transaction, _status_change(account, decision.after, transaction.id))
+    change = _status_change(account, decision.after, transaction.id)
+    queries.append_events(conn, backend, _announced(transaction, account.currency, change))
+    return _Posted(transaction, change)
+
+
+def _announced(
+    row: Transaction, currency: str, change: StatusChange | None
+) -> list[dict[str, Any]]:
+    """The outbox rows of a ledger row just written: its movement, and the status
+    change it caused, in that order (events.py)."""
+    rows = [events.movement(row, currency)]
+    if change is not None:
+        rows.append(events.status_change(change, row.created_at))
+    return rows
 
 
 BATCH_ACCOUNTS = 1_000  # accounts per transaction in an independent batch
@@ -358,13 +372,20 @@ def _apply_many(
     moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]
     queries.update_balances(conn, moved, now=now)
     # Like single charges: each change names the row that crossed the limit, in order.
-    changes = []
+    changes: dict[int, StatusChange] = {}
     for i, previous, after in crossings:
         written_row = outcomes[i]
         assert isinstance(written_row, Transaction)
         if change := _status_change(previous, after, written_row.id):
-            changes.append(change)
-    return outcomes, changes
+            changes[i] = change
+    announced = []
+    for i, _ in appended:  # item order, which is each account's order
+        written_row = outcomes[i]
+        assert isinstance(written_row, Transaction)
+        currency = accounts[written_row.user_id].currency
+        announced += _announced(written_row, currency, changes.get(i))
+    queries.append_events(conn, backend, announced)
+    return outcomes, list(changes.values())
 
 
 def _insert_sealed(
@@ -431,7 +452,9 @@ def _release(conn: Connection, account: Balance, hold: Hold, status: HoldStatus)
     now = _now()
     queries.set_held(conn, account.user_id, account.held - hold.amount, now)
     queries.close_hold(conn, hold.id, {"status": status.value, "closed_at": now})
-    return dataclasses.replace(hold, status=status, closed_at=now)
+    released = dataclasses.replace(hold, status=status, closed_at=now)
+    queries.append_event(conn, events.hold(events.HOLD_CLOSED[status], released, now))
+    return released
 
 
 def _expire(conn: Connection, *, user_id: int, hold_id: int) -> int:

@@ -30,13 +30,14 @@ from typing import Any, Self
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from . import apikeys, integrity
+from . import apikeys, events, integrity
 from . import validation as valid
 from .chain import ChainDigest, ChainReport
 from .db import queries
 from .db.dialects import create_ledger_engine
 from .db.migrate import upgrade_to_head
 from .db.transactions import Database
+from .dispatch import Dispatcher
 from .errors import (
     AccountExists,
     AccountNotFound,
@@ -49,11 +50,15 @@ from .errors import (
     InvalidAmount,
     InvalidRequest,
     TransactionNotFound,
+    WebhookNotFound,
 )
 from .models import (
     AccountStatus,
     ApiKey,
     Balance,
+    Delivery,
+    Event,
+    EventType,
     Hold,
     HoldStatus,
     LedgerTotals,
@@ -62,6 +67,7 @@ from .models import (
     StatusChange,
     Transaction,
     TransactionType,
+    Webhook,
 )
 from .movements import (
     BATCH_ACCOUNTS,
@@ -542,6 +548,74 @@ class BalanceService:
         )
         return self._post(movement)
 
+    # -- the event outbox (events.py) ---------------------------------------------------
+
+    def events(
+        self, *, after_id: int = 0, limit: int = 100, user_id: int | None = None
+    ) -> list[Event]:
+        """Outbox events with ids above ``after_id``, oldest first (one account's, or all).
+
+        Each was written in the transaction of what it announces. Pass the last id seen
+        as ``after_id`` for the next page.
+        """
+        if isinstance(after_id, bool) or not isinstance(after_id, int) or after_id < 0:
+            raise InvalidRequest(f"after_id must be an int of at least 0, got {after_id!r}")
+        limit = valid.page_size(limit)
+        if user_id is not None:
+            user_id = valid.user_id(user_id)
+        return self._db.read(
+            lambda conn: queries.events_page(conn, after_id=after_id, limit=limit, user_id=user_id)
+        )
+
+    def add_webhook(
+        self, url: str, *, event_types: Iterable[str] | None = None, secret: str | None = None
+    ) -> tuple[Webhook, str]:
+        """Subscribe ``url`` to ``event_types`` (default: every event); (webhook, secret).
+
+        Deliveries are signed with ``secret`` (signatures.py); without one, a random
+        secret is made. It is returned here; store it where the receiver can read it.
+        """
+        values = {
+            "url": valid.webhook_url(url),
+            "event_types": valid.event_types(event_types),
+            "secret": valid.webhook_secret(secret),
+            "created_at": _now(),
+        }
+        webhook = self._db.write(lambda conn: queries.insert_webhook(conn, values))
+        return webhook, values["secret"]
+
+    def list_webhooks(self) -> list[Webhook]:
+        """Every webhook, removed ones included (never their secrets)."""
+        return self._db.read(queries.list_webhooks)
+
+    def remove_webhook(self, webhook_id: int) -> Webhook:
+        """Stop delivering to it; its undelivered deliveries die. Again: no change."""
+        webhook_id = valid.row_id(webhook_id, "webhook id")
+
+        def work(conn: Connection) -> Webhook:
+            queries.remove_webhook(conn, webhook_id, _now())
+            webhook = queries.get_webhook(conn, webhook_id)
+            if webhook is None:
+                raise WebhookNotFound(webhook_id)
+            return webhook
+
+        return self._db.write(work)
+
+    def dispatcher(self, **options: Any) -> Dispatcher:
+        """A Dispatcher of this database's outbox (options: see dispatch.Dispatcher)."""
+        return Dispatcher(self._db, **options)
+
+    def deliveries(self, event_id: int | None = None) -> list[Delivery]:
+        """Deliveries, oldest first (one event's, or all): status, attempts, last error."""
+        if event_id is not None:
+            event_id = valid.row_id(event_id, "event id")
+        return self._db.read(lambda conn: queries.deliveries_of(conn, event_id))
+
+    def retry_event(self, event_id: int) -> int:
+        """Give an event's dead deliveries a fresh set of attempts; return how many."""
+        event_id = valid.row_id(event_id, "event id")
+        return self._db.write(lambda conn: queries.revive_dead_deliveries(conn, event_id, _now()))
+
     # -- API keys (apikeys.py): the HTTP service's credentials ------------------------
 
     def create_api_key(self, name: str, scopes: Iterable[Scope | str]) -> tuple[ApiKey, str]:
@@ -621,6 +695,7 @@ class BalanceService:
                 },
             )
             queries.set_held(conn, user_id, held, now)
+            queries.append_event(conn, events.hold(EventType.HOLD_AUTHORIZED, hold, now))
             return hold
 
         return self._db.write(work)
@@ -663,16 +738,15 @@ class BalanceService:
                 allow_overdraft=True,
             )
             posted = _apply(conn, self._db.backend, movement)
-            queries.close_hold(
-                conn,
-                hold_id,
-                {
-                    "status": HoldStatus.CAPTURED.value,
-                    "captured_amount": charged,
-                    "capture_transaction_id": posted.transaction.id,
-                    "closed_at": now,
-                },
-            )
+            closed = {
+                "status": HoldStatus.CAPTURED,
+                "captured_amount": charged,
+                "capture_transaction_id": posted.transaction.id,
+                "closed_at": now,
+            }
+            queries.close_hold(conn, hold_id, {**closed, "status": HoldStatus.CAPTURED.value})
+            captured = dataclasses.replace(hold, **closed)
+            queries.append_event(conn, events.hold(EventType.HOLD_CAPTURED, captured, now))
             return posted
 
         return self._commit(work)

@@ -7,15 +7,17 @@ round trip, takes no lock and can leave nothing behind.
 from __future__ import annotations
 
 import re
+import secrets
 import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TypeGuard
+from urllib.parse import urlsplit
 
 from babel.numbers import list_currencies
 
 from .errors import InvalidAmount, InvalidRequest, shown
-from .models import Scope
+from .models import EventType, Scope
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
@@ -189,3 +191,41 @@ def scopes(value: object) -> frozenset[Scope]:
     if not found:
         raise InvalidRequest(f"an API key needs at least one scope ({_SCOPE_NAMES})")
     return frozenset(found)
+
+
+def webhook_url(value: object) -> str:
+    """An http(s) URL with a host, at most 2,048 characters."""
+    if not isinstance(value, str) or len(value) > 2048:
+        raise InvalidRequest(f"a webhook URL is a str of at most 2048 characters: {shown(value)}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"a webhook URL is http:// or https:// with a host: {shown(value)}")
+    return value
+
+
+_EVENT_TYPES = frozenset(kind.value for kind in EventType)
+
+
+def event_types(value: object) -> str:
+    """Event type names as stored: a sorted comma list, or ``*`` for every event."""
+    if value is None:
+        return "*"
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidRequest("event_types must be a list of event type names, or None")
+    names = set(value)
+    if unknown := sorted(str(name) for name in names - _EVENT_TYPES):
+        raise InvalidRequest(f"unknown event types {unknown}: see docs/events.md")
+    if not names:
+        raise InvalidRequest("a webhook needs at least one event type (None: every event)")
+    return ",".join(sorted(names))
+
+
+def webhook_secret(value: object) -> str:
+    """The given HMAC secret (16 to 256 printable ASCII characters), or a new random one."""
+    if value is None:
+        return "whsec_" + secrets.token_urlsafe(32)
+    if not isinstance(value, str) or not 16 <= len(value) <= 256 or not value.isprintable():
+        raise InvalidRequest("a webhook secret is 16 to 256 printable characters")
+    if not value.isascii():
+        raise InvalidRequest("a webhook secret is ASCII")
+    return value

@@ -12,6 +12,7 @@ from ..errors import BalanceError, InvalidRequest, StorageError
 from . import apikey as _apikey  # noqa: F401  (registers its commands on app)
 from . import batch as _batch  # noqa: F401  (registers its commands on app)
 from . import chain as _chain  # noqa: F401  (registers its commands on app)
+from . import events as _events  # noqa: F401  (registers its commands on app)
 from . import serve as _serve  # noqa: F401  (registers its commands on app)
 from . import sync as _sync  # noqa: F401  (registers its commands on app)
 from .app import app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    false,
     func,
     insert,
     literal,
@@ -33,22 +35,30 @@ from ..models import (
     AccountStatus,
     ApiKey,
     Balance,
+    Delivery,
+    DeliveryStatus,
+    Event,
+    EventType,
     Hold,
     HoldStatus,
     LedgerTotals,
     Scope,
     Transaction,
     TransactionType,
+    Webhook,
     scope_names,
 )
 from .dialects import Backend, execute_locking
 from .tables import balance_api_keys as api_keys
 from .tables import balance_chain_anchors as anchors
 from .tables import balance_chain_digests as digests
+from .tables import balance_event_deliveries as deliveries
+from .tables import balance_events as events
 from .tables import balance_holds as holds
 from .tables import balance_sync_checkpoints as checkpoints
 from .tables import balance_sync_fixes as sync_fixes
 from .tables import balance_sync_runs as sync_runs
+from .tables import balance_webhooks as webhooks
 from .tables import user_balance_transactions as ledger
 from .tables import user_balances as balances
 
@@ -899,3 +909,230 @@ def revoke_api_key(conn: Connection, key_id: int, now: datetime) -> None:
         .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
         .values(revoked_at=now)
     )
+
+
+# -- the event outbox (events.py builds the rows) -----------------------------------------
+
+
+def append_event(conn: Connection, row: dict[str, Any]) -> None:
+    """Append one outbox row inside the caller's transaction."""
+    conn.execute(_INSERT_EVENT, row)
+
+
+def append_events(conn: Connection, backend: Backend, rows: list[dict[str, Any]]) -> None:
+    """Append outbox rows, in order (a batch's: by COPY on PostgreSQL)."""
+    if len(rows) == 1:
+        append_event(conn, rows[0])
+    else:
+        backend.insert_rows(conn, events, rows)
+
+
+_INSERT_EVENT = insert(events)
+
+
+def _event(row: Mapping[str, Any]) -> Event:
+    return Event(
+        id=row["id"],
+        event_type=EventType(row["event_type"]),
+        user_id=row["user_id"],
+        payload=json.loads(row["payload"]),
+        created_at=row["created_at"],
+    )
+
+
+def events_page(
+    conn: Connection, *, after_id: int, limit: int, user_id: int | None = None
+) -> list[Event]:
+    """Events with ids above ``after_id``, oldest first (optionally one account's)."""
+    stmt = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+    if user_id is not None:
+        stmt = stmt.where(events.c.user_id == user_id)
+    return [_event(row) for row in conn.execute(stmt).mappings()]
+
+
+def events_by_id(conn: Connection, ids: list[int]) -> dict[int, Event]:
+    stmt = select(events).where(events.c.id.in_(ids))
+    return {row["id"]: _event(row) for row in conn.execute(stmt).mappings()}
+
+
+def lock_unfanned_events(conn: Connection, limit: int) -> list[Event]:
+    """The oldest events not yet fanned out, locked; rows another dispatcher holds are
+    skipped (SKIP LOCKED; SQLite's one writer needs no skipping)."""
+    stmt = (
+        select(events)
+        .where(events.c.fanned_out == false())
+        .order_by(events.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [_event(row) for row in conn.execute(stmt).mappings()]
+
+
+def mark_fanned_out(conn: Connection, event_ids: list[int]) -> None:
+    conn.execute(update(events).where(events.c.id.in_(event_ids)).values(fanned_out=True))
+
+
+# -- webhooks and deliveries (dispatch.py) --------------------------------------------------
+
+
+def _webhook(row: Mapping[str, Any]) -> Webhook:
+    kinds = row["event_types"]
+    return Webhook(
+        id=row["id"],
+        url=row["url"],
+        event_types=None if kinds == "*" else frozenset(kinds.split(",")),
+        created_at=row["created_at"],
+        removed_at=row["removed_at"],
+    )
+
+
+def insert_webhook(conn: Connection, values: dict[str, Any]) -> Webhook:
+    result = conn.execute(insert(webhooks).values(values))
+    (webhook_id,) = result.inserted_primary_key or (None,)
+    return _webhook({**values, "id": webhook_id, "removed_at": None})
+
+
+def list_webhooks(conn: Connection) -> list[Webhook]:
+    stmt = select(webhooks).order_by(webhooks.c.id)
+    return [_webhook(row) for row in conn.execute(stmt).mappings()]
+
+
+def get_webhook(conn: Connection, webhook_id: int) -> Webhook | None:
+    row = conn.execute(select(webhooks).where(webhooks.c.id == webhook_id)).mappings().first()
+    return _webhook(row) if row else None
+
+
+def remove_webhook(conn: Connection, webhook_id: int, now: datetime) -> None:
+    stmt = update(webhooks).where(webhooks.c.id == webhook_id, webhooks.c.removed_at.is_(None))
+    conn.execute(stmt.values(removed_at=now))
+
+
+def webhook_targets(conn: Connection, ids: list[int]) -> dict[int, tuple[str, str]]:
+    """(url, secret) of each webhook not removed: what a delivery needs."""
+    stmt = select(webhooks.c.id, webhooks.c.url, webhooks.c.secret).where(
+        webhooks.c.id.in_(ids), webhooks.c.removed_at.is_(None)
+    )
+    return {row.id: (row.url, row.secret) for row in conn.execute(stmt)}
+
+
+def insert_deliveries(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(deliveries), rows)
+
+
+def _delivery(row: Mapping[str, Any]) -> Delivery:
+    return Delivery(**{**row, "status": DeliveryStatus(row["status"])})
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    """Due for an attempt: pending and due, or claimed by a dispatcher whose lease ran out."""
+    return or_(
+        and_(
+            deliveries.c.status == DeliveryStatus.PENDING.value,
+            deliveries.c.next_attempt_at <= now,
+        ),
+        and_(
+            deliveries.c.status == DeliveryStatus.DELIVERING.value,
+            deliveries.c.lease_until < now,
+        ),
+    )
+
+
+def claim_deliveries(
+    conn: Connection, now: datetime, lease_until: datetime, limit: int
+) -> list[Delivery]:
+    """Claim due deliveries, each the oldest unfinished one of its (webhook, account),
+    and behind no event of its account still waiting to be fanned out.
+
+    Two statements on purpose: the head test reads other deliveries, and a locking read
+    with SKIP LOCKED could skip a locked earlier delivery and take a later one first.
+    The lock then takes the heads still claimable; rows another dispatcher holds are
+    skipped. Each claimed delivery counts an attempt and holds a lease.
+    """
+    earlier = deliveries.alias("earlier")
+    unfinished = (DeliveryStatus.PENDING.value, DeliveryStatus.DELIVERING.value)
+    head = ~(
+        select(earlier.c.id)
+        .where(
+            earlier.c.webhook_id == deliveries.c.webhook_id,
+            earlier.c.user_id == deliveries.c.user_id,
+            earlier.c.event_id < deliveries.c.event_id,
+            earlier.c.status.in_(unfinished),
+        )
+        .exists()
+    )
+    # An earlier event of the account whose deliveries another dispatcher's fan-out has
+    # not committed yet must go first too: it will be this one's predecessor.
+    unfanned = ~(
+        select(events.c.id)
+        .where(
+            events.c.user_id == deliveries.c.user_id,
+            events.c.id < deliveries.c.event_id,
+            events.c.fanned_out == false(),
+        )
+        .exists()
+    )
+    candidates = (
+        select(deliveries.c.id)
+        .where(_claimable(now), head, unfanned)
+        .order_by(deliveries.c.event_id)
+        .limit(limit)
+    )
+    ids = list(conn.execute(candidates).scalars())
+    if not ids:
+        return []
+    locked = (
+        select(deliveries)
+        .where(deliveries.c.id.in_(ids), _claimable(now))
+        .order_by(deliveries.c.event_id)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = [_delivery(row) for row in conn.execute(locked).mappings()]
+    if claimed:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_([d.id for d in claimed]))
+            .values(
+                status=DeliveryStatus.DELIVERING.value,
+                attempts=deliveries.c.attempts + 1,
+                lease_until=lease_until,
+            )
+        )
+    return claimed
+
+
+def settle_delivery(conn: Connection, delivery_id: int, values: dict[str, Any]) -> None:
+    """Record an attempt's outcome, unless another dispatcher took the delivery over."""
+    conn.execute(
+        update(deliveries)
+        .where(
+            deliveries.c.id == delivery_id,
+            deliveries.c.status == DeliveryStatus.DELIVERING.value,
+        )
+        .values(**values)
+    )
+
+
+def deliveries_of(conn: Connection, event_id: int | None = None) -> list[Delivery]:
+    stmt = select(deliveries).order_by(deliveries.c.id)
+    if event_id is not None:
+        stmt = stmt.where(deliveries.c.event_id == event_id)
+    return [_delivery(row) for row in conn.execute(stmt).mappings()]
+
+
+def revive_dead_deliveries(conn: Connection, event_id: int, now: datetime) -> int:
+    """Dead deliveries of an event back to pending, with their attempts from 0."""
+    stmt = (
+        update(deliveries)
+        .where(
+            deliveries.c.event_id == event_id,
+            deliveries.c.status == DeliveryStatus.DEAD.value,
+        )
+        .values(
+            status=DeliveryStatus.PENDING.value,
+            attempts=0,
+            next_attempt_at=now,
+            lease_until=None,
+        )
+    )
+    return conn.execute(stmt).rowcount

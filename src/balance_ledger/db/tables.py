@@ -23,7 +23,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -295,6 +297,61 @@ balance_api_keys = Table(
     Column("revoked_at", UtcDateTime),
     # Also the index of authentication's lookup by hash.
     UniqueConstraint("key_hash"),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)
+
+# The outbox: one row per event, written in the transaction of the movement or status
+# change it announces, so an event exists iff what it announces committed (events.py).
+balance_events = Table(
+    "balance_events",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("event_type", String(64), nullable=False),
+    Column("user_id", BigInteger),  # None for events of no one account
+    Column("payload", Text, nullable=False),  # JSON
+    Column("created_at", UtcDateTime, nullable=False),
+    # False until the dispatcher has made the event's deliveries (dispatch.py). A flag,
+    # not a cursor: ids commit out of order, and a cursor would step over a late one.
+    Column("fanned_out", Boolean, nullable=False, server_default=false()),
+    Index(None, "user_id", "id"),  # an account's events in order
+    Index(None, "fanned_out", "id"),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)
+
+balance_webhooks = Table(
+    "balance_webhooks",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("url", String(2048), nullable=False),
+    # The HMAC key: kept as given, since signing needs it (unlike an API key's hash).
+    Column("secret", String(256), nullable=False),
+    Column("event_types", String(1024), nullable=False),  # comma-joined, or "*"
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("removed_at", UtcDateTime),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)
+
+# One row per (event, webhook): its delivery's state, attempts and schedule.
+balance_event_deliveries = Table(
+    "balance_event_deliveries",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("event_id", BigInteger, nullable=False),
+    Column("webhook_id", BigInteger, nullable=False),
+    Column("user_id", BigInteger),  # the event's: deliveries of one account go in order
+    Column("status", String(16), nullable=False),  # pending, delivering, delivered, dead
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("lease_until", UtcDateTime),  # while delivering: after it, another may retry
+    Column("last_error", String(1024)),
+    Column("delivered_at", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("event_id", "webhook_id"),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "webhook_id", "user_id", "event_id"),
     sqlite_autoincrement=True,
     **_MARIADB_TABLE,
 )

@@ -32,6 +32,7 @@ STATUS: dict[type[errors.BalanceError], tuple[int, str]] = {
     errors.TransactionNotFound: (404, "transaction-not-found"),
     errors.RefundExceedsCharge: (409, "refund-exceeds-charge"),
     errors.HoldNotFound: (404, "hold-not-found"),
+    errors.WebhookNotFound: (404, "webhook-not-found"),
     errors.HoldNotActive: (409, "hold-not-active"),
     errors.CurrencyMismatch: (409, "currency-mismatch"),
     errors.IdempotencyConflict: (409, "idempotency-conflict"),
