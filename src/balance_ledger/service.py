@@ -558,8 +558,7 @@ class BalanceService:
         Each was written in the transaction of what it announces. Pass the last id seen
         as ``after_id`` for the next page.
         """
-        if isinstance(after_id, bool) or not isinstance(after_id, int) or after_id < 0:
-            raise InvalidRequest(f"after_id must be an int of at least 0, got {after_id!r}")
+        after_id = valid.cursor(after_id, "after_id")
         limit = valid.page_size(limit)
         if user_id is not None:
             user_id = valid.user_id(user_id)

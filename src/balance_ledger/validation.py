@@ -137,6 +137,11 @@ def page_size(value: object) -> int:
     return value
 
 
+def cursor(value: object, what: str) -> int:
+    """A keyset position: the last id seen, 0 before the first."""
+    return _bounded_int(value, what, 0)
+
+
 def optional_row_id(value: object) -> int | None:
     return None if value is None else _bounded_int(value, "before_id", 1)
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Row,
     RowMapping,
     Subquery,
+    Table,
     and_,
     bindparam,
     case,
@@ -116,6 +117,12 @@ _NEW_ROW = (
 _INSERT_AND_UPDATE = _UPDATE_BALANCE.add_cte(_NEW_ROW).returning(
     select(_NEW_ROW.c.id).scalar_subquery()
 )
+
+
+def _insert(conn: Connection, table: Table, values: Mapping[str, Any]) -> int:
+    """Insert one row; its new id."""
+    (row_id,) = conn.execute(insert(table).values(values)).inserted_primary_key or (None,)
+    return int(row_id)
 
 
 def _balance(row: Mapping[str, Any]) -> Balance:
@@ -361,9 +368,7 @@ def _hold(row: Mapping[str, Any]) -> Hold:
 
 
 def insert_hold(conn: Connection, values: dict[str, Any]) -> Hold:
-    result = conn.execute(insert(holds).values(values))
-    (hold_id,) = result.inserted_primary_key or (None,)
-    return _hold({**values, "id": hold_id})
+    return _hold({**values, "id": _insert(conn, holds, values)})
 
 
 def get_hold(conn: Connection, hold_id: int) -> Hold | None:
@@ -628,9 +633,7 @@ def rewrite_balance(conn: Connection, user_id: int, values: dict[str, Any], now:
 
 
 def start_sync_run(conn: Connection, values: dict[str, Any]) -> int:
-    result = conn.execute(insert(sync_runs).values(outcome="running", **values))
-    (run_id,) = result.inserted_primary_key or (None,)
-    return int(run_id)
+    return _insert(conn, sync_runs, {"outcome": "running", **values})
 
 
 def finish_sync_run(conn: Connection, run_id: int, values: dict[str, Any]) -> None:
@@ -786,8 +789,7 @@ def latest_digest(conn: Connection) -> RowMapping | None:
 def insert_digest(
     conn: Connection, values: dict[str, Any], heads: list[tuple[int, int, str]]
 ) -> int:
-    result = conn.execute(insert(digests).values(values))
-    (digest_id,) = result.inserted_primary_key or (None,)
+    digest_id = _insert(conn, digests, values)
     conn.execute(
         insert(anchors),
         [
@@ -795,7 +797,7 @@ def insert_digest(
             for u, t, h in heads
         ],
     )
-    return int(digest_id)
+    return digest_id
 
 
 def digests_with_anchors(conn: Connection) -> list[tuple[RowMapping, list[Row[Any]]]]:
@@ -877,10 +879,9 @@ def insert_api_key(
         "created_at": now,
         "revoked_at": None,
     }
-    result = conn.execute(insert(api_keys).values(values))
-    (key_id,) = result.inserted_primary_key or (None,)
+    key_id = _insert(conn, api_keys, values)
     return ApiKey(
-        id=int(key_id), name=name, scopes=scopes, prefix=prefix, created_at=now, revoked_at=None
+        id=key_id, name=name, scopes=scopes, prefix=prefix, created_at=now, revoked_at=None
     )
 
 
@@ -987,9 +988,7 @@ def _webhook(row: Mapping[str, Any]) -> Webhook:
 
 
 def insert_webhook(conn: Connection, values: dict[str, Any]) -> Webhook:
-    result = conn.execute(insert(webhooks).values(values))
-    (webhook_id,) = result.inserted_primary_key or (None,)
-    return _webhook({**values, "id": webhook_id, "removed_at": None})
+    return _webhook({**values, "id": _insert(conn, webhooks, values), "removed_at": None})
 
 
 def list_webhooks(conn: Connection) -> list[Webhook]:
