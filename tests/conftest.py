@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, make_url, select
 
-from balance_ledger import Balance, BalanceService
+from balance_ledger import AccountPolicy, Balance, BalanceService
 from balance_ledger.db.guards import APPEND_ONLY_TABLES, install_append_only, remove_append_only
 from balance_ledger.db.tables import metadata, user_balances
 from tests.databases import recreate_database, server_url
@@ -109,9 +109,10 @@ def account_factory(svc: BalanceService) -> AccountFactory:
         currency: str = "VND",
         credit_limit: int = 0,
         user_id: int | None = None,
+        policy: AccountPolicy | None = None,
     ) -> Balance:
         uid = user_id if user_id is not None else next(next_id)
-        svc.open_account(uid, currency=currency, credit_limit=credit_limit)
+        svc.open_account(uid, currency=currency, credit_limit=credit_limit, policy=policy)
         if balance:
             svc.recharge(uid, balance, description="opening balance")
         return svc.get_balance(uid)

@@ -29,6 +29,7 @@ from .errors import (
     WebhookNotFound,
 )
 from .models import (
+    AccountPolicy,
     AccountStatus,
     ApiKey,
     Balance,
@@ -61,6 +62,7 @@ from .service import BalanceService
 __all__ = [
     "AccountExists",
     "AccountNotFound",
+    "AccountPolicy",
     "AccountStatus",
     "AccountSuspended",
     "ApiKey",

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import policy
 from .models import (
     AccountStatus,
+    Balance,
     EventType,
     Hold,
     HoldStatus,
@@ -25,6 +27,9 @@ from .models import (
     Transaction,
     TransactionType,
 )
+
+if TYPE_CHECKING:
+    from .reconcile import Discrepancy
 
 MOVED = {
     TransactionType.CHARGE: EventType.CHARGED,
@@ -71,6 +76,60 @@ def status_change(change: StatusChange, at: datetime) -> dict[str, Any]:
         "transaction_id": change.transaction_id,
     }
     return _row(kind, change.user_id, payload, at)
+
+
+def alerts(
+    before: Balance,
+    after: Balance,
+    at: datetime,
+    *,
+    transaction_id: int | None = None,
+    hold_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """The balance.low / balance.depleted events a change fired (policy.py), naming the
+    ledger row or hold that caused it (neither: a policy change)."""
+    payload = {
+        "user_id": after.user_id,
+        "currency": after.currency,
+        "available": after.available,
+        "balance": after.balance,
+        "held": after.held,
+        "credit_limit": after.credit_limit,
+        "low_balance_threshold": after.policy.low_balance_threshold,
+        "transaction_id": transaction_id,
+        "hold_id": hold_id,
+    }
+    return [_row(kind, after.user_id, payload, at) for kind in policy.alerts_fired(before, after)]
+
+
+def account_changes(
+    before: Balance, after: Balance, change: StatusChange | None, at: datetime, **cause: int | None
+) -> list[dict[str, Any]]:
+    """The events of an account settled anew: its status change, then the alerts fired."""
+    rows = [] if change is None else [status_change(change, at)]
+    return rows + alerts(before, after, at, **cause)
+
+
+def sync_discrepancy(run_id: int, found: Discrepancy, at: datetime) -> dict[str, Any]:
+    """A verify or rebuild run found an account's cache out of step with its ledger."""
+    return _row(EventType.SYNC_DISCREPANCY_FOUND, found.user_id, _sync(run_id, found), at)
+
+
+def sync_fixed(run_id: int, found: Discrepancy, at: datetime) -> dict[str, Any]:
+    """The run rewrote those cache columns, in this event's transaction."""
+    return _row(EventType.SYNC_FIXED, found.user_id, _sync(run_id, found), at)
+
+
+def _sync(run_id: int, found: Discrepancy) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "user_id": found.user_id,
+        "difference": found.difference,
+        "changes": [
+            {"column": column, "stored": old, "actual": new}
+            for column, old, new in found.changed_columns()
+        ],
+    }
 
 
 def hold(kind: EventType, held: Hold, at: datetime) -> dict[str, Any]:

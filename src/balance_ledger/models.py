@@ -6,7 +6,7 @@ import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -65,9 +65,24 @@ class AccountStatus(StrEnum):
     SUSPENDED = "suspended"
 
 
-def status_for(balance: int, credit_limit: int) -> AccountStatus:
-    """The seed's rule: an account below its credit limit is suspended, otherwise active."""
-    return AccountStatus.SUSPENDED if balance < -credit_limit else AccountStatus.ACTIVE
+@dataclass(frozen=True, slots=True)
+class AccountPolicy:
+    """An account's alert threshold and suspension rule (columns of ``user_balances``).
+
+    The defaults are the seed's behaviour: no low-balance alert; suspended as soon as
+    the balance is below ``-credit_limit``, active again at or above it. policy.py
+    applies it.
+    """
+
+    # balance.low fires once when ``available`` falls below this; None: never.
+    low_balance_threshold: int | None = None
+    # How far below ``-credit_limit`` the balance may go before suspension.
+    grace_amount: int = 0
+    # How long the balance may stay below that line before suspension; None: no wait.
+    grace_period: timedelta | None = None
+    # The balance at or above which a suspended account is active again; None: the
+    # suspension line itself (-(credit_limit + grace_amount)).
+    reactivation_threshold: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,30 +99,17 @@ class Balance:
     created_at: datetime
     updated_at: datetime
     held: int = 0  # reserved by active holds
+    policy: AccountPolicy = AccountPolicy()
+    # The monitors' memory (policy.py): an alert fired and not re-armed yet, and the
+    # instant a running grace period ends in suspension.
+    low_balance_alerted: bool = False
+    depleted_alerted: bool = False
+    suspend_at: datetime | None = None
 
     @property
     def available(self) -> int:
         """What a charge or a new hold may still take: balance + credit limit - held."""
         return self.balance + self.credit_limit - self.held
-
-    def with_figures(self, balance: int, total_recharged: int, total_spent: int) -> Balance:
-        """The account with new figures and the status they give.
-
-        Spelled out rather than ``dataclasses.replace``, which was a tenth of a batch
-        item's client CPU.
-        """
-        return Balance(
-            user_id=self.user_id,
-            currency=self.currency,
-            balance=balance,
-            total_recharged=total_recharged,
-            total_spent=total_spent,
-            credit_limit=self.credit_limit,
-            status=status_for(balance, self.credit_limit),
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-            held=self.held,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +228,7 @@ class StatusChange:
     old_status: AccountStatus
     new_status: AccountStatus
     balance: int
-    transaction_id: int
+    transaction_id: int | None  # the row that crossed; None: a grace period or policy
 
 
 class EventType(StrEnum):
@@ -242,6 +244,10 @@ class EventType(StrEnum):
     HOLD_EXPIRED = "hold.expired"
     ACCOUNT_SUSPENDED = "account.suspended"
     ACCOUNT_REACTIVATED = "account.reactivated"
+    BALANCE_LOW = "balance.low"
+    BALANCE_DEPLETED = "balance.depleted"
+    SYNC_DISCREPANCY_FOUND = "sync.discrepancy_found"
+    SYNC_FIXED = "sync.fixed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from . import events
+from . import events, policy
 from . import validation as valid
 from .chain import Link, head_of, seal
 from .db import queries
@@ -34,6 +34,7 @@ from .errors import (
 )
 from .models import (
     EFFECTS,
+    AccountPolicy,
     AccountStatus,
     Balance,
     Effect,
@@ -164,7 +165,7 @@ def _decide(
         return _Decision(replay=existing)
     if movement.transaction_type is TransactionType.CHARGE:
         _check_chargeable(account, movement)
-    after = _moved(account, movement)  # every check passes before anything is written
+    after = _moved(account, movement, now)  # every check passes before anything is written
     row = {
         "user_id": movement.user_id,
         "transaction_type": movement.transaction_type.value,
@@ -181,18 +182,6 @@ def _decide(
         "actor": movement.actor,
     }
     return _Decision(after=after, row=row)
-
-
-def _status_change(before: Balance, after: Balance, transaction_id: int) -> StatusChange | None:
-    if after.status is before.status:
-        return None
-    return StatusChange(
-        user_id=before.user_id,
-        old_status=before.status,
-        new_status=after.status,
-        balance=after.balance,
-        transaction_id=transaction_id,
-    )
 
 
 def _sealed(row: dict[str, Any], *, previous: Link | None) -> dict[str, Any]:
@@ -229,20 +218,21 @@ def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted:
     head = _link(conn, movement.user_id, queries.chain_head(conn, movement.user_id))
     row = _sealed(decision.row, previous=head)
     transaction = queries.append_transaction(conn, backend, row, decision.after, now=now)
-    change = _status_change(account, decision.after, transaction.id)
-    queries.append_events(conn, backend, _announced(transaction, account.currency, change))
+    change = policy.status_change(account, decision.after, transaction.id)
+    queries.append_events(conn, backend, _announced(transaction, account, decision.after, change))
     return _Posted(transaction, change)
 
 
 def _announced(
-    row: Transaction, currency: str, change: StatusChange | None
+    row: Transaction, before: Balance, after: Balance, change: StatusChange | None
 ) -> list[dict[str, Any]]:
-    """The outbox rows of a ledger row just written: its movement, and the status
-    change it caused, in that order (events.py)."""
-    rows = [events.movement(row, currency)]
-    if change is not None:
-        rows.append(events.status_change(change, row.created_at))
-    return rows
+    """The outbox rows of a ledger row just written: its movement, then the status
+    change and the alerts it caused, in that order (events.py)."""
+    at, cause = row.created_at, {"transaction_id": row.id}
+    return [
+        events.movement(row, before.currency),
+        *events.account_changes(before, after, change, at, **cause),
+    ]
 
 
 BATCH_ACCOUNTS = 1_000  # accounts per transaction in an independent batch
@@ -325,7 +315,7 @@ def _apply_many(
     now = _now()
     outcomes: dict[int, Transaction | BalanceError] = {}
     appended: list[tuple[int, dict[str, Any]]] = []
-    crossings: list[tuple[int, Balance, Balance]] = []  # (item, before, after) in order
+    settled: dict[int, tuple[Balance, Balance]] = {}  # item: its account before, after
     # A key repeated within the batch: the item that writes it, and its row as a draft.
     in_batch: dict[tuple[int, str], tuple[int, Transaction]] = {}
     same_as: dict[int, int] = {}
@@ -350,9 +340,7 @@ def _apply_many(
         else:
             assert decision.after is not None
             assert decision.row is not None
-            previous = accounts[movement.user_id]
-            if decision.after.status is not previous.status:
-                crossings.append((i, previous, decision.after))
+            settled[i] = (accounts[movement.user_id], decision.after)
             accounts[movement.user_id] = decision.after
             appended.append((i, decision.row))
             if movement.idempotency_key:
@@ -372,20 +360,17 @@ def _apply_many(
     moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]
     queries.update_balances(conn, moved, now=now)
     # Like single charges: each change names the row that crossed the limit, in order.
-    changes: dict[int, StatusChange] = {}
-    for i, previous, after in crossings:
-        written_row = outcomes[i]
-        assert isinstance(written_row, Transaction)
-        if change := _status_change(previous, after, written_row.id):
-            changes[i] = change
+    changes: list[StatusChange] = []
     announced = []
     for i, _ in appended:  # item order, which is each account's order
         written_row = outcomes[i]
         assert isinstance(written_row, Transaction)
-        currency = accounts[written_row.user_id].currency
-        announced += _announced(written_row, currency, changes.get(i))
+        previous, after = settled[i]
+        change = policy.status_change(previous, after, written_row.id)
+        changes += [change] if change else []
+        announced += _announced(written_row, previous, after, change)
     queries.append_events(conn, backend, announced)
-    return outcomes, list(changes.values())
+    return outcomes, changes
 
 
 def _insert_sealed(
@@ -448,23 +433,97 @@ def _capture_replay(
     return dataclasses.replace(existing, replayed=True)
 
 
-def _release(conn: Connection, account: Balance, hold: Hold, status: HoldStatus) -> Hold:
+def _release(
+    conn: Connection, account: Balance, hold: Hold, status: HoldStatus
+) -> tuple[Hold, StatusChange | None]:
     now = _now()
-    queries.set_held(conn, account.user_id, account.held - hold.amount, now)
     queries.close_hold(conn, hold.id, {"status": status.value, "closed_at": now})
     released = dataclasses.replace(hold, status=status, closed_at=now)
-    queries.append_event(conn, events.hold(events.HOLD_CLOSED[status], released, now))
-    return released
+    event = events.hold(events.HOLD_CLOSED[status], released, now)
+    return released, _hold_moved(conn, account, account.held - hold.amount, now, event, hold.id)
 
 
-def _expire(conn: Connection, *, user_id: int, hold_id: int) -> int:
+def _hold_moved(
+    conn: Connection,
+    account: Balance,
+    held: int,
+    now: datetime,
+    event: dict[str, Any],
+    hold_id: int,
+) -> StatusChange | None:
+    """Write the account with its new ``held`` and announce the hold's event. A hold
+    never moves the balance, but a grace period that ran out suspends the account at
+    its next write, this one too; and a reservation may fire balance.low."""
+    after = policy.settle(
+        account,
+        balance=account.balance,
+        total_recharged=account.total_recharged,
+        total_spent=account.total_spent,
+        held=held,
+        now=now,
+    )
+    return _save_settled(conn, account, after, now, [event], hold_id=hold_id)
+
+
+def _save_settled(
+    conn: Connection,
+    before: Balance,
+    after: Balance,
+    now: datetime,
+    announced: list[dict[str, Any]],
+    **cause: int | None,
+) -> StatusChange | None:
+    """Write an account settled by its policy (policy.py) without a ledger row, and
+    announce ``announced``, then the status change and alerts it made."""
+    queries.save_account(conn, after, now)
+    change = policy.status_change(before, after, None)
+    for row in [*announced, *events.account_changes(before, after, change, now, **cause)]:
+        queries.append_event(conn, row)
+    return change
+
+
+def _expire(conn: Connection, *, user_id: int, hold_id: int) -> tuple[bool, StatusChange | None]:
     """Release one due hold, if it is still open (a capture or void may have won)."""
     account = queries.lock_balance(conn, user_id)
     hold = queries.get_hold(conn, hold_id)
     if account is None or hold is None or hold.status is not HoldStatus.ACTIVE:
-        return 0
-    _release(conn, account, hold, HoldStatus.EXPIRED)
-    return 1
+        return False, None
+    return True, _release(conn, account, hold, HoldStatus.EXPIRED)[1]
+
+
+def _new_account(
+    user_id: int, currency: str, credit_limit: int, rules: AccountPolicy, now: datetime
+) -> Balance:
+    """A new account's row: no money yet, its alert flags already true of that."""
+    empty = Balance(
+        user_id=user_id,
+        currency=currency,
+        balance=0,
+        total_recharged=0,
+        total_spent=0,
+        credit_limit=credit_limit,
+        status=AccountStatus.ACTIVE,
+        created_at=now,
+        updated_at=now,
+        policy=rules,
+    )
+    return policy.resettled(empty, now)
+
+
+def _settle_again(
+    conn: Connection, *, user_id: int, now: datetime, new_policy: AccountPolicy | None = None
+) -> tuple[Balance | None, StatusChange | None]:
+    """Lock the account and settle it with its figures as they are (and a new policy,
+    if given): a grace period that ran out suspends it, a new threshold may fire.
+    Writes the account and announces the change; (None, None) if there is no account."""
+    account = queries.lock_balance(conn, user_id)
+    if account is None:
+        return None, None
+    rules = account.policy
+    if new_policy is not None:
+        rules = valid.account_policy(new_policy, account.credit_limit)
+    after = policy.resettled(dataclasses.replace(account, policy=rules), now)
+    return after, _save_settled(conn, account, after, now, [])
 
 
 def _expiry(expires_at: object, ttl: object) -> datetime | None:
@@ -504,8 +563,9 @@ def _within_refundable(conn: Connection, refund: _Movement) -> _Movement:
     return dataclasses.replace(refund, amount=amount)
 
 
-def _moved(account: Balance, movement: _Movement) -> Balance:
-    """The account after the movement; InvalidAmount if a figure would overflow BIGINT."""
+def _moved(account: Balance, movement: _Movement, now: datetime) -> Balance:
+    """The account after the movement, settled by its policy (policy.py); InvalidAmount
+    if a figure would overflow BIGINT."""
     no_totals = Effect(balance=movement.direction, total_recharged=0, total_spent=0)
     effect = EFFECTS.get(movement.transaction_type, no_totals)  # ADJUSTMENT: its own sign
     amount = movement.amount
@@ -513,10 +573,13 @@ def _moved(account: Balance, movement: _Movement) -> Balance:
     balance = account.balance + effect.balance * amount
     recharged = account.total_recharged + effect.total_recharged * amount
     spent = account.total_spent + effect.total_spent * amount
-    return account.with_figures(
-        valid.in_bigint_range(balance, "balance", amount=amount),
-        valid.in_bigint_range(recharged, "total_recharged", amount=amount),
-        valid.in_bigint_range(spent, "total_spent", amount=amount),
+    return policy.settle(
+        account,
+        balance=valid.in_bigint_range(balance, "balance", amount=amount),
+        total_recharged=valid.in_bigint_range(recharged, "total_recharged", amount=amount),
+        total_spent=valid.in_bigint_range(spent, "total_spent", amount=amount),
+        held=account.held,
+        now=now,
     )
 
 

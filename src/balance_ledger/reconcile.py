@@ -33,16 +33,24 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row
 
-from . import integrity
+from . import events, integrity, policy
 from .db import queries
 from .db.dialects import Backend
 from .db.transactions import Database
 from .errors import AccountNotFound, BalanceError, StorageError
-from .models import Balance, LedgerTotals, Serialisable, status_for
+from .models import (
+    AccountPolicy,
+    AccountStatus,
+    Balance,
+    LedgerTotals,
+    Serialisable,
+    StatusChange,
+)
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1_000
+NO_POLICY = AccountPolicy()  # an orphan's ledger has no account, so no policy
 JOB_LEASE = timedelta(hours=6)  # SQLite only: how long a crashed runner blocks its job
 
 Progress = Callable[[int, int], object]  # (accounts done, accounts in all)
@@ -219,11 +227,20 @@ def _discrepancy(
     user_id: int,
     stored: Stored | None,
     actual: LedgerTotals,
-    credit_limit: int,
     actual_held: int = 0,
+    *,
+    credit_limit: int = 0,
+    rules: AccountPolicy = NO_POLICY,
+    suspend_at: datetime | None = None,
 ) -> Discrepancy | None:
     """The discrepancy between a cache row (None: missing) and the ledger, if any."""
-    expected_status = status_for(actual.balance, credit_limit).value
+    expected_status = policy.expected_status(
+        None if stored is None else stored[3],
+        actual.balance,
+        credit_limit=credit_limit,
+        policy=rules,
+        suspend_at=suspend_at,
+    )
     expected = (
         actual.balance,
         actual.total_recharged,
@@ -276,7 +293,13 @@ def _scanned_discrepancy(row: Row[Any], actual: LedgerTotals | None = None) -> D
     """A compare_chunk row's discrepancy (cache against checkpoint + new rows and holds)."""
     totals = _actual(row) if actual is None else actual
     return _discrepancy(
-        row.user_id, _stored(row), totals, int(row.credit_limit), int(row.actual_held)
+        row.user_id,
+        _stored(row),
+        totals,
+        int(row.actual_held),
+        credit_limit=int(row.credit_limit),
+        rules=queries.policy_of(row._mapping),
+        suspend_at=row.suspend_at,
     )
 
 
@@ -458,6 +481,7 @@ class Reconciler:
             now = _now()
             checkpoints: list[dict[str, Any]] = []
             dropped: list[int] = []
+            unfixed: list[Discrepancy] = []
             for rows, breaks in scans:
                 for row in rows:
                     actual = _actual(row)
@@ -466,17 +490,21 @@ class Reconciler:
                         dropped.append(row.user_id)
                     elif point := _checkpoint(row, actual, now):
                         checkpoints.append(point)
-                    self._account_outcome(report, row.user_id, found, problem, fix, user_id)
+                    left = self._account_outcome(report, row.user_id, found, problem, fix, user_id)
+                    unfixed += [left] if left else []
             for error in unreadable:
                 dropped.append(error.user_id)
                 self._account_outcome(report, error.user_id, None, error, fix, user_id)
-            if record and (checkpoints or dropped):
+            if record and (checkpoints or dropped or unfixed):
+                assert report.run_id is not None
+                found_events = [events.sync_discrepancy(report.run_id, d, now) for d in unfixed]
                 self.db.write(
                     partial(
-                        queries.save_checkpoints,
+                        _save_chunk,
                         backend=self.db.backend,
-                        rows=checkpoints,
+                        checkpoints=checkpoints,
                         drop=dropped,
+                        announced=found_events,
                     )
                 )
             if progress is not None:
@@ -529,14 +557,16 @@ class Reconciler:
         problem: SyncError | None,
         fix: bool,
         asked_for: int | None,
-    ) -> None:
+    ) -> Discrepancy | None:
+        """Count the account's outcome in the report; return its discrepancy if it is
+        left out of sync (a fixed account announced its own)."""
         report.checked += 1
         if problem is not None:
             # The ledger itself is in doubt: report it; never copy it into the cache.
             report.errors.append(problem)
             report.details.append(UserSync(user_id, "ledger_error", found))
             log.error("%s", problem.message)
-            return
+            return None
         if found is not None and fix:
             assert report.run_id is not None, "a fix is always recorded"
             try:
@@ -548,15 +578,16 @@ class Reconciler:
                 if fixed is not None:
                     report.fixed += 1
                     report.details.append(UserSync(user_id, "fixed", fixed))
-                    return
+                    return None
                 found = None  # a commit between the scan and the lock already agreed
         if found is None:
             report.synced += 1
             if asked_for is not None:
                 report.details.append(UserSync(user_id, "in_sync"))
-            return
+            return None
         log.warning("account %s out of sync: %s", user_id, found.to_json())
         report.details.append(UserSync(user_id, "out_of_sync", found))
+        return found
 
     def _fix(self, user_id: int, run_id: int) -> Discrepancy | None:
         """Lock the account, recompute inside the lock, rewrite only what is still wrong."""
@@ -568,7 +599,15 @@ class Reconciler:
             stored = _stored_account(account)
             totals = queries.ledger_totals(conn, user_id)
             held = queries.held_by_active_holds(conn, user_id)
-            found = _discrepancy(user_id, stored, totals, account.credit_limit, held)
+            found = _discrepancy(
+                user_id,
+                stored,
+                totals,
+                held,
+                credit_limit=account.credit_limit,
+                rules=account.policy,
+                suspend_at=account.suspend_at,
+            )
             if found is not None:
                 _rewrite(conn, run_id, found)
             return found
@@ -582,7 +621,7 @@ class Reconciler:
         """Ledger rows without a balance row: reported; a fix cannot guess the currency."""
         for row in self.db.read(lambda conn: queries.orphan_ledger_accounts(conn, user_id)):
             actual = _actual_of_sums(row)
-            found = _discrepancy(row.user_id, None, actual, credit_limit=0)
+            found = _discrepancy(row.user_id, None, actual)
             assert found is not None
             report.checked += 1
             report.details.append(UserSync(row.user_id, "out_of_sync", found))
@@ -767,18 +806,44 @@ def _actual_of_sums(row: Row[Any]) -> LedgerTotals:
     )
 
 
+def _save_chunk(
+    conn: Connection,
+    backend: Backend,
+    checkpoints: list[dict[str, Any]],
+    drop: list[int],
+    announced: list[dict[str, Any]],
+) -> None:
+    """A verified chunk's checkpoints, and the events of the discrepancies it left."""
+    queries.save_checkpoints(conn, backend, checkpoints, drop)
+    queries.append_events(conn, backend, announced)
+
+
 def _rewrite(conn: Connection, run_id: int, found: Discrepancy) -> None:
-    """Set the cache to the ledger's figures and record each changed column."""
+    """Set the cache to the ledger's figures, record each changed column and announce
+    it: sync.discrepancy_found, sync.fixed, and the status change if there is one."""
     now = _now()
-    values = {
+    values: dict[str, Any] = {
         "balance": found.actual_balance,
         "total_recharged": found.actual_total_recharged,
         "total_spent": found.actual_total_spent,
         "status": found.expected_status,
         "held": found.actual_held,
     }
+    announced = [events.sync_discrepancy(run_id, found, now), events.sync_fixed(run_id, found, now)]
+    if found.stored_status is not None and found.stored_status != found.expected_status:
+        values["suspend_at"] = None  # suspended, or back above the line: no grace runs
+        change = StatusChange(
+            user_id=found.user_id,
+            old_status=AccountStatus(found.stored_status),
+            new_status=AccountStatus(found.expected_status),
+            balance=found.actual_balance,
+            transaction_id=None,
+        )
+        announced.append(events.status_change(change, now))
     queries.rewrite_balance(conn, found.user_id, values, now)
     queries.record_fixes(conn, _fix_rows(run_id, found, now))
+    for row in announced:
+        queries.append_event(conn, row)
 
 
 def _fix_rows(run_id: int, found: Discrepancy, now: datetime) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
@@ -53,6 +53,7 @@ from .errors import (
     WebhookNotFound,
 )
 from .models import (
+    AccountPolicy,
     AccountStatus,
     ApiKey,
     Balance,
@@ -79,11 +80,14 @@ from .movements import (
     _charge_movement,
     _expire,
     _expiry,
+    _hold_moved,
     _Movement,
     _movement,
+    _new_account,
     _now,
     _Posted,
     _release,
+    _settle_again,
 )
 from .reconcile import (
     ColumnChange,
@@ -99,6 +103,7 @@ from .reconcile import (
 log = logging.getLogger(__name__)
 
 StatusCallback = Callable[[StatusChange], object]
+R = TypeVar("R")
 
 
 class BalanceService:
@@ -114,10 +119,13 @@ class BalanceService:
         max_attempts: int = 8,
         on_suspend: StatusCallback | None = None,
         on_reactivate: StatusCallback | None = None,
+        account_policy: AccountPolicy | None = None,
     ) -> None:
         """``max_attempts``: how often a transaction the server aborted is run before
-        ``RetriesExhausted``."""
+        ``RetriesExhausted``. ``account_policy``: what ``open_account`` gives an account
+        opened without one (default: the seed's rule, no low-balance alert)."""
         self.engine = engine
+        self.account_policy = account_policy or AccountPolicy()
         self._db = Database(engine, max_attempts=max_attempts)
         self._reconciler = Reconciler(self._db)
         self._on_suspend: list[StatusCallback] = [on_suspend] if on_suspend else []
@@ -131,6 +139,7 @@ class BalanceService:
         max_attempts: int = 8,
         on_suspend: StatusCallback | None = None,
         on_reactivate: StatusCallback | None = None,
+        account_policy: AccountPolicy | None = None,
         **engine_options: Any,
     ) -> Self:
         """Connect to ``sqlite:///…``, ``postgresql+psycopg://…`` or ``mysql+pymysql://…``.
@@ -142,6 +151,7 @@ class BalanceService:
             max_attempts=max_attempts,
             on_suspend=on_suspend,
             on_reactivate=on_reactivate,
+            account_policy=account_policy,
         )
 
     def create_schema(self) -> None:
@@ -183,32 +193,71 @@ class BalanceService:
     # -- accounts ----------------------------------------------------------------
 
     def open_account(
-        self, user_id: int, *, currency: str = "VND", credit_limit: int = 0
+        self,
+        user_id: int,
+        *,
+        currency: str = "VND",
+        credit_limit: int = 0,
+        policy: AccountPolicy | None = None,
     ) -> Balance:
-        """Create the account's balance row; opening it again with the same settings is a no-op."""
+        """Create the account's balance row; opening it again with the same settings is a no-op.
+
+        ``policy``: its low-balance threshold and suspension rule (default: the
+        service's ``account_policy``); change it later with ``set_account_policy``.
+        """
         user_id = valid.user_id(user_id)
         currency = valid.currency(currency)
         credit_limit = valid.credit_limit(credit_limit)
+        chosen = valid.account_policy(policy or self.account_policy, credit_limit)
 
         def work(conn: Connection) -> Balance:
+            now = _now()
             # Insert-if-absent, then lock: two racing opens of a new account both succeed.
-            queries.insert_balance(
-                conn,
-                self._db.backend,
-                user_id=user_id,
-                currency=currency,
-                credit_limit=credit_limit,
-                now=_now(),
-            )
+            opened = _new_account(user_id, currency, credit_limit, chosen, now)
+            queries.insert_balance(conn, self._db.backend, opened)
             account = queries.lock_balance(conn, user_id)
             assert account is not None
-            if (account.currency, account.credit_limit) != (currency, credit_limit):
+            settings = (account.currency, account.credit_limit)
+            if settings != (currency, credit_limit) or (policy and account.policy != chosen):
                 raise AccountExists(
-                    user_id, f"currency {account.currency} and credit limit {account.credit_limit}"
+                    user_id,
+                    f"currency {account.currency}, credit limit {account.credit_limit}"
+                    f" and {account.policy}",
                 )
             return account
 
         return self._db.write(work)
+
+    def set_account_policy(self, user_id: int, policy: AccountPolicy) -> Balance:
+        """Give the account a new threshold and suspension rule; it applies at once.
+
+        The account is settled again under its lock (policy.py): an alert whose
+        threshold it is now below fires, and a status the new rule changes changes,
+        with its event and callbacks. A running grace period keeps its deadline.
+        """
+        user_id = valid.user_id(user_id)
+        now = _now()
+        account = self._after_commit(
+            partial(_settle_again, user_id=user_id, now=now, new_policy=policy)
+        )
+        if account is None:
+            raise AccountNotFound(user_id)
+        return account
+
+    def suspend_overdue(self, now: datetime | None = None) -> int:
+        """Suspend every account whose grace period ended below its suspension line.
+
+        The scheduler runs it every minute; safe on any number of hosts (each account
+        is settled again under its lock). Returns how many were suspended.
+        """
+        moment = _now() if now is None else valid.instant(now, "now")
+        suspended = 0
+        while due := self._db.read(lambda conn: queries.overdue_accounts(conn, moment, 500)):
+            for user_id in due:
+                account = self._after_commit(partial(_settle_again, user_id=user_id, now=moment))
+                assert account is not None, "accounts are never deleted"
+                suspended += account.status is AccountStatus.SUSPENDED
+        return suspended
 
     def ping(self) -> None:
         """Raise StorageError (or SchemaMissing) unless the database answers."""
@@ -662,7 +711,7 @@ class BalanceService:
         key = valid.idempotency_key(idempotency_key)
         expiry = _expiry(expires_at, ttl)
 
-        def work(conn: Connection) -> Hold:
+        def work(conn: Connection) -> tuple[Hold, StatusChange | None]:
             account = queries.lock_balance(conn, user_id)
             if account is None:
                 raise AccountNotFound(user_id)
@@ -670,7 +719,7 @@ class BalanceService:
                 asked = (amount, service_type, description)
                 if (existing.amount, existing.service_type, existing.description) != asked:
                     raise IdempotencyConflict(user_id, key, f"hold {existing.id} differs")
-                return dataclasses.replace(existing, replayed=True)
+                return dataclasses.replace(existing, replayed=True), None
             if account.status is AccountStatus.SUSPENDED:
                 raise AccountSuspended(account.user_id, account.balance, account.credit_limit)
             if amount > account.available:
@@ -693,11 +742,10 @@ class BalanceService:
                     "closed_at": None,
                 },
             )
-            queries.set_held(conn, user_id, held, now)
-            queries.append_event(conn, events.hold(EventType.HOLD_AUTHORIZED, hold, now))
-            return hold
+            event = events.hold(EventType.HOLD_AUTHORIZED, hold, now)
+            return hold, _hold_moved(conn, account, held, now, event, hold.id)
 
-        return self._db.write(work)
+        return self._after_commit(work)
 
     def capture(
         self, hold_id: int, amount: int | None = None, *, idempotency_key: str | None = None
@@ -755,11 +803,11 @@ class BalanceService:
         hold_id = valid.row_id(hold_id, "hold id")
         user_id = self._hold_owner(hold_id)
 
-        def work(conn: Connection) -> Hold:
+        def work(conn: Connection) -> tuple[Hold, StatusChange | None]:
             account, hold = self._lock_active_hold(conn, user_id, hold_id, capturing=False)
             return _release(conn, account, hold, HoldStatus.VOIDED)
 
-        return self._db.write(work)
+        return self._after_commit(work)
 
     def expire_holds(self, now: datetime | None = None) -> int:
         """Release every active hold past its expiry; return how many were released."""
@@ -767,7 +815,7 @@ class BalanceService:
         released = 0
         while due := self._db.read(lambda conn: queries.expired_holds(conn, moment, 500)):
             for hold_id, user_id in due:
-                released += self._db.write(partial(_expire, user_id=user_id, hold_id=hold_id))
+                released += self._after_commit(partial(_expire, user_id=user_id, hold_id=hold_id))
         return released
 
     def get_hold(self, hold_id: int) -> Hold:
@@ -804,6 +852,14 @@ class BalanceService:
         if posted.status_change is not None:
             self._notify(posted.status_change)
         return posted.transaction
+
+    def _after_commit(self, work: Callable[[Connection], tuple[R, StatusChange | None]]) -> R:
+        """Run a transaction that may change an account's status; after the commit, tell
+        the callbacks (``_commit`` is the same for a movement)."""
+        result, change = self._db.write(work)
+        if change is not None:
+            self._notify(change)
+        return result
 
     def _notify(self, change: StatusChange) -> None:
         suspended = change.new_status is AccountStatus.SUSPENDED

@@ -10,14 +10,14 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeGuard
 from urllib.parse import urlsplit
 
 from babel.numbers import list_currencies
 
 from .errors import InvalidAmount, InvalidRequest, shown
-from .models import EventType, Scope
+from .models import AccountPolicy, EventType, Scope
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
@@ -78,6 +78,33 @@ def user_id(value: object) -> int:
 
 def credit_limit(value: object) -> int:
     return _bounded_int(value, "credit limit", 0)
+
+
+MAX_GRACE_PERIOD = timedelta(days=366)
+
+
+def account_policy(value: object, credit_limit: int) -> AccountPolicy:
+    """An AccountPolicy whose figures fit its account (with ``credit_limit``)."""
+    if not isinstance(value, AccountPolicy):
+        raise InvalidRequest(f"a policy is an AccountPolicy, not {type(value).__name__}")
+    if value.low_balance_threshold is not None:
+        _bounded_int(value.low_balance_threshold, "low_balance_threshold", 1)
+    grace = _bounded_int(value.grace_amount, "grace_amount", 0)
+    period = value.grace_period
+    if period is not None and (
+        not isinstance(period, timedelta) or not timedelta(0) <= period <= MAX_GRACE_PERIOD
+    ):
+        raise InvalidRequest(f"grace_period must be a timedelta of 0 to 366 days: {shown(period)}")
+    if period is not None and period % timedelta(seconds=1):
+        raise InvalidRequest("grace_period must be whole seconds")
+    line = -(credit_limit + grace)
+    if line < BIGINT_MIN:
+        raise InvalidRequest("credit_limit + grace_amount must fit in a 64-bit integer")
+    if value.reactivation_threshold is not None:
+        # At or above the suspension line, or a reactivated account would be suspended
+        # again by its next write.
+        _bounded_int(value.reactivation_threshold, "reactivation_threshold", line)
+    return value
 
 
 def currency(value: object) -> str:

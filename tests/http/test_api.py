@@ -227,6 +227,7 @@ INSTANT = "2030-01-01T00:00:00Z"
 ROUTES = {
     "open": ("post", "/v1/accounts", {"user_id": 2}, "admin"),
     "card": ("get", "/v1/accounts/1", None, "read"),
+    "policy": ("put", "/v1/accounts/1/policy", {}, "admin"),
     "history": ("get", "/v1/accounts/1/transactions", None, "read"),
     "statement": ("get", f"/v1/accounts/1/statement?from={INSTANT}&to={INSTANT}", None, "read"),
     "balance-at": ("get", f"/v1/accounts/1/balance?at={INSTANT}", None, "read"),

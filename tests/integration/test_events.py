@@ -84,10 +84,11 @@ def test_suspension_and_reactivation_follow_the_rows_that_caused_them(svc, accou
         EventType.RECHARGED,
         EventType.CHARGED,
         EventType.ACCOUNT_SUSPENDED,
+        EventType.BALANCE_DEPLETED,
         EventType.RECHARGED,
         EventType.ACCOUNT_REACTIVATED,
     ]
-    suspended, reactivated = events[2].payload, events[4].payload
+    suspended, reactivated = events[2].payload, events[5].payload
     assert (suspended["transaction_id"], suspended["balance"]) == (overdraft.id, -200)
     assert (reactivated["transaction_id"], reactivated["new_status"]) == (back.id, "active")
 
@@ -110,6 +111,7 @@ def test_a_batch_announces_each_written_item_in_order(svc, account_factory):
         (EventType.CHARGED, first.user_id),
         (EventType.CHARGED, second.user_id),
         (EventType.ACCOUNT_SUSPENDED, second.user_id),
+        (EventType.BALANCE_DEPLETED, second.user_id),
         (EventType.CHARGED, first.user_id),
     ]
     charged = [e.payload["transaction_id"] for e in events if e.event_type is EventType.CHARGED]

@@ -6,14 +6,14 @@ import dataclasses
 import logging
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..models import Balance, Hold, Transaction
+from ..models import AccountPolicy, Balance, Hold, Transaction
 from ..service import BalanceService
 from . import format as fmt
 
@@ -81,16 +81,80 @@ def db_upgrade(ctx: typer.Context) -> None:
     console.print("schema is up to date")
 
 
+LowBalanceThreshold = Annotated[
+    int | None,
+    typer.Option(help="Send balance.low once when available falls below this (minor units)."),
+]
+GraceAmount = Annotated[
+    int | None,
+    typer.Option(help="How far below -credit limit the balance may go before suspension."),
+]
+GracePeriod = Annotated[
+    int | None,
+    typer.Option(help="Seconds the balance may stay below that line before suspension."),
+]
+ReactivationThreshold = Annotated[
+    int | None,
+    typer.Option(help="Balance at or above which a suspended account is active again."),
+]
+
+
+def _policy(
+    base: AccountPolicy,
+    low_balance_threshold: int | None,
+    grace_amount: int | None,
+    grace_period: int | None,
+    reactivation_threshold: int | None,
+) -> AccountPolicy:
+    """``base`` with the options given replacing its fields."""
+    given = {
+        "low_balance_threshold": low_balance_threshold,
+        "grace_amount": grace_amount,
+        "grace_period": None if grace_period is None else timedelta(seconds=grace_period),
+        "reactivation_threshold": reactivation_threshold,
+    }
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
 @account_app.command("open")
 def account_open(
     ctx: typer.Context,
     user_id: UserId,
     currency: Annotated[str, typer.Option(help="ISO 4217 code.")] = "VND",
     credit_limit: Annotated[int, typer.Option(help="How far below zero charges may go.")] = 0,
+    low_balance_threshold: LowBalanceThreshold = None,
+    grace_amount: GraceAmount = None,
+    grace_period: GracePeriod = None,
+    reactivation_threshold: ReactivationThreshold = None,
     as_json: Json = False,
 ) -> None:
     """Open an account (again with the same settings is a no-op)."""
-    balance = _service(ctx).open_account(user_id, currency=currency, credit_limit=credit_limit)
+    options = (low_balance_threshold, grace_amount, grace_period, reactivation_threshold)
+    policy = None if options == (None,) * 4 else _policy(AccountPolicy(), *options)
+    balance = _service(ctx).open_account(
+        user_id, currency=currency, credit_limit=credit_limit, policy=policy
+    )
+    _print_balance(balance, as_json)
+
+
+@account_app.command("policy")
+def account_policy(
+    ctx: typer.Context,
+    user_id: UserId,
+    low_balance_threshold: LowBalanceThreshold = None,
+    grace_amount: GraceAmount = None,
+    grace_period: GracePeriod = None,
+    reactivation_threshold: ReactivationThreshold = None,
+    reset: Annotated[
+        bool, typer.Option(help="Start from the default policy instead of the account's.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Change an account's alert threshold and suspension rule; applies at once."""
+    svc = _service(ctx)
+    base = AccountPolicy() if reset else svc.get_balance(user_id).policy
+    options = (low_balance_threshold, grace_amount, grace_period, reactivation_threshold)
+    balance = svc.set_account_policy(user_id, _policy(base, *options))
     _print_balance(balance, as_json)
 
 
@@ -230,6 +294,12 @@ def void(
 ) -> None:
     """Release a hold without charging."""
     _print_hold(_service(ctx).void(hold_id), as_json)
+
+
+@app.command("suspend-overdue")
+def suspend_overdue(ctx: typer.Context) -> None:
+    """Suspend the accounts whose grace period ended (the scheduler does it every minute)."""
+    console.print(f"suspended {_service(ctx).suspend_overdue():,} accounts")
 
 
 @app.command("expire-holds")

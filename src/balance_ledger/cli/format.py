@@ -6,7 +6,7 @@ import csv
 import dataclasses
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from babel.numbers import get_currency_precision
@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..chain import ChainBreak
 from ..models import AccountStatus, ApiKey, Balance, Statement, Transaction, scope_names
+from ..policy import reactivation_line, suspension_line
 from ..reconcile import ColumnChange, Discrepancy, SyncError, SyncReport, SyncRun
 
 
@@ -36,6 +37,8 @@ def to_json(value: Any) -> str:
     def default(obj: object) -> object:
         if isinstance(obj, datetime):
             return obj.isoformat()
+        if isinstance(obj, timedelta):
+            return int(obj.total_seconds())
         raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
     if isinstance(value, list):
@@ -60,11 +63,27 @@ def balance_card(balance: Balance) -> Panel:
         ("Total recharged", money(balance.total_recharged, balance.currency)),
         ("Total spent", money(balance.total_spent, balance.currency)),
         ("Status", f"[{status_style}]{balance.status.value}[/]"),
+        *_policy_rows(balance),
         ("Updated", balance.updated_at.isoformat(timespec="seconds")),
     ]
     for label, value in rows:
         grid.add_row(label, value)
     return Panel(grid, title=f"Account {balance.user_id}", expand=False)
+
+
+def _policy_rows(account: Balance) -> list[tuple[str, str]]:
+    """The card's lines for the account's policy (policy.py)."""
+    rules, currency = account.policy, account.currency
+    rows = []
+    if rules.low_balance_threshold is not None:
+        rows.append(("Low-balance alert below", money(rules.low_balance_threshold, currency)))
+    line = suspension_line(account.credit_limit, rules)
+    after = f" for {rules.grace_period}" if rules.grace_period is not None else ""
+    rows.append(("Suspends below", money(line, currency) + after))
+    rows.append(("Reactivates at", money(reactivation_line(account.credit_limit, rules), currency)))
+    if account.suspend_at is not None:
+        rows.append(("Suspends at", account.suspend_at.isoformat(timespec="seconds")))
+    return rows
 
 
 def statement_header(statement: Statement) -> str:

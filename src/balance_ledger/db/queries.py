@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +33,7 @@ from sqlalchemy import (
 from ..chain import SEALED_FIELDS
 from ..models import (
     EFFECTS,
+    AccountPolicy,
     AccountStatus,
     ApiKey,
     Balance,
@@ -104,6 +105,10 @@ _UPDATE_BALANCE = (
         total_recharged=bindparam("new_total_recharged"),
         total_spent=bindparam("new_total_spent"),
         status=bindparam("new_status"),
+        held=bindparam("new_held"),
+        low_balance_alerted=bindparam("new_low_balance_alerted"),
+        depleted_alerted=bindparam("new_depleted_alerted"),
+        suspend_at=bindparam("new_suspend_at"),
         updated_at=bindparam("now"),
     )
 )
@@ -125,8 +130,40 @@ def _insert(conn: Connection, table: Table, values: Mapping[str, Any]) -> int:
     return int(row_id)
 
 
+# The columns of an AccountPolicy (models.py); the rest of the row is the Balance's.
+_POLICY_COLUMNS = (
+    "low_balance_threshold",
+    "grace_amount",
+    "grace_period_seconds",
+    "reactivation_threshold",
+)
+
+
 def _balance(row: Mapping[str, Any]) -> Balance:
-    return Balance(**{**row, "status": AccountStatus(row["status"])})
+    figures = {k: v for k, v in row.items() if k not in _POLICY_COLUMNS}
+    return Balance(**{**figures, "status": AccountStatus(row["status"]), "policy": policy_of(row)})
+
+
+def policy_of(row: Mapping[str, Any]) -> AccountPolicy:
+    """The AccountPolicy of a ``user_balances`` row (or a row that selects its columns)."""
+    seconds = row["grace_period_seconds"]
+    return AccountPolicy(
+        low_balance_threshold=row["low_balance_threshold"],
+        grace_amount=row["grace_amount"],
+        grace_period=None if seconds is None else timedelta(seconds=seconds),
+        reactivation_threshold=row["reactivation_threshold"],
+    )
+
+
+def policy_columns(policy: AccountPolicy) -> dict[str, Any]:
+    """The ``user_balances`` columns of a policy."""
+    period = policy.grace_period
+    return {
+        "low_balance_threshold": policy.low_balance_threshold,
+        "grace_amount": policy.grace_amount,
+        "grace_period_seconds": None if period is None else int(period.total_seconds()),
+        "reactivation_threshold": policy.reactivation_threshold,
+    }
 
 
 def _transaction(row: Mapping[str, Any]) -> Transaction:
@@ -148,28 +185,44 @@ def lock_balance(conn: Connection, user_id: int) -> Balance | None:
     return _balance(row) if row else None
 
 
-def insert_balance(
-    conn: Connection,
-    backend: Backend,
-    *,
-    user_id: int,
-    currency: str,
-    credit_limit: int,
-    now: datetime,
-) -> None:
+def insert_balance(conn: Connection, backend: Backend, account: Balance) -> None:
     """Create the account's balance row unless it exists (then nothing changes)."""
     row = {
-        "user_id": user_id,
-        "currency": currency,
-        "balance": 0,
-        "total_recharged": 0,
-        "total_spent": 0,
-        "credit_limit": credit_limit,
-        "status": AccountStatus.ACTIVE.value,
-        "created_at": now,
-        "updated_at": now,
+        "user_id": account.user_id,
+        "currency": account.currency,
+        "balance": account.balance,
+        "total_recharged": account.total_recharged,
+        "total_spent": account.total_spent,
+        "credit_limit": account.credit_limit,
+        "status": account.status.value,
+        "created_at": account.created_at,
+        "updated_at": account.updated_at,
+        "held": account.held,
+        "low_balance_alerted": account.low_balance_alerted,
+        "depleted_alerted": account.depleted_alerted,
+        "suspend_at": account.suspend_at,
+        **policy_columns(account.policy),
     }
     backend.insert_if_absent(conn, balances, row, key="user_id")
+
+
+def save_account(conn: Connection, account: Balance, now: datetime) -> None:
+    """Write an account's figures, state and policy (a movement's path writes only the
+    first two: update_balances)."""
+    update_balances(conn, [account], now=now)
+    stmt = update(balances).where(balances.c.user_id == account.user_id)
+    conn.execute(stmt.values(**policy_columns(account.policy)))
+
+
+def overdue_accounts(conn: Connection, now: datetime, limit: int) -> list[int]:
+    """Active accounts whose grace period ended: the sweep suspends them (policy.py)."""
+    stmt = (
+        select(balances.c.user_id)
+        .where(balances.c.suspend_at <= now, balances.c.status == AccountStatus.ACTIVE.value)
+        .order_by(balances.c.user_id)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt).scalars())
 
 
 def _balance_params(account: Balance, now: datetime) -> dict[str, Any]:
@@ -179,6 +232,10 @@ def _balance_params(account: Balance, now: datetime) -> dict[str, Any]:
         "new_total_recharged": account.total_recharged,
         "new_total_spent": account.total_spent,
         "new_status": account.status.value,
+        "new_held": account.held,
+        "new_low_balance_alerted": account.low_balance_alerted,
+        "new_depleted_alerted": account.depleted_alerted,
+        "new_suspend_at": account.suspend_at,
         "now": now,
     }
 
@@ -560,6 +617,8 @@ def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -
             balances.c.total_recharged.label("cached_total_recharged"),
             balances.c.total_spent.label("cached_total_spent"),
             balances.c.credit_limit,
+            *(balances.c[name] for name in _POLICY_COLUMNS),
+            balances.c.suspend_at,
             balances.c.status.label("cached_status"),
             balances.c.held.label("cached_held"),
             func.coalesce(active.c.held, 0).label("actual_held"),

@@ -96,8 +96,20 @@ user_balances = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     # The sum of the account's active holds (migration 0004).
     Column("held", BigInteger, nullable=False, server_default="0"),
+    # The account's policy (models.AccountPolicy) and its monitors' memory (0009).
+    Column("low_balance_threshold", BigInteger),
+    Column("grace_amount", BigInteger, nullable=False, server_default="0"),
+    Column("grace_period_seconds", BigInteger),
+    Column("reactivation_threshold", BigInteger),
+    Column("low_balance_alerted", Boolean, nullable=False, server_default=false()),
+    Column("depleted_alerted", Boolean, nullable=False, server_default=false()),
+    Column("suspend_at", UtcDateTime),
     CheckConstraint("credit_limit >= 0", name="credit_limit_not_negative"),
     CheckConstraint("status IN ('active', 'suspended')", name="status_known"),
+    CheckConstraint("grace_amount >= 0", name="grace_amount_not_negative"),
+    CheckConstraint("grace_period_seconds >= 0", name="grace_period_not_negative"),
+    # The sweep's search for grace periods that ran out (policy.py).
+    Index(None, "suspend_at"),
     **_MARIADB_TABLE,
 )
 

@@ -17,8 +17,18 @@ router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 @router.post("", status_code=201, dependencies=needs(Scope.ADMIN))
 def open_account(body: bodies.OpenAccount, svc: Service) -> dict[str, Any]:
     """Open an account; opening it again with the same settings returns it unchanged."""
-    card = svc.open_account(body.user_id, currency=body.currency, credit_limit=body.credit_limit)
+    rules = None if body.policy is None else body.policy.rules()
+    card = svc.open_account(
+        body.user_id, currency=body.currency, credit_limit=body.credit_limit, policy=rules
+    )
     return bodies.balance(card)
+
+
+@router.put("/{user_id}/policy", dependencies=needs(Scope.ADMIN))
+def set_policy(user_id: UserId, body: bodies.Policy, svc: Service) -> dict[str, Any]:
+    """Replace the account's alert threshold and suspension rule; applies at once (the
+    status it gives, and a balance.low it is now below, are announced)."""
+    return bodies.balance(svc.set_account_policy(user_id, body.rules()))
 
 
 @router.get("/{user_id}", dependencies=needs(Scope.READ))

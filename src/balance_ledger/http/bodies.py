@@ -8,13 +8,14 @@ core validates anyway (positive amounts, text widths) are checked there, once.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from ..models import Balance, Hold, Transaction
+from ..models import AccountPolicy, Balance, Hold, Transaction
+from ..validation import MAX_GRACE_PERIOD
 
 MAX_BATCH_ITEMS = 1_000
 
@@ -23,10 +24,40 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Policy(_Body):
+    """An account's alert threshold and suspension rule (docs/events.md)."""
+
+    low_balance_threshold: StrictInt | None = Field(
+        default=None, description="balance.low fires once when available falls below this."
+    )
+    grace_amount: StrictInt = Field(
+        default=0, description="How far below -credit_limit the balance may go unsuspended."
+    )
+    grace_period_seconds: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=int(MAX_GRACE_PERIOD.total_seconds()),
+        description="How long it may stay below that line before suspension.",
+    )
+    reactivation_threshold: StrictInt | None = Field(
+        default=None, description="A suspended account is active again at this balance."
+    )
+
+    def rules(self) -> AccountPolicy:
+        seconds = self.grace_period_seconds
+        return AccountPolicy(
+            low_balance_threshold=self.low_balance_threshold,
+            grace_amount=self.grace_amount,
+            grace_period=None if seconds is None else timedelta(seconds=seconds),
+            reactivation_threshold=self.reactivation_threshold,
+        )
+
+
 class OpenAccount(_Body):
     user_id: StrictInt
     currency: StrictStr = "VND"
     credit_limit: StrictInt = 0
+    policy: Policy | None = Field(default=None, description="Default: the service's.")
 
 
 class Recharge(_Body):
@@ -127,5 +158,17 @@ def balance(card: Balance) -> dict[str, Any]:
         "held": card.held,
         "available": card.available,
         "status": card.status.value,
+        "policy": policy(card.policy),
+        "suspend_at": None if card.suspend_at is None else card.suspend_at.isoformat(),
         "updated_at": card.updated_at.isoformat(),
+    }
+
+
+def policy(rules: AccountPolicy) -> dict[str, Any]:
+    period = rules.grace_period
+    return {
+        "low_balance_threshold": rules.low_balance_threshold,
+        "grace_amount": rules.grace_amount,
+        "grace_period_seconds": None if period is None else int(period.total_seconds()),
+        "reactivation_threshold": rules.reactivation_threshold,
     }
