@@ -2,8 +2,9 @@
 
 Servers come from ``BALANCE_TEST_POSTGRESQL_URL`` / ``BALANCE_TEST_MARIADB_URL``
 (defaults: the local servers). A server that cannot be reached skips its tests with
-the reason, unless ``BALANCE_TEST_REQUIRE`` names it (``postgresql,mariadb`` or
-``all``): then its absence fails the run, as it must in CI.
+the reason, unless ``BALANCE_TEST_REQUIRE`` names it (``postgresql,mariadb,redis`` or
+``all``): then its absence fails the run, as it must in CI. (Redis, for the Redis
+Streams sink, is checked in tests/integration/test_redis_sink.py.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Delivering the outbox to webhooks: at least once, in order per account, signed.
+"""Delivering the outbox to its subscriptions: at least once, in order per account, signed.
 
 A dispatcher pass has three steps, each its own short transaction (no transaction is
 open while a receiver is being called):
@@ -8,33 +8,34 @@ open while a receiver is being called):
 2. **Claim**: take due deliveries that are the oldest unfinished one of their
    (webhook, account), count an attempt and hold a lease. A dispatcher killed
    mid-delivery loses nothing: when its lease runs out the delivery is claimed again.
-3. **Deliver and settle**: POST the event, signed (signatures.py); 2xx settles it as
-   delivered, anything else schedules the next attempt with exponential backoff, and
-   after ``max_attempts`` the delivery is dead (``BalanceService.retry_event`` revives).
+   Only deliveries this process can make are claimed: a ``callback:<name>``
+   subscription's wait for a process that registered that name.
+3. **Deliver and settle**: hand the event to the subscription's sink (sinks.py: an HTTP
+   POST, a Redis XADD or a callback); success settles it as delivered, a failure
+   schedules the next attempt with exponential backoff, and after ``max_attempts`` the
+   delivery is dead (``BalanceService.retry_event`` revives).
 
-A receiver may see an event twice (a dispatcher killed after the POST and before the
-settle); the ``Balance-Event-Id`` header lets it drop the repeat.
+A receiver may see an event twice (a dispatcher killed after delivering and before the
+settle); the event id (``Balance-Event-Id``, the stream entry's ``id``) lets it drop the
+repeat.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
 from sqlalchemy import Connection
 
-from . import signatures
 from .db import queries
 from .db.transactions import Database
-from .errors import shown
 from .models import Delivery, DeliveryStatus, Event
+from .sinks import Callback, Sinks
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,19 @@ class Dispatcher:
         batch: int = 100,
         backoff: Backoff = exponential_backoff,
         client: httpx.Client | None = None,
+        callbacks: Mapping[str, Callback] | None = None,
     ) -> None:
+        """``callbacks``: this process's callbacks by name (``BalanceService.add_callback``)."""
         self.db = db
         self.max_attempts = max_attempts
         self.lease = lease
         self.batch = batch
         self.backoff = backoff
-        self.client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+        self.sinks = Sinks(timeout=timeout, client=client, callbacks=callbacks)
 
     def close(self) -> None:
-        self.client.close()
+        """Close the HTTP client and every Redis client."""
+        self.sinks.close()
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         """Dispatch until ``stop`` is set, pausing ``interval`` seconds when idle."""
@@ -90,10 +94,7 @@ class Dispatcher:
 
     def run_once(self) -> DispatchReport:
         fanned = self.fan_out()
-        now = _now()
-        claimed = self.db.write(
-            lambda conn: queries.claim_deliveries(conn, now, now + self.lease, self.batch)
-        )
+        claimed = self.db.write(self._claim)
         if not claimed:
             return DispatchReport(fanned_out=fanned)
         events, targets = self.db.read(
@@ -112,6 +113,16 @@ class Dispatcher:
             failed=outcomes.count(DeliveryStatus.PENDING),
             dead=outcomes.count(DeliveryStatus.DEAD),
         )
+
+    def _claim(self, conn: Connection) -> list[Delivery]:
+        # A removed subscription's deliveries stay claimable by anyone: they only die.
+        unserved = [
+            hook.id
+            for hook in queries.list_webhooks(conn)
+            if hook.removed_at is None and not self.sinks.serves(hook.url)
+        ]
+        now = _now()
+        return queries.claim_deliveries(conn, now, now + self.lease, self.batch, skip=unserved)
 
     def fan_out(self) -> int:
         """Write the deliveries of the oldest events not yet fanned out; return how many."""
@@ -146,7 +157,7 @@ class Dispatcher:
         self, delivery: Delivery, event: Event, target: tuple[str, str] | None
     ) -> DeliveryStatus:
         attempts = delivery.attempts + 1  # claiming counted this one
-        error = "the webhook was removed" if target is None else self._post(event, *target)
+        error = "the webhook was removed" if target is None else self.sinks.deliver(event, *target)
         now = _now()
         if error is None:
             values = {"status": DeliveryStatus.DELIVERED.value, "delivered_at": now}
@@ -163,23 +174,6 @@ class Dispatcher:
             lambda conn: queries.settle_delivery(conn, delivery.id, {**values, "lease_until": None})
         )
         return DeliveryStatus(values["status"])
-
-    def _post(self, event: Event, url: str, secret: str) -> str | None:
-        """POST the event; None when the receiver took it (2xx), else what went wrong."""
-        body = json.dumps({"id": event.id, **event.payload}, ensure_ascii=False).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Balance-Event-Id": str(event.id),
-            "Balance-Event-Type": event.event_type.value,
-            signatures.HEADER: signatures.sign(secret, body, int(time.time())),
-        }
-        try:
-            answer = self.client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as failure:
-            return f"{type(failure).__name__}: {failure}"[:1024]
-        if 200 <= answer.status_code < 300:
-            return None
-        return f"HTTP {answer.status_code}: {shown(answer.text[:200])}"[:1024]
 
 
 def _now() -> datetime:

@@ -30,7 +30,7 @@ from typing import Any, Self, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from . import apikeys, events, integrity
+from . import apikeys, events, integrity, sinks
 from . import validation as valid
 from .chain import ChainDigest, ChainReport
 from .db import queries
@@ -130,6 +130,7 @@ class BalanceService:
         self._reconciler = Reconciler(self._db)
         self._on_suspend: list[StatusCallback] = [on_suspend] if on_suspend else []
         self._on_reactivate: list[StatusCallback] = [on_reactivate] if on_reactivate else []
+        self._callbacks: dict[str, sinks.Callback] = {}  # add_callback's, by name
 
     @classmethod
     def from_url(
@@ -620,11 +621,13 @@ class BalanceService:
     ) -> tuple[Webhook, str]:
         """Subscribe ``url`` to ``event_types`` (default: every event); (webhook, secret).
 
-        Deliveries are signed with ``secret`` (signatures.py); without one, a random
-        secret is made. It is returned here; store it where the receiver can read it.
+        ``url``: an http(s) URL (POSTs) or a Redis stream, ``redis://host:port/db?stream=
+        NAME[&maxlen=N]`` (XADDs; needs the ``redis`` extra). Deliveries are signed with
+        ``secret`` (signatures.py); without one, a random secret is made. It is returned
+        here; store it where the receiver can read it.
         """
         values = {
-            "url": valid.webhook_url(url),
+            "url": valid.subscription_url(url),
             "event_types": valid.event_types(event_types),
             "secret": valid.webhook_secret(secret),
             "created_at": _now(),
@@ -632,12 +635,52 @@ class BalanceService:
         webhook = self._db.write(lambda conn: queries.insert_webhook(conn, values))
         return webhook, values["secret"]
 
+    def add_callback(
+        self, name: str, callback: sinks.Callback, *, event_types: Iterable[str] | None = None
+    ) -> Webhook:
+        """Deliver ``event_types`` (default: every event) to ``callback(event)`` in this
+        process, through a durable subscription (url ``callback:<name>``): returned.
+
+        Like a webhook's: at least once, in order per account, a raise is a failed attempt
+        (backoff; dead after max_attempts). Only this process's dispatchers claim them, so
+        events committed while no process has the callback wait for the next one that
+        registers ``name`` (again: the same subscription, even after a restart).
+        Registering it with other event types is refused (InvalidRequest): remove the
+        subscription or use a new name, so no code change silently narrows what it gets.
+        """
+        name = valid.callback_name(name)
+        valid.callback(callback)
+        url = sinks.callback_url(name)
+        kinds = valid.event_types(event_types)
+
+        def work(conn: Connection) -> Webhook:
+            now = _now()
+            key = queries.lock_subscribing(conn, url, now)
+            subscription = next(iter(queries.live_subscriptions(conn, url)), None)
+            if subscription is None:
+                values = {"url": url, "event_types": kinds, "secret": valid.webhook_secret(None)}
+                subscription = queries.insert_webhook(conn, {**values, "created_at": now})
+            elif (stored := valid.event_types(subscription.event_types)) != kinds:
+                raise InvalidRequest(
+                    f"callback {name!r} is subscription {subscription.id}, to event types "
+                    f"{stored!r}, not {kinds!r}: remove it (remove_webhook) or use a new name"
+                )
+            queries.unlock_subscribing(conn, key)
+            return subscription
+
+        subscription = self._db.write(work)
+        self._callbacks[name] = callback
+        return subscription
+
     def list_webhooks(self) -> list[Webhook]:
         """Every webhook, removed ones included (never their secrets)."""
         return self._db.read(queries.list_webhooks)
 
     def remove_webhook(self, webhook_id: int) -> Webhook:
-        """Stop delivering to it; its undelivered deliveries die. Again: no change."""
+        """Stop delivering to it; its undelivered deliveries die. Again: no change.
+
+        Any subscription: a callback's too (its undelivered deliveries die at any
+        dispatcher's next pass; add_callback of the name then makes a new one)."""
         webhook_id = valid.row_id(webhook_id, "webhook id")
 
         def work(conn: Connection) -> Webhook:
@@ -650,8 +693,9 @@ class BalanceService:
         return self._db.write(work)
 
     def dispatcher(self, **options: Any) -> Dispatcher:
-        """A Dispatcher of this database's outbox (options: see dispatch.Dispatcher)."""
-        return Dispatcher(self._db, **options)
+        """A Dispatcher of this database's outbox (options: see dispatch.Dispatcher); it
+        serves the callbacks added to this service, now and later."""
+        return Dispatcher(self._db, callbacks=self._callbacks, **options)
 
     def deliveries(self, event_id: int | None = None) -> list[Delivery]:
         """Deliveries, oldest first (one event's, or all): status, attempts, last error."""

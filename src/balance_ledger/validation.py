@@ -9,13 +9,14 @@ from __future__ import annotations
 import re
 import secrets
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TypeGuard
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from babel.numbers import list_currencies
 
+from . import sinks
 from .errors import InvalidAmount, InvalidRequest, shown
 from .models import AccountPolicy, EventType, Scope
 
@@ -225,13 +226,67 @@ def scopes(value: object) -> frozenset[Scope]:
     return frozenset(found)
 
 
-def webhook_url(value: object) -> str:
-    """An http(s) URL with a host, at most 2,048 characters."""
+def subscription_url(value: object) -> str:
+    """Where ``add_webhook`` delivers, at most 2,048 characters: an http(s) URL with a host,
+    or a Redis stream, ``redis(s)://host[:port][/db]?stream=NAME[&maxlen=N]`` (sinks.py).
+
+    ``callback:`` URLs are refused: only ``add_callback`` makes one, with its function.
+    """
     if not isinstance(value, str) or len(value) > 2048:
         raise InvalidRequest(f"a webhook URL is a str of at most 2048 characters: {shown(value)}")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(f"a webhook URL is http:// or https:// with a host: {shown(value)}")
+    # isprintable() is False for control characters (NUL, line breaks) and lone
+    # surrogates, which no URL holds and some drivers cannot even store.
+    if not value.isprintable() or " " in value:
+        raise InvalidRequest(
+            f"a webhook URL is one line without spaces or control characters: {shown(value)}"
+        )
+    parts = _split(value)
+    if parts.scheme in sinks.REDIS_SCHEMES:
+        return _redis_stream(value)
+    if parts.scheme == sinks.CALLBACK_SCHEME:
+        raise InvalidRequest(f"{shown(value)} is made by add_callback, with the function to call")
+    if parts.scheme not in sinks.HTTP_SCHEMES or not parts.hostname:
+        raise InvalidRequest(
+            f"a webhook URL is http:// or https:// with a host, or redis:// or rediss:// "
+            f"with ?stream=NAME: {shown(value)}"
+        )
+    return value
+
+
+def _split(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as error:  # an unclosed [IPv6 address
+        raise InvalidRequest(f"malformed URL {shown(url)}: {error}") from None
+
+
+def _redis_stream(url: str) -> str:
+    try:
+        sinks.RedisStream.parse(url)
+    except ValueError as error:
+        raise InvalidRequest(f"{error}: {shown(url)}") from None
+    if not sinks.redis_installed():
+        raise InvalidRequest(f"cannot subscribe {shown(url)}: {sinks.REDIS_MISSING}")
+    return url
+
+
+# A callback's name: it becomes the subscription's URL, ``callback:<name>``.
+_CALLBACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def callback_name(value: object) -> str:
+    """1 to 128 letters, digits, ``_``, ``.``, ``-``; starting with a letter or digit."""
+    if not isinstance(value, str) or not _CALLBACK_NAME.fullmatch(value):
+        raise InvalidRequest(
+            f"a callback's name is 1 to 128 letters, digits, _ . or -: {shown(value)}"
+        )
+    return value
+
+
+def callback(value: object) -> Callable[..., object]:
+    """Something to call with each Event (a function, a bound method, ...)."""
+    if not callable(value):
+        raise InvalidRequest(f"a callback is a function taking the Event: {shown(value)}")
     return value
 
 

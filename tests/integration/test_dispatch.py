@@ -129,7 +129,7 @@ def test_a_dispatcher_killed_mid_delivery_loses_nothing(svc, hook, account_facto
         pass
 
     killed = svc.dispatcher(lease=timedelta(seconds=0.5), **NO_WAIT)
-    killed._post = lambda *args: (_ for _ in ()).throw(Killed())  # dies before settling
+    killed.sinks.deliver = lambda *args: (_ for _ in ()).throw(Killed())  # dies before settling
     with pytest.raises(Killed):
         killed.run_once()
     (claimed,) = svc.deliveries()

@@ -83,7 +83,10 @@ def events_retry(
 @webhook_app.command("add")
 def webhook_add(
     ctx: typer.Context,
-    url: Annotated[str, typer.Argument(help="http(s) URL that receives the POSTs.")],
+    url: Annotated[
+        str,
+        typer.Argument(help="An http(s) URL (POSTs) or redis://host:port/db?stream=NAME (XADDs)."),
+    ],
     events: Annotated[
         str | None, typer.Option(help="Comma list of event types (default: every event).")
     ] = None,

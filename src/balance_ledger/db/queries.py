@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
@@ -57,6 +58,7 @@ from .tables import balance_chain_digests as digests
 from .tables import balance_event_deliveries as deliveries
 from .tables import balance_events as events
 from .tables import balance_holds as holds
+from .tables import balance_job_locks as job_locks
 from .tables import balance_sync_checkpoints as checkpoints
 from .tables import balance_sync_fixes as sync_fixes
 from .tables import balance_sync_runs as sync_runs
@@ -1065,6 +1067,35 @@ def remove_webhook(conn: Connection, webhook_id: int, now: datetime) -> None:
     conn.execute(stmt.values(removed_at=now))
 
 
+def live_subscriptions(conn: Connection, url: str) -> list[Webhook]:
+    """The subscriptions of ``url`` not removed, oldest first."""
+    stmt = (
+        select(webhooks)
+        .where(webhooks.c.url == url, webhooks.c.removed_at.is_(None))
+        .order_by(webhooks.c.id)
+    )
+    return [_webhook(row) for row in conn.execute(stmt).mappings()]
+
+
+def lock_subscribing(conn: Connection, url: str, now: datetime) -> str:
+    """Make the other transactions subscribing ``url`` wait until this one ends; the key
+    to pass to ``unlock_subscribing`` before committing.
+
+    Two processes registering one callback at once must not both find no row and both
+    insert one. A key row of balance_job_locks, inserted now and deleted in the same
+    transaction, is the mutex: a second insert of the key waits on the unique index
+    until the first transaction ends, then finds nothing there. (SQLite's writers take
+    turns anyway.) Hashed: a lock name is at most 64 characters.
+    """
+    key = "balance_ledger:subscribe:" + hashlib.sha256(url.encode()).hexdigest()[:32]
+    conn.execute(insert(job_locks).values(name=key, holder="subscribe", expires_at=now))
+    return key
+
+
+def unlock_subscribing(conn: Connection, key: str) -> None:
+    conn.execute(delete(job_locks).where(job_locks.c.name == key))
+
+
 def webhook_targets(conn: Connection, ids: list[int]) -> dict[int, tuple[str, str]]:
     """(url, secret) of each webhook not removed: what a delivery needs."""
     stmt = select(webhooks.c.id, webhooks.c.url, webhooks.c.secret).where(
@@ -1097,10 +1128,11 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
 
 
 def claim_deliveries(
-    conn: Connection, now: datetime, lease_until: datetime, limit: int
+    conn: Connection, now: datetime, lease_until: datetime, limit: int, *, skip: list[int]
 ) -> list[Delivery]:
     """Claim due deliveries, each the oldest unfinished one of its (webhook, account),
-    and behind no event of its account still waiting to be fanned out.
+    and behind no event of its account still waiting to be fanned out, leaving those of
+    the webhooks in ``skip`` (the ones this dispatcher cannot deliver to) alone.
 
     Two statements on purpose: the head test reads other deliveries, and a locking read
     with SKIP LOCKED could skip a locked earlier delivery and take a later one first.
@@ -1132,7 +1164,7 @@ def claim_deliveries(
     )
     candidates = (
         select(deliveries.c.id)
-        .where(_claimable(now), head, unfanned)
+        .where(_claimable(now), head, unfanned, deliveries.c.webhook_id.not_in(skip))
         .order_by(deliveries.c.event_id)
         .limit(limit)
     )
