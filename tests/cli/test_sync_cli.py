@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import UTC, datetime
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from balance_ledger import BalanceService
+from balance_ledger import AccountPolicy, AccountStatus, BalanceService, InvalidRequest
 from balance_ledger.cli import main
+from balance_ledger.jobs import scheduler
 from balance_ledger.jobs.scheduler import build_scheduler, cron_trigger, run_job, slot_of
+from tests.receiver import receiver
 
 
 @pytest.fixture
@@ -125,7 +129,15 @@ def test_sync_runs_lists_the_audit_trail(balance, drifted):
 
 def test_scheduler_has_the_seed_schedule_by_default(svc):
     jobs = {job.id: job for job in build_scheduler(svc).get_jobs()}
-    assert set(jobs) == {"verify-fix", "rebuild", "expire-holds", "anchor-chains"}
+    assert set(jobs) == {
+        "verify-fix",
+        "rebuild",
+        "expire-holds",
+        "suspend-overdue",
+        "anchor-chains",
+        "dispatch",
+    }
+    assert jobs["dispatch"].trigger.interval == timedelta(seconds=10)
     after = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
     assert jobs["verify-fix"].trigger.get_next_fire_time(None, after) == datetime(
         2026, 11, 25, 2, 0, tzinfo=UTC
@@ -156,6 +168,47 @@ def test_scheduled_job_records_one_run_per_slot(svc, account_factory):
     assert run.scheduled_for == datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
 
 
+def test_scheduler_dispatch_every_0_leaves_delivery_to_others(svc):
+    assert build_scheduler(svc, dispatch_seconds=0).get_job("dispatch") is None
+
+
+def test_scheduler_refuses_a_negative_dispatch_interval(svc):
+    with pytest.raises(InvalidRequest):
+        build_scheduler(svc, dispatch_seconds=-1)
+
+
+def test_the_dispatch_job_delivers_until_nothing_is_due(svc):
+    with receiver() as target:
+        svc.add_webhook(target.url)
+        svc.open_account(7)
+        for amount in (100, 200, 300):  # one account: a pass delivers only its oldest
+            svc.recharge(7, amount)
+        job = build_scheduler(svc).get_job("dispatch")
+
+        job.func(*job.args)
+
+    assert [r.event["amount"] for r in target.received] == [100, 200, 300]
+
+
+def test_the_running_scheduler_fires_the_dispatch_job(svc):
+    runner = build_scheduler(svc, dispatch_seconds=0.1)
+    thread = threading.Thread(target=runner.start)
+    with receiver() as target:
+        svc.add_webhook(target.url)
+        thread.start()
+        try:
+            svc.open_account(7)
+            svc.recharge(7, 100)
+            deadline = time.monotonic() + 10
+            while not target.received and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            runner.shutdown()
+            thread.join()
+
+    assert [r.event["amount"] for r in target.received] == [100]
+
+
 def test_slot_is_the_latest_fire_time_not_after_the_firing():
     trigger = cron_trigger("0 3 1 * *", "Asia/Ho_Chi_Minh")
     late = datetime(2026, 12, 1, 3, 59, tzinfo=trigger.timezone)
@@ -168,9 +221,20 @@ def test_slot_is_the_latest_fire_time_not_after_the_firing():
         ("--verify-cron", "every night", "invalid cron expression"),
         ("--rebuild-cron", "0 3 32 * *", "invalid cron expression"),
         ("--timezone", "Mars/Olympus", "unknown time zone"),
+        ("--dispatch-every", "-1", "greater than or equal to 0"),
     ],
 )
 def test_scheduler_rejects_bad_schedules_with_exit_2(balance, option, value, message):
     code, _, err = balance("scheduler", option, value)
     assert code == 2
     assert message in err
+
+
+def test_the_suspend_overdue_job_suspends_an_account_whose_grace_ended(svc, corrupt):
+    svc.open_account(1, policy=AccountPolicy(grace_period=timedelta(days=1)))
+    svc.charge_service(1, 100, "vps", allow_overdraft=True)
+    corrupt(1, suspend_at=datetime.now(UTC) - timedelta(seconds=1))
+
+    scheduler.suspend_overdue(svc)
+
+    assert svc.get_balance(1).status is AccountStatus.SUSPENDED

@@ -222,8 +222,8 @@ def test_a_cached_key_is_read_from_the_database_once(svc, make_client):
 
 
 INSTANT = "2030-01-01T00:00:00Z"
-# (method, path, body, the scope it needs; admin may do everything). {hold} and {charge}
-# are an active hold and a charge the test makes first.
+# (method, path, body, the scope it needs; admin may do everything). {hold}, {charge} and
+# {webhook} are an active hold, a charge and a webhook the test makes first.
 ROUTES = {
     "open": ("post", "/v1/accounts", {"user_id": 2}, "admin"),
     "card": ("get", "/v1/accounts/1", None, "read"),
@@ -249,6 +249,12 @@ ROUTES = {
     "reconcile": ("post", "/v1/reconciliations", {}, "admin"),
     "sync-runs": ("get", "/v1/sync-runs", None, "read"),
     "sync-fixes": ("get", "/v1/sync-runs/1/fixes", None, "read"),
+    "add-webhook": ("post", "/v1/webhooks", {"url": "https://example.com/hook"}, "admin"),
+    "webhooks": ("get", "/v1/webhooks", None, "admin"),
+    "remove-webhook": ("delete", "/v1/webhooks/{webhook}", None, "admin"),
+    "events": ("get", "/v1/events?user_id=1", None, "admin"),
+    "deliveries": ("get", "/v1/events/1/deliveries", None, "admin"),
+    "retry-event": ("post", "/v1/events/1:retry", None, "admin"),
 }
 
 
@@ -262,6 +268,9 @@ def test_each_route_needs_its_scope(make_client, client, scope, route):
         path = path.format(hold=held.json()["id"])
     if "{charge}" in path:
         path = path.format(charge=charge(client, 5)["id"])
+    if "{webhook}" in path:
+        added = client.post("/v1/webhooks", json={"url": "https://example.com/hook"})
+        path = path.format(webhook=added.json()["id"])
     scoped = make_client(scope)
 
     answer = scoped.request(method, path, json=body)

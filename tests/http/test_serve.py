@@ -12,9 +12,11 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from balance_ledger import BalanceService
+from balance_ledger import BalanceService, signatures
+from tests.receiver import receiver
 
 START_SECONDS = 30
+DELIVERY_SECONDS = 15
 
 
 def free_port() -> int:
@@ -85,3 +87,38 @@ def test_every_worker_reports_the_counts_of_all_workers(database_url):
 
     created = 'balance_movements_total{kind="charge",outcome="created"} 20.0'
     assert all(created in scrape for scrape in scrapes)
+
+
+def test_serve_with_dispatch_delivers_a_charge_made_over_http(database_url):
+    dispatching = ("--dispatch", "--dispatch-interval", "0.1")
+    with receiver() as target, serving(database_url, *dispatching) as (base, secret):
+        auth = {"Authorization": f"Bearer {secret}"}
+        with httpx.Client(base_url=base, headers=auth) as http:
+            hook = {"url": target.url, "event_types": ["balance.charged"]}
+            signing = http.post("/v1/webhooks", json=hook).json()["secret"]
+            http.post("/v1/accounts", json={"user_id": 1})
+            http.post("/v1/accounts/1/recharges", json={"amount": 100})
+            usage = {"amount": 30, "service_type": "vps"}
+            charged = http.post("/v1/accounts/1/charges", json=usage)
+        deadline = time.monotonic() + DELIVERY_SECONDS
+        while not target.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    (delivered,) = target.received
+    assert delivered.event["transaction_id"] == charged.json()["id"]
+    assert signatures.verify(signing, delivered.headers["Balance-Signature"], delivered.body)
+
+
+def test_serve_without_dispatch_delivers_nothing_whatever_the_environment(
+    database_url, monkeypatch
+):
+    monkeypatch.setenv("BALANCE_DISPATCH_INTERVAL", "0.1")  # the flag decides, not this
+    with receiver() as target, serving(database_url) as (base, secret):
+        auth = {"Authorization": f"Bearer {secret}"}
+        with httpx.Client(base_url=base, headers=auth) as http:
+            assert http.post("/v1/webhooks", json={"url": target.url}).status_code == 201
+            assert http.post("/v1/accounts", json={"user_id": 1}).status_code == 201
+            assert http.post("/v1/accounts/1/recharges", json={"amount": 100}).status_code == 201
+        time.sleep(1.5)  # a dispatcher polling every 0.1 s would have delivered by now
+
+    assert target.received == []

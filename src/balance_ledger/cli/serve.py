@@ -28,13 +28,30 @@ def serve(
             max=300,
         ),
     ] = 5.0,
+    dispatch: Annotated[
+        bool,
+        typer.Option(
+            "--dispatch",
+            help="Also deliver events to the webhooks, from a thread of each worker "
+            "(as `balance dispatch` does; any number may run).",
+        ),
+    ] = False,
+    dispatch_interval: Annotated[
+        float, typer.Option(help="Seconds between idle polls with --dispatch.", min=0.05)
+    ] = 1.0,
 ) -> None:
     """Serve the JSON API (docs at /docs, schema at /openapi.json) until interrupted."""
     import uvicorn  # only here: every other command starts without the web stack
 
+    from ..http.app import DISPATCH_INTERVAL_ENV
+
     # The workers build their own service from the environment (one pool per process).
     os.environ["BALANCE_DATABASE_URL"] = ctx.find_root().obj
     os.environ["BALANCE_KEY_CACHE_SECONDS"] = str(key_cache_seconds)
+    if dispatch:
+        os.environ[DISPATCH_INTERVAL_ENV] = str(dispatch_interval)
+    else:  # the flag decides, not a variable left in the environment
+        os.environ.pop(DISPATCH_INTERVAL_ENV, None)
     with _shared_metrics(workers):
         uvicorn.run(
             "balance_ledger.http.app:app_from_environment",

@@ -19,8 +19,10 @@ from rich.progress import (
 
 from ..jobs.scheduler import (
     DEFAULT_ANCHOR_CRON,
+    DEFAULT_DISPATCH_SECONDS,
     DEFAULT_EXPIRE_HOLDS_CRON,
     DEFAULT_REBUILD_CRON,
+    DEFAULT_SUSPEND_OVERDUE_CRON,
     DEFAULT_TIMEZONE,
     DEFAULT_VERIFY_CRON,
     build_scheduler,
@@ -157,15 +159,31 @@ def scheduler(
         str,
         typer.Option(envvar="BALANCE_EXPIRE_HOLDS_CRON", help="When to release expired holds."),
     ] = DEFAULT_EXPIRE_HOLDS_CRON,
+    suspend_overdue_cron: Annotated[
+        str,
+        typer.Option(
+            envvar="BALANCE_SUSPEND_OVERDUE_CRON",
+            help="When to suspend the accounts whose grace period ended.",
+        ),
+    ] = DEFAULT_SUSPEND_OVERDUE_CRON,
     anchor_cron: Annotated[
         str,
         typer.Option(envvar="BALANCE_ANCHOR_CRON", help="When to anchor the chains' digest."),
     ] = DEFAULT_ANCHOR_CRON,
+    dispatch_every: Annotated[
+        float,
+        typer.Option(
+            envvar="BALANCE_DISPATCH_EVERY",
+            help="Seconds between deliveries of pending events to the webhooks (0: off).",
+            min=0,
+        ),
+    ] = DEFAULT_DISPATCH_SECONDS,
     timezone: Annotated[
         str, typer.Option(envvar="BALANCE_SCHEDULER_TIMEZONE", help="IANA time zone of the crons.")
     ] = DEFAULT_TIMEZONE,
 ) -> None:
-    """Run verify+fix nightly, rebuild monthly, hold expiry and the chain digest until stopped."""
+    """Run verify+fix nightly, rebuild monthly, hold expiry, grace periods' end, the chain
+    digest and event delivery until stopped."""
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -175,7 +193,9 @@ def scheduler(
         verify_cron=verify_cron,
         rebuild_cron=rebuild_cron,
         expire_holds_cron=expire_holds_cron,
+        suspend_overdue_cron=suspend_overdue_cron,
         anchor_cron=anchor_cron,
+        dispatch_seconds=dispatch_every,
         timezone=timezone,
     )
     for job in runner.get_jobs():

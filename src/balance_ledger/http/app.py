@@ -4,17 +4,24 @@ No SQL here: routes only call BalanceService (one call each; balance-at also rea
 the currency it is in). Errors are problem documents (problems.py); every /v1 route
 needs an API key with its scope (auth.py).
 Routes: accounts.py (accounts and their history), movements.py (money and holds),
-reconciliation.py (verify, fix, audit); operations (health, metrics) are below.
+reconciliation.py (verify, fix, audit), webhooks.py (the event outbox and its webhooks);
+operations (health, metrics) are below. With ``dispatch_interval`` the app also
+delivers events to the webhooks from a background thread while it serves.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 
 from fastapi import FastAPI, Response
 
+from ..dispatch import Dispatcher
 from ..service import BalanceService
-from . import accounts, movements, problems, reconciliation
+from . import accounts, movements, problems, reconciliation, webhooks
 from .auth import KeyCache
 from .deps import Meter, Service
 from .limits import BodySizeLimit
@@ -22,6 +29,9 @@ from .metrics import CONTENT_TYPE, Metrics, RequestMetrics
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_KEY_CACHE_SECONDS = 5.0
+DISPATCH_INTERVAL_ENV = "BALANCE_DISPATCH_INTERVAL"
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -29,16 +39,20 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS,
+    dispatch_interval: float | None = None,
 ) -> FastAPI:
     """The app over ``service`` (which the caller owns and closes).
 
     ``key_cache_seconds``: how long an authenticated key is trusted without a database
     read, so also how long a revoked key may still work (0: check every request).
+    ``dispatch_interval``: run a Dispatcher from startup to shutdown, polling this many
+    seconds apart when idle (None: no dispatching here).
     """
     app = FastAPI(
         title="balance-ledger",
         version="1",
         description="Prepaid balances: charge, recharge, hold, refund, reconcile.",
+        lifespan=_lifespan(service, dispatch_interval),
     )
     app.state.service = service
     app.state.keys = KeyCache(service, key_cache_seconds)
@@ -46,7 +60,7 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees 413s too
     problems.install(app)
-    for routes in (accounts, movements, reconciliation):
+    for routes in (accounts, movements, reconciliation, webhooks):
         app.include_router(routes.router)
 
     @app.get("/healthz", tags=["operations"])
@@ -76,9 +90,64 @@ def create_app(
     return app
 
 
+def _lifespan(
+    service: BalanceService, dispatch_interval: float | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if dispatch_interval is None:
+            yield
+            return
+        with dispatching(service.dispatcher(), dispatch_interval):
+            yield
+
+    return lifespan
+
+
+@contextmanager
+def dispatching(dispatcher: Dispatcher, interval: float) -> Iterator[None]:
+    """Run ``dispatcher`` in a background thread until the block ends, then close it.
+
+    Leaving waits for the delivery in flight to settle (at most the dispatcher's HTTP
+    timeout); a process killed instead loses nothing, its leases run out.
+    """
+    stop = threading.Event()
+    # A daemon: a process exiting without its shutdown (a forced exit) must not hang on
+    # it; the delivery it had in flight is claimed again when its lease runs out.
+    thread = threading.Thread(
+        target=_dispatch_until,
+        args=(dispatcher, stop, interval),
+        name="balance-dispatch",
+        daemon=True,
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        dispatcher.close()
+
+
+def _dispatch_until(dispatcher: Dispatcher, stop: threading.Event, interval: float) -> None:
+    # A database outage must not end dispatching for the rest of the process's life
+    # (no supervisor restarts a thread, unlike a `balance dispatch` process).
+    while not stop.is_set():
+        try:
+            dispatcher.run(stop, interval)
+        except Exception:
+            log.exception("dispatching failed; trying again in %s s", interval)
+            stop.wait(interval)
+
+
 def app_from_environment() -> FastAPI:
     """The app ``balance serve`` runs in each uvicorn worker (BALANCE_DATABASE_URL,
-    BALANCE_KEY_CACHE_SECONDS)."""
+    BALANCE_KEY_CACHE_SECONDS, BALANCE_DISPATCH_INTERVAL: set by --dispatch)."""
     url = os.environ.get("BALANCE_DATABASE_URL", "sqlite:///balance.db")
     cache = float(os.environ.get("BALANCE_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS))
-    return create_app(BalanceService.from_url(url), key_cache_seconds=cache)
+    interval = os.environ.get(DISPATCH_INTERVAL_ENV)
+    return create_app(
+        BalanceService.from_url(url),
+        key_cache_seconds=cache,
+        dispatch_interval=None if interval is None else float(interval),
+    )

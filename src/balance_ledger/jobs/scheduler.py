@@ -2,7 +2,8 @@
 
 Each firing calls ``BalanceService.run_scheduled_job`` for its slot (the cron fire
 time it belongs to), which takes a cross-host database lock and records the slot,
-so several schedulers on several hosts run each job once.
+so several schedulers on several hosts run each job once. Hold expiry, the chain
+digest and event delivery (every few seconds) are safe to run on every host at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from ..errors import InvalidRequest, JobBusy
 from ..service import BalanceService
@@ -22,7 +24,9 @@ log = logging.getLogger(__name__)
 DEFAULT_VERIFY_CRON = "0 2 * * *"  # daily at 02:00: verify-sync --fix
 DEFAULT_REBUILD_CRON = "0 3 1 * *"  # the 1st of each month at 03:00: --rebuild
 DEFAULT_EXPIRE_HOLDS_CRON = "* * * * *"  # every minute: release expired holds
+DEFAULT_SUSPEND_OVERDUE_CRON = "* * * * *"  # every minute: end grace periods (policy.py)
 DEFAULT_ANCHOR_CRON = "30 1 * * *"  # daily at 01:30: the hash chain's digest
+DEFAULT_DISPATCH_SECONDS = 10.0  # every 10 s: deliver pending events (0: not here)
 DEFAULT_TIMEZONE = "UTC"
 MISFIRE_GRACE_SECONDS = 3600  # a firing up to an hour late still runs (once)
 
@@ -81,6 +85,17 @@ def expire_holds(svc: BalanceService) -> None:
         log.info("expire-holds released %d holds", released)
 
 
+def suspend_overdue(svc: BalanceService) -> None:
+    """Safe on any number of hosts at once: each account is settled again under its lock."""
+    try:
+        suspended = svc.suspend_overdue()
+    except Exception:
+        log.exception("suspend-overdue failed")
+        return
+    if suspended:
+        log.info("suspend-overdue suspended %d accounts", suspended)
+
+
 def anchor_chains(svc: BalanceService) -> None:
     """Safe on any number of hosts at once: one holds the job lock, the rest skip."""
     try:
@@ -95,15 +110,37 @@ def anchor_chains(svc: BalanceService) -> None:
         log.info("chain digest %d over %d accounts: %s", digest.id, digest.accounts, digest.digest)
 
 
+def dispatch_events(svc: BalanceService) -> None:
+    """Deliver events until none is due. Safe on any number of hosts and alongside
+    ``balance dispatch``: each delivery is claimed under a lease (SKIP LOCKED)."""
+    dispatcher = svc.dispatcher()
+    try:
+        while not (report := dispatcher.run_once()).idle:
+            log.info(
+                "dispatch: fanned out %d, delivered %d, failed %d, dead %d",
+                report.fanned_out,
+                report.delivered,
+                report.failed,
+                report.dead,
+            )
+    except Exception:
+        log.exception("dispatch failed")
+    finally:
+        dispatcher.close()
+
+
 def build_scheduler(
     svc: BalanceService,
     *,
     verify_cron: str = DEFAULT_VERIFY_CRON,
     rebuild_cron: str = DEFAULT_REBUILD_CRON,
     expire_holds_cron: str = DEFAULT_EXPIRE_HOLDS_CRON,
+    suspend_overdue_cron: str = DEFAULT_SUSPEND_OVERDUE_CRON,
     anchor_cron: str = DEFAULT_ANCHOR_CRON,
+    dispatch_seconds: float = DEFAULT_DISPATCH_SECONDS,
     timezone: str = DEFAULT_TIMEZONE,
 ) -> BlockingScheduler:
+    """The jobs' schedule; ``dispatch_seconds`` 0 leaves event delivery to others."""
     scheduler = BlockingScheduler(timezone=time_zone(timezone))
     for job, expression in (("verify-fix", verify_cron), ("rebuild", rebuild_cron)):
         trigger = cron_trigger(expression, timezone)
@@ -119,6 +156,7 @@ def build_scheduler(
         )
     for job, run, expression in (
         ("expire-holds", expire_holds, expire_holds_cron),
+        ("suspend-overdue", suspend_overdue, suspend_overdue_cron),
         ("anchor-chains", anchor_chains, anchor_cron),
     ):
         scheduler.add_job(
@@ -128,6 +166,19 @@ def build_scheduler(
             id=job,
             name=f"balance {job}",
             max_instances=1,
+            coalesce=True,
+            misfire_grace_time=MISFIRE_GRACE_SECONDS,
+        )
+    if dispatch_seconds < 0:
+        raise InvalidRequest(f"dispatch seconds must be 0 (off) or more, got {dispatch_seconds}")
+    if dispatch_seconds:
+        scheduler.add_job(
+            dispatch_events,
+            IntervalTrigger(seconds=dispatch_seconds),
+            args=(svc,),
+            id="dispatch",
+            name="balance dispatch",
+            max_instances=1,  # a firing while the last one still delivers is skipped
             coalesce=True,
             misfire_grace_time=MISFIRE_GRACE_SECONDS,
         )
