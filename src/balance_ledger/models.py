@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -83,6 +83,27 @@ class AccountPolicy:
     # The balance at or above which a suspended account is active again; None: the
     # suspension line itself (-(credit_limit + grace_amount)).
     reactivation_threshold: int | None = None
+
+    def columns(self) -> dict[str, int | None]:
+        """The policy as stored in ``user_balances`` and shown over HTTP (whole seconds)."""
+        period = self.grace_period
+        return {
+            "low_balance_threshold": self.low_balance_threshold,
+            "grace_amount": self.grace_amount,
+            "grace_period_seconds": None if period is None else int(period.total_seconds()),
+            "reactivation_threshold": self.reactivation_threshold,
+        }
+
+    @classmethod
+    def from_columns(cls, values: Mapping[str, Any]) -> AccountPolicy:
+        """The policy of a row (or a request body) that has the ``columns()`` names."""
+        seconds = values["grace_period_seconds"]
+        return cls(
+            low_balance_threshold=values["low_balance_threshold"],
+            grace_amount=values["grace_amount"],
+            grace_period=None if seconds is None else timedelta(seconds=seconds),
+            reactivation_threshold=values["reactivation_threshold"],
+        )
 
 
 @dataclass(frozen=True, slots=True)

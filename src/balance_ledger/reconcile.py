@@ -298,7 +298,7 @@ def _scanned_discrepancy(row: Row[Any], actual: LedgerTotals | None = None) -> D
         totals,
         int(row.actual_held),
         credit_limit=int(row.credit_limit),
-        rules=queries.policy_of(row._mapping),
+        rules=AccountPolicy.from_columns(row._mapping),
         suspend_at=row.suspend_at,
     )
 

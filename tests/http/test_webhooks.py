@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
-from balance_ledger import BalanceService, DeliveryStatus, StorageError, signatures
+from balance_ledger import DeliveryStatus, StorageError, signatures
 from balance_ledger.http import create_app
 from balance_ledger.http.app import dispatching
+from tests.dispatching import drain
 from tests.http.calls import PROBLEM, charge, open_account
 from tests.receiver import receiver
 
 HOOK = "https://example.com/hooks/balance"
-
-
-def drain(svc: BalanceService, **options: object) -> None:
-    """Dispatch until nothing is due, retrying failures at once."""
-    dispatcher = svc.dispatcher(backoff=lambda attempts: timedelta(0), **options)
-    try:
-        while not dispatcher.run_once().idle:
-            pass
-    finally:
-        dispatcher.close()
 
 
 def test_create_answers_the_secret_once_and_the_list_never_shows_it(client):

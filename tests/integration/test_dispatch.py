@@ -17,9 +17,8 @@ from balance_ledger import (
     WebhookNotFound,
     signatures,
 )
+from tests.dispatching import NO_WAIT, drain
 from tests.receiver import Receiver, receiver
-
-NO_WAIT = {"backoff": lambda attempts: timedelta(0)}
 
 
 @pytest.fixture
@@ -28,15 +27,6 @@ def hook(svc: BalanceService) -> Iterator[tuple[Receiver, str]]:
     with receiver() as target:
         _, secret = svc.add_webhook(target.url)
         yield target, secret
-
-
-def drain(svc: BalanceService, **options: object) -> None:
-    dispatcher = svc.dispatcher(**{**NO_WAIT, **options})
-    try:
-        while not dispatcher.run_once().idle:
-            pass
-    finally:
-        dispatcher.close()
 
 
 def test_an_event_is_delivered_signed_with_the_webhooks_secret(svc, hook, account_factory):

@@ -13,7 +13,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from balance_ledger import BalanceService, DeliveryStatus
+from balance_ledger import DeliveryStatus
+from tests.dispatching import drain
 from tests.receiver import receiver
 
 BALANCE = [sys.executable, "-c", "from balance_ledger.cli import main; main()"]
@@ -26,15 +27,6 @@ def wait_for(condition: Callable[[], object], seconds: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
-
-
-def drain(svc: BalanceService) -> None:
-    dispatcher = svc.dispatcher()
-    try:
-        while not dispatcher.run_once().idle:
-            pass
-    finally:
-        dispatcher.close()
 
 
 def test_a_dispatcher_killed_with_its_post_in_flight_delivers_after_its_lease(

@@ -16,19 +16,18 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 
-from balance_ledger import BalanceService, DeliveryStatus, InvalidRequest, signatures
+from balance_ledger import DeliveryStatus, InvalidRequest, signatures
 from balance_ledger.sinks import REDIS_CLIENT_NAME, REDIS_MISSING
 from tests.conftest import _required
+from tests.dispatching import NO_WAIT, drain
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-NO_WAIT = {"backoff": lambda attempts: timedelta(0)}
 
 
 @pytest.fixture(scope="session")
@@ -71,15 +70,6 @@ def stream(redis_server: Any) -> Iterator[str]:
 
 def stream_url(stream: str, *, port: int = REDIS_PORT, db: int = 0, **params: object) -> str:
     return f"redis://{REDIS_HOST}:{port}/{db}?{urlencode({'stream': stream, **params})}"
-
-
-def drain(svc: BalanceService, **options: object) -> None:
-    dispatcher = svc.dispatcher(**{**NO_WAIT, **options})
-    try:
-        while not dispatcher.run_once().idle:
-            pass
-    finally:
-        dispatcher.close()
 
 
 def entries(redis_server: Any, stream: str) -> list[dict[str, bytes]]:

@@ -10,18 +10,8 @@ from datetime import timedelta
 import pytest
 
 from balance_ledger import BalanceService, DeliveryStatus, Event, EventType, InvalidRequest
+from tests.dispatching import NO_WAIT, drain
 from tests.receiver import receiver
-
-NO_WAIT = {"backoff": lambda attempts: timedelta(0)}
-
-
-def drain(svc: BalanceService, **options: object) -> None:
-    dispatcher = svc.dispatcher(**{**NO_WAIT, **options})
-    try:
-        while not dispatcher.run_once().idle:
-            pass
-    finally:
-        dispatcher.close()
 
 
 def ids(events: list[Event]) -> list[int]:

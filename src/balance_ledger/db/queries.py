@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -143,29 +143,13 @@ _POLICY_COLUMNS = (
 
 def _balance(row: Mapping[str, Any]) -> Balance:
     figures = {k: v for k, v in row.items() if k not in _POLICY_COLUMNS}
-    return Balance(**{**figures, "status": AccountStatus(row["status"]), "policy": policy_of(row)})
-
-
-def policy_of(row: Mapping[str, Any]) -> AccountPolicy:
-    """The AccountPolicy of a ``user_balances`` row (or a row that selects its columns)."""
-    seconds = row["grace_period_seconds"]
-    return AccountPolicy(
-        low_balance_threshold=row["low_balance_threshold"],
-        grace_amount=row["grace_amount"],
-        grace_period=None if seconds is None else timedelta(seconds=seconds),
-        reactivation_threshold=row["reactivation_threshold"],
+    return Balance(
+        **{
+            **figures,
+            "status": AccountStatus(row["status"]),
+            "policy": AccountPolicy.from_columns(row),
+        }
     )
-
-
-def policy_columns(policy: AccountPolicy) -> dict[str, Any]:
-    """The ``user_balances`` columns of a policy."""
-    period = policy.grace_period
-    return {
-        "low_balance_threshold": policy.low_balance_threshold,
-        "grace_amount": policy.grace_amount,
-        "grace_period_seconds": None if period is None else int(period.total_seconds()),
-        "reactivation_threshold": policy.reactivation_threshold,
-    }
 
 
 def _transaction(row: Mapping[str, Any]) -> Transaction:
@@ -203,7 +187,7 @@ def insert_balance(conn: Connection, backend: Backend, account: Balance) -> None
         "low_balance_alerted": account.low_balance_alerted,
         "depleted_alerted": account.depleted_alerted,
         "suspend_at": account.suspend_at,
-        **policy_columns(account.policy),
+        **account.policy.columns(),
     }
     backend.insert_if_absent(conn, balances, row, key="user_id")
 
@@ -213,7 +197,7 @@ def save_account(conn: Connection, account: Balance, now: datetime) -> None:
     first two: update_balances)."""
     update_balances(conn, [account], now=now)
     stmt = update(balances).where(balances.c.user_id == account.user_id)
-    conn.execute(stmt.values(**policy_columns(account.policy)))
+    conn.execute(stmt.values(**account.policy.columns()))
 
 
 def overdue_accounts(conn: Connection, now: datetime, limit: int) -> list[int]:

@@ -8,7 +8,7 @@ core validates anyway (positive amounts, text widths) are checked there, once.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import Response
@@ -44,13 +44,7 @@ class Policy(_Body):
     )
 
     def rules(self) -> AccountPolicy:
-        seconds = self.grace_period_seconds
-        return AccountPolicy(
-            low_balance_threshold=self.low_balance_threshold,
-            grace_amount=self.grace_amount,
-            grace_period=None if seconds is None else timedelta(seconds=seconds),
-            reactivation_threshold=self.reactivation_threshold,
-        )
+        return AccountPolicy.from_columns(self.model_dump())
 
 
 class OpenAccount(_Body):
@@ -158,17 +152,7 @@ def balance(card: Balance) -> dict[str, Any]:
         "held": card.held,
         "available": card.available,
         "status": card.status.value,
-        "policy": policy(card.policy),
+        "policy": card.policy.columns(),
         "suspend_at": None if card.suspend_at is None else card.suspend_at.isoformat(),
         "updated_at": card.updated_at.isoformat(),
-    }
-
-
-def policy(rules: AccountPolicy) -> dict[str, Any]:
-    period = rules.grace_period
-    return {
-        "low_balance_threshold": rules.low_balance_threshold,
-        "grace_amount": rules.grace_amount,
-        "grace_period_seconds": None if period is None else int(period.total_seconds()),
-        "reactivation_threshold": rules.reactivation_threshold,
     }
