@@ -892,14 +892,16 @@ class BalanceService:
 
     def _commit(self, work: Callable[[Connection], _Posted]) -> Transaction:
         """Run a movement's transaction; only after its commit, tell the callbacks."""
-        posted = self._db.write(work)
-        if posted.status_change is not None:
-            self._notify(posted.status_change)
-        return posted.transaction
+
+        def posted(conn: Connection) -> tuple[Transaction, StatusChange | None]:
+            done = work(conn)
+            return done.transaction, done.status_change
+
+        return self._after_commit(posted)
 
     def _after_commit(self, work: Callable[[Connection], tuple[R, StatusChange | None]]) -> R:
         """Run a transaction that may change an account's status; after the commit, tell
-        the callbacks (``_commit`` is the same for a movement)."""
+        the callbacks."""
         result, change = self._db.write(work)
         if change is not None:
             self._notify(change)

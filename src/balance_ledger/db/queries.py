@@ -193,11 +193,10 @@ def insert_balance(conn: Connection, backend: Backend, account: Balance) -> None
 
 
 def save_account(conn: Connection, account: Balance, now: datetime) -> None:
-    """Write an account's figures, state and policy (a movement's path writes only the
-    first two: update_balances)."""
-    update_balances(conn, [account], now=now)
-    stmt = update(balances).where(balances.c.user_id == account.user_id)
-    conn.execute(stmt.values(**account.policy.columns()))
+    """Write an account's figures, state and policy in one statement (a movement's path
+    writes only the first two: update_balances)."""
+    stmt = _UPDATE_BALANCE.values(**account.policy.columns())
+    conn.execute(stmt, _balance_params(account, now))
 
 
 def overdue_accounts(conn: Connection, now: datetime, limit: int) -> list[int]:

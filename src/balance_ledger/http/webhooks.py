@@ -6,14 +6,13 @@ deliveries show where they are sent, and a webhook is a standing order to send t
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from ..models import Delivery, DeliveryStatus, Event, Scope, Webhook
+from ..models import Delivery, Event, Scope, Webhook
 from .deps import Service, needs
 
 router = APIRouter(prefix="/v1", dependencies=needs(Scope.ADMIN))
@@ -59,22 +58,8 @@ class EventPage(BaseModel):
     )
 
 
-class DeliveryOut(BaseModel):
-    id: int
-    event_id: int
-    webhook_id: int
-    user_id: int | None
-    status: DeliveryStatus
-    attempts: int
-    next_attempt_at: datetime
-    lease_until: datetime | None
-    last_error: str | None
-    delivered_at: datetime | None
-    created_at: datetime
-
-
 class DeliveryList(BaseModel):
-    deliveries: list[DeliveryOut]
+    deliveries: list[Delivery]  # the dataclass itself: pydantic validates and serialises it
 
 
 class Revived(BaseModel):
@@ -121,7 +106,7 @@ def deliveries(event_id: EventId, svc: Service) -> DeliveryList:
 
     Empty until a dispatcher has fanned the event out (or when no webhook wants it).
     """
-    return DeliveryList(deliveries=[_delivery(delivery) for delivery in svc.deliveries(event_id)])
+    return DeliveryList(deliveries=svc.deliveries(event_id))
 
 
 @router.post("/events/{event_id}:retry", tags=["events"])
@@ -144,7 +129,3 @@ def _webhook(hook: Webhook) -> WebhookOut:
 def _event(event: Event) -> dict[str, Any]:
     # The shape of `balance events tail --json`: a delivery's body plus created_at.
     return {"id": event.id, "created_at": event.created_at, **event.payload}
-
-
-def _delivery(delivery: Delivery) -> DeliveryOut:
-    return DeliveryOut(**dataclasses.asdict(delivery))
