@@ -21,10 +21,21 @@
         ├── RetriesExhausted      deadlock / serialization failure retried too many times
         └── CommitUnknown         the connection failed during COMMIT: it may have committed
 
-A rejected call never writes: the database transaction is rolled back before the
-error reaches the caller. The one exception is ``CommitUnknown``: the database may
-have committed before the answer was lost; retry with the same idempotency key to
-learn which (the retry returns the committed row, or does the work once).
+A rejected call never moves money: the database transaction is rolled back before
+the error reaches the caller. Two things are kept on purpose:
+
+- A **refusal** (``error.refusal``: insufficient balance, suspended account, currency
+  mismatch, refund exceeding its charge, hold not active) of a request that carries
+  an idempotency key is remembered under that key, and nothing else is written
+  (idempotency.py). Every later attempt with the key gets the same error with the
+  same context, ``replayed`` set, even if the account has changed since: a key has
+  one answer. Malformed requests (``InvalidRequest``) and unknown accounts are not
+  remembered; a retry with the key is decided afresh.
+- ``CommitUnknown``: the database may have committed before the answer was lost;
+  retry with the same idempotency key to learn which (the retry returns the
+  committed row, or does the work once).
+
+Each class has a stable ``code`` (the HTTP problem's, the CLI's error name).
 
 Errors carry the context a caller needs to react (``user_id``, ``amount``,
 ``available``, ...) as attributes, and a message that says what was refused and why.
@@ -32,21 +43,52 @@ Errors carry the context a caller needs to react (``user_id``, ``amount``,
 
 from __future__ import annotations
 
+import inspect
+from typing import Any, ClassVar
+
 
 class BalanceError(Exception):
     """Base class of every error raised by balance-ledger."""
 
+    #: Stable, one per class: the HTTP problem's ``code``.
+    code: ClassVar[str] = "refused"
+    #: A decision on the account's state, remembered under the request's idempotency key.
+    refusal: ClassVar[bool] = False
     #: The item's index when ``charge_many(mode="all_or_nothing")`` raises it.
     batch_item: int | None = None
+    #: True when this is the remembered answer of an earlier attempt with the same key.
+    replayed: bool = False
+
+    def context(self) -> dict[str, Any]:
+        """The arguments the error was made with (``user_id``, ``amount``, ...), by name:
+        ``type(error)(**error.context())`` is the same error again."""
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {name: getattr(self, name) for name in names}
+
+
+def refusal_class(code: str) -> type[BalanceError]:
+    """The refusal class whose ``code`` this is (to rebuild a remembered refusal)."""
+    for kind in _subclasses(BalanceError):
+        if kind.refusal and kind.code == code:
+            return kind
+    raise LookupError(f"no refusal has the code {code!r}")
+
+
+def _subclasses(kind: type[BalanceError]) -> list[type[BalanceError]]:
+    return [sub for direct in kind.__subclasses__() for sub in (direct, *_subclasses(direct))]
 
 
 class AccountNotFound(BalanceError):
+    code = "account-not-found"
+
     def __init__(self, user_id: int) -> None:
         self.user_id = user_id
         super().__init__(f"account {user_id} does not exist; open it first")
 
 
 class AccountExists(BalanceError):
+    code = "account-exists"
+
     def __init__(self, user_id: int, detail: str) -> None:
         self.user_id = user_id
         super().__init__(f"account {user_id} already exists with {detail}")
@@ -55,12 +97,17 @@ class AccountExists(BalanceError):
 class JobBusy(BalanceError):
     """Another runner, on this host or another, is running the same job right now."""
 
+    code = "job-busy"
+
     def __init__(self, job: str) -> None:
         self.job = job
         super().__init__(f"another {job} run holds the job's lock; try again when it ends")
 
 
 class AccountSuspended(BalanceError):
+    code = "account-suspended"
+    refusal = True
+
     def __init__(self, user_id: int, balance: int, credit_limit: int) -> None:
         self.user_id = user_id
         self.balance = balance
@@ -72,12 +119,17 @@ class AccountSuspended(BalanceError):
 
 
 class TransactionNotFound(BalanceError):
+    code = "transaction-not-found"
+
     def __init__(self, transaction_id: int) -> None:
         self.transaction_id = transaction_id
         super().__init__(f"ledger row {transaction_id} does not exist")
 
 
 class RefundExceedsCharge(BalanceError):
+    code = "refund-exceeds-charge"
+    refusal = True
+
     def __init__(self, transaction_id: int, amount: int, refundable: int) -> None:
         self.transaction_id = transaction_id
         self.amount = amount
@@ -89,12 +141,17 @@ class RefundExceedsCharge(BalanceError):
 
 
 class HoldNotFound(BalanceError):
+    code = "hold-not-found"
+
     def __init__(self, hold_id: int) -> None:
         self.hold_id = hold_id
         super().__init__(f"hold {hold_id} does not exist")
 
 
 class HoldNotActive(BalanceError):
+    code = "hold-not-active"
+    refusal = True
+
     def __init__(self, hold_id: int, status: str) -> None:
         self.hold_id = hold_id
         self.status = status
@@ -102,6 +159,9 @@ class HoldNotActive(BalanceError):
 
 
 class InsufficientBalance(BalanceError):
+    code = "insufficient-balance"
+    refusal = True
+
     def __init__(self, user_id: int, amount: int, available: int) -> None:
         self.user_id = user_id
         self.amount = amount
@@ -113,6 +173,9 @@ class InsufficientBalance(BalanceError):
 
 
 class CurrencyMismatch(BalanceError):
+    code = "currency-mismatch"
+    refusal = True
+
     def __init__(self, user_id: int, account_currency: str, requested_currency: str) -> None:
         self.user_id = user_id
         self.account_currency = account_currency
@@ -124,6 +187,8 @@ class CurrencyMismatch(BalanceError):
 
 
 class IdempotencyConflict(BalanceError):
+    code = "idempotency-conflict"
+
     def __init__(self, user_id: int, idempotency_key: str, detail: str) -> None:
         self.user_id = user_id
         self.idempotency_key = idempotency_key
@@ -134,12 +199,16 @@ class IdempotencyConflict(BalanceError):
 
 
 class ApiKeyNotFound(BalanceError):
+    code = "api-key-not-found"
+
     def __init__(self, key_id: int) -> None:
         self.key_id = key_id
         super().__init__(f"API key {key_id} does not exist")
 
 
 class WebhookNotFound(BalanceError):
+    code = "webhook-not-found"
+
     def __init__(self, webhook_id: int) -> None:
         self.webhook_id = webhook_id
         super().__init__(f"webhook {webhook_id} does not exist")
@@ -148,8 +217,12 @@ class WebhookNotFound(BalanceError):
 class InvalidRequest(BalanceError):
     """An argument is malformed; raised before the database is touched."""
 
+    code = "invalid-request"
+
 
 class InvalidAmount(InvalidRequest):
+    code = "invalid-amount"
+
     def __init__(self, amount: object, reason: str) -> None:
         self.amount = amount
         super().__init__(f"invalid amount {shown(amount)}: {reason}")
@@ -167,8 +240,12 @@ class StorageError(BalanceError):
     """The database failed; the operation was rolled back (or never started), except
     for ``CommitUnknown``."""
 
+    code = "storage-error"
+
 
 class SchemaMissing(StorageError):
+    code = "schema-missing"
+
     def __init__(self, cause: str) -> None:
         super().__init__(
             "the ledger's tables do not exist in this database; run `balance db upgrade` "
@@ -177,6 +254,8 @@ class SchemaMissing(StorageError):
 
 
 class RetriesExhausted(StorageError):
+    code = "retries-exhausted"
+
     def __init__(self, attempts: int, cause: str) -> None:
         self.attempts = attempts
         super().__init__(
@@ -187,6 +266,8 @@ class RetriesExhausted(StorageError):
 
 class CommitUnknown(StorageError):
     """The connection failed while COMMIT was in flight: the server may have committed."""
+
+    code = "commit-unknown"
 
     def __init__(self, cause: str) -> None:
         super().__init__(

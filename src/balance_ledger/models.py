@@ -177,6 +177,28 @@ class Hold:
     replayed: bool = field(default=False, compare=False)
 
 
+class KeyScope(StrEnum):
+    """The namespace of an idempotency key: ledger rows (movements, captures) or holds."""
+
+    LEDGER = "ledger"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused request remembered under its idempotency key (``balance_refusals``):
+    every later attempt with the key is answered with the same error (idempotency.py)."""
+
+    id: int
+    user_id: int
+    key_scope: KeyScope
+    idempotency_key: str
+    request: dict[str, Any]  # what identifies the request (its fingerprint)
+    code: str  # the refusal's error class (errors.py)
+    context: dict[str, Any]  # the error's arguments
+    created_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerTotals:
     """An account's figures recomputed from its ledger rows alone (the source of truth)."""

@@ -17,10 +17,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from . import events, policy
+from . import events, idempotency, policy
 from . import validation as valid
 from .chain import Link, head_of, seal
-from .db import queries
+from .db import queries, refusals
 from .db.dialects import Backend
 from .errors import (
     AccountNotFound,
@@ -40,6 +40,8 @@ from .models import (
     Effect,
     Hold,
     HoldStatus,
+    KeyScope,
+    Refusal,
     StatusChange,
     Transaction,
     TransactionType,
@@ -76,6 +78,16 @@ class _Movement:
     actor: str | None = None
     direction: int = +1  # an adjustment's sign; every other type's is in EFFECTS
 
+    def request(self) -> dict[str, Any]:
+        """What identifies the request as asked: a remembered refusal's fingerprint."""
+        return {
+            **{field: getattr(self, field) for field in _REQUEST_FIELDS},
+            "transaction_type": self.transaction_type.value,
+            "direction": self.direction,
+            "currency": self.currency,
+            "allow_overdraft": self.allow_overdraft,
+        }
+
     def differences(self, existing: Transaction) -> list[str]:
         fields = [f for f in _REQUEST_FIELDS if not (f == "amount" and self.amount is None)]
         found = [
@@ -94,6 +106,11 @@ class _Movement:
 class _Posted:
     transaction: Transaction
     status_change: StatusChange | None
+
+
+# What a unit of work returns instead of raising a refusal it remembered under the
+# request's key (_remembered): the facade raises it after the COMMIT that keeps it.
+Refused = BalanceError
 
 
 def _now() -> datetime:
@@ -146,14 +163,20 @@ class _Decision:
 
 
 def _decide(
-    account: Balance | None, movement: _Movement, existing: Transaction | None, now: datetime
+    account: Balance | None,
+    movement: _Movement,
+    existing: Transaction | Refusal | None,
+    now: datetime,
 ) -> _Decision:
     """Every rule of a movement, in one pure function (no SQL): the caller holds the lock.
 
-    ``existing`` is the row written earlier with the movement's idempotency key, if any.
+    ``existing`` is what an earlier attempt with the movement's idempotency key left, if
+    any: its row, or its refusal (idempotency.py), which is the answer again.
     """
     if account is None:
         raise AccountNotFound(movement.user_id)
+    if isinstance(existing, Refusal):
+        raise idempotency.replay(existing, movement.request())
     # Currency first: a request in the wrong currency is wrong, retried or not.
     if movement.currency is not None and movement.currency != account.currency:
         raise CurrencyMismatch(account.user_id, account.currency, movement.currency)
@@ -200,16 +223,24 @@ def _link(conn: Connection, user_id: int, head: Row[Any] | None) -> Link | None:
     return head_of(queries.unsealed_tail(conn, user_id))
 
 
-def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted:
-    """The locked read-check-write of one movement; runs inside the write transaction."""
+def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted | Refused:
+    """The locked read-check-write of one movement; runs inside the write transaction.
+    A refusal of a keyed movement is remembered and returned, anything else raised."""
     account = queries.lock_balance(conn, movement.user_id)
+    key = movement.idempotency_key
     existing = None
-    if account is not None and movement.idempotency_key is not None:
-        existing = queries.find_by_idempotency_key(conn, movement.user_id, movement.idempotency_key)
-    if movement.transaction_type is TransactionType.REFUND and existing is None:
-        movement = _within_refundable(conn, movement)
+    if account is not None and key is not None:
+        existing = refusals.earlier_answer(conn, movement.user_id, key)
     now = _now()
-    decision = _decide(account, movement, existing, now)
+    asked = movement
+    try:
+        if movement.transaction_type is TransactionType.REFUND and existing is None:
+            movement = _within_refundable(conn, movement)
+        decision = _decide(account, movement, existing, now)
+    except BalanceError as error:
+        if existing is not None:
+            raise  # the key has its answer already: this one is not remembered
+        return _remembered(conn, error, asked.user_id, KeyScope.LEDGER, key, asked.request(), now)
     if decision.replay is not None:
         return _Posted(dataclasses.replace(decision.replay, replayed=True), status_change=None)
     assert account is not None, "_decide refuses a missing account"
@@ -221,6 +252,28 @@ def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted:
     change = policy.status_change(account, decision.after, transaction.id)
     queries.append_events(conn, backend, _announced(transaction, account, decision.after, change))
     return _Posted(transaction, change)
+
+
+def _remembered(
+    conn: Connection,
+    error: BalanceError,
+    user_id: int,
+    scope: KeyScope,
+    key: str | None,
+    request: dict[str, Any],
+    now: datetime,
+) -> Refused:
+    """Keep a keyed request's refusal under its key (idempotency.py) and return it, to
+    be raised once this transaction commits; raise anything else (rollback)."""
+    refusal = None
+    if key is not None:
+        refusal = idempotency.remembered(
+            error, user_id=user_id, scope=scope, key=key, request=request, now=now
+        )
+    if refusal is None:
+        raise error
+    refusals.insert_many(conn, [refusal])
+    return error
 
 
 def _announced(
@@ -302,7 +355,11 @@ def _apply_many(
     backend: Backend,
 ) -> tuple[dict[int, Transaction | BalanceError], list[StatusChange]]:
     """The batch twin of _apply: lock every account once, decide each item in order with
-    the same rules, then write all rows and balances with set-based statements."""
+    the same rules, then write all rows and balances with set-based statements.
+
+    Refusals of keyed items are remembered, as by _apply. ``atomic``: the first refused
+    item is the only outcome (raised after the commit that remembers it), or raised at
+    once when it is not a refusal; nothing else is written."""
     items = {i: m for i in indices if isinstance(m := movements[i], _Movement)}
     if atomic and (malformed := [i for i in indices if i not in items]):
         first_malformed = malformed[0]
@@ -310,15 +367,22 @@ def _apply_many(
         first_malformed = None
     accounts = queries.lock_balances_of(conn, [m.user_id for m in items.values()])
     before = dict(accounts)
-    keyed = {(m.user_id, m.idempotency_key) for m in items.values() if m.idempotency_key}
-    earlier = queries.find_by_idempotency_keys(conn, keyed)  # type: ignore[arg-type]
+    keyed: set[tuple[int, str]] = {
+        (m.user_id, m.idempotency_key) for m in items.values() if m.idempotency_key
+    }
+    earlier: dict[tuple[int, str], Transaction | Refusal] = {
+        **refusals.find_many(conn, KeyScope.LEDGER, keyed),
+        **queries.find_by_idempotency_keys(conn, keyed),
+    }
     now = _now()
     outcomes: dict[int, Transaction | BalanceError] = {}
     appended: list[tuple[int, dict[str, Any]]] = []
     settled: dict[int, tuple[Balance, Balance]] = {}  # item: its account before, after
-    # A key repeated within the batch: the item that writes it, and its row as a draft.
-    in_batch: dict[tuple[int, str], tuple[int, Transaction]] = {}
+    # A key repeated within the batch: the item that answers it first, and its row as a
+    # draft or its refusal.
+    in_batch: dict[tuple[int, str], tuple[int, Transaction | Refusal]] = {}
     same_as: dict[int, int] = {}
+    remembered: list[Refusal] = []
     for i, movement in items.items():
         if first_malformed is not None and first_malformed < i:
             break  # an earlier item was malformed: it is the one to raise
@@ -328,9 +392,25 @@ def _apply_many(
         try:
             decision = _decide(accounts.get(movement.user_id), movement, existing, now)
         except BalanceError as error:
+            refusal = None
+            if movement.idempotency_key and existing is None:
+                refusal = idempotency.remembered(
+                    error,
+                    user_id=movement.user_id,
+                    scope=KeyScope.LEDGER,
+                    key=movement.idempotency_key,
+                    request=movement.request(),
+                    now=now,
+                )
             if atomic:
                 error.batch_item = i
-                raise
+                if refusal is None:
+                    raise
+                refusals.insert_many(conn, [refusal])
+                return {i: error}, []
+            if refusal is not None:
+                remembered.append(refusal)
+                in_batch[pair] = (i, refusal)
             outcomes[i] = error
             continue
         if first is not None:
@@ -352,6 +432,7 @@ def _apply_many(
         assert isinstance(error, BalanceError)
         error.batch_item = first_malformed
         raise error
+    refusals.insert_many(conn, remembered)
     outcomes.update(_insert_sealed(conn, backend, appended))
     for i, first in same_as.items():
         written = outcomes[first]
@@ -412,17 +493,25 @@ def _insert_sealed(
     return by_item
 
 
+def _capture_request(hold_id: int, amount: int | None) -> dict[str, Any]:
+    """What identifies a capture as asked (``amount`` None: all the hold)."""
+    return {"operation": "capture", "hold_id": hold_id, "amount": amount}
+
+
 def _capture_replay(
     conn: Connection, user_id: int, hold_id: int, amount: int | None, key: str
 ) -> Transaction | None:
-    """The row an earlier capture of the hold with ``key`` wrote, or None if there is none.
+    """The row an earlier capture of the hold with ``key`` wrote, or None if there is none;
+    raises the refusal it got, if it was refused (idempotency.py).
 
     Takes the account's lock first, so a retry racing its own first attempt waits for it.
     """
     queries.lock_balance(conn, user_id)
-    existing = queries.find_by_idempotency_key(conn, user_id, key)
+    existing = refusals.earlier_answer(conn, user_id, key)
     if existing is None:
         return None
+    if isinstance(existing, Refusal):
+        raise idempotency.replay(existing, _capture_request(hold_id, amount))
     hold = queries.get_hold(conn, hold_id)
     assert hold is not None, "holds are never deleted"
     asked = hold.amount if amount is None else amount

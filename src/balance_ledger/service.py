@@ -30,10 +30,10 @@ from typing import Any, Self, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from . import apikeys, events, integrity, sinks
+from . import apikeys, events, idempotency, integrity, sinks
 from . import validation as valid
 from .chain import ChainDigest, ChainReport
-from .db import queries
+from .db import queries, refusals
 from .db.dialects import create_ledger_engine
 from .db.migrate import upgrade_to_head
 from .db.transactions import Database
@@ -62,6 +62,7 @@ from .models import (
     EventType,
     Hold,
     HoldStatus,
+    KeyScope,
     LedgerTotals,
     Scope,
     Statement,
@@ -72,10 +73,12 @@ from .models import (
 )
 from .movements import (
     BATCH_ACCOUNTS,
+    Refused,
     _apply,
     _apply_many,
     _by_account_groups,
     _capture_replay,
+    _capture_request,
     _charge_item,
     _charge_movement,
     _expire,
@@ -87,6 +90,7 @@ from .movements import (
     _now,
     _Posted,
     _release,
+    _remembered,
     _settle_again,
 )
 from .reconcile import (
@@ -259,6 +263,23 @@ class BalanceService:
                 assert account is not None, "accounts are never deleted"
                 suspended += account.status is AccountStatus.SUSPENDED
         return suspended
+
+    def purge_refusals(
+        self,
+        *,
+        older_than: timedelta = idempotency.DEFAULT_RETENTION,
+        now: datetime | None = None,
+    ) -> int:
+        """Forget the refusals remembered under idempotency keys more than ``older_than``
+        ago (idempotency.py); a later attempt with such a key is decided afresh. The
+        scheduler runs it hourly with the default, 24 h. Returns how many were forgotten."""
+        if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
+            raise InvalidRequest(f"older_than must be a positive timedelta, not {older_than!r}")
+        before = (_now() if now is None else valid.instant(now, "now")) - older_than
+        forgotten = 0
+        while purged := self._db.write(lambda conn: refusals.purge(conn, before, 1_000)):
+            forgotten += purged
+        return forgotten
 
     def ping(self) -> None:
         """Raise StorageError (or SchemaMissing) unless the database answers."""
@@ -528,6 +549,8 @@ class BalanceService:
                 results[i] = outcome
             for change in changes:
                 self._notify(change)
+            if atomic and (refused := [o for o in outcomes.values() if isinstance(o, Refused)]):
+                raise refused[0]  # remembered under its key by the commit above
         assert all(r is not None for r in results), "every item has its outcome"
         return results  # type: ignore[return-value]
 
@@ -755,20 +778,32 @@ class BalanceService:
         key = valid.idempotency_key(idempotency_key)
         expiry = _expiry(expires_at, ttl)
 
-        def work(conn: Connection) -> tuple[Hold, StatusChange | None]:
+        request = {
+            "operation": "authorize",
+            "amount": amount,
+            "service_type": service_type,
+            "description": description,
+        }
+
+        def work(conn: Connection) -> tuple[Hold | Refused, StatusChange | None]:
             account = queries.lock_balance(conn, user_id)
             if account is None:
                 raise AccountNotFound(user_id)
+            now = _now()
             if key is not None and (existing := queries.find_hold_by_key(conn, user_id, key)):
                 asked = (amount, service_type, description)
                 if (existing.amount, existing.service_type, existing.description) != asked:
                     raise IdempotencyConflict(user_id, key, f"hold {existing.id} differs")
                 return dataclasses.replace(existing, replayed=True), None
-            if account.status is AccountStatus.SUSPENDED:
-                raise AccountSuspended(account.user_id, account.balance, account.credit_limit)
-            if amount > account.available:
-                raise InsufficientBalance(user_id, amount, account.available)
-            now = _now()
+            if key is not None and (refused := refusals.find(conn, user_id, KeyScope.HOLD, key)):
+                raise idempotency.replay(refused, request)
+            try:
+                if account.status is AccountStatus.SUSPENDED:
+                    raise AccountSuspended(account.user_id, account.balance, account.credit_limit)
+                if amount > account.available:
+                    raise InsufficientBalance(user_id, amount, account.available)
+            except BalanceError as error:
+                return _remembered(conn, error, user_id, KeyScope.HOLD, key, request, now), None
             held = valid.in_bigint_range(account.held + amount, "held", amount=amount)
             hold = queries.insert_hold(
                 conn,
@@ -806,10 +841,14 @@ class BalanceService:
         key = valid.idempotency_key(idempotency_key)
         user_id = self._hold_owner(hold_id)
 
-        def work(conn: Connection) -> _Posted:
+        def work(conn: Connection) -> _Posted | Refused:
             if key is not None and (replay := _capture_replay(conn, user_id, hold_id, take, key)):
                 return _Posted(replay, status_change=None)
-            account, hold = self._lock_active_hold(conn, user_id, hold_id, capturing=True)
+            try:
+                account, hold = self._lock_active_hold(conn, user_id, hold_id, capturing=True)
+            except HoldNotActive as refused:
+                request = _capture_request(hold_id, take)
+                return _remembered(conn, refused, user_id, KeyScope.LEDGER, key, request, _now())
             charged = hold.amount if take is None else take
             if charged > hold.amount:
                 raise InvalidAmount(charged, f"hold {hold_id} reserved only {hold.amount}")
@@ -829,6 +868,7 @@ class BalanceService:
                 allow_overdraft=True,
             )
             posted = _apply(conn, self._db.backend, movement)
+            assert isinstance(posted, _Posted), "a capture is never refused once its hold is"
             closed = {
                 "status": HoldStatus.CAPTURED,
                 "captured_amount": charged,
@@ -890,21 +930,27 @@ class BalanceService:
     def _post(self, movement: _Movement) -> Transaction:
         return self._commit(lambda conn: _apply(conn, self._db.backend, movement))
 
-    def _commit(self, work: Callable[[Connection], _Posted]) -> Transaction:
+    def _commit(self, work: Callable[[Connection], _Posted | Refused]) -> Transaction:
         """Run a movement's transaction; only after its commit, tell the callbacks."""
 
-        def posted(conn: Connection) -> tuple[Transaction, StatusChange | None]:
+        def posted(conn: Connection) -> tuple[Transaction | Refused, StatusChange | None]:
             done = work(conn)
+            if isinstance(done, Refused):
+                return done, None
             return done.transaction, done.status_change
 
         return self._after_commit(posted)
 
-    def _after_commit(self, work: Callable[[Connection], tuple[R, StatusChange | None]]) -> R:
+    def _after_commit(
+        self, work: Callable[[Connection], tuple[R | Refused, StatusChange | None]]
+    ) -> R:
         """Run a transaction that may change an account's status; after the commit, tell
-        the callbacks."""
+        the callbacks. A refusal the transaction remembered under its key is raised now."""
         result, change = self._db.write(work)
         if change is not None:
             self._notify(change)
+        if isinstance(result, Refused):
+            raise result
         return result
 
     def _notify(self, change: StatusChange) -> None:

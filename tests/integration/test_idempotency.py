@@ -95,12 +95,15 @@ def test_keys_are_case_sensitive(svc: BalanceService, account_factory):
     assert svc.get_balance(account.user_id).balance == 20
 
 
-def test_a_refused_charge_does_not_consume_its_key(svc: BalanceService, account_factory):
+def test_a_refused_charge_keeps_its_key_answered(svc: BalanceService, account_factory):
+    # A refusal is the key's answer (tests/integration/test_key_refusals.py).
     account = account_factory(balance=50)
     with pytest.raises(Exception, match="cannot be charged"):
         svc.charge_service(account.user_id, 80, "vps", idempotency_key="k")
     svc.recharge(account.user_id, 50)
-    assert svc.charge_service(account.user_id, 80, "vps", idempotency_key="k").balance_after == 20
+    with pytest.raises(Exception, match="cannot be charged 80: only 50"):
+        svc.charge_service(account.user_id, 80, "vps", idempotency_key="k")
+    assert svc.charge_service(account.user_id, 80, "vps", idempotency_key="k2").balance_after == 20
 
 
 def test_replay_of_overdraft_charge_on_suspended_account_returns_the_row(svc, account_factory):

@@ -32,6 +32,13 @@ def _item(error: BalanceError) -> str:
     return f"item {error.batch_item + 1} refused, nothing was charged: "
 
 
+def _replayed(error: BalanceError) -> str:
+    """A refusal answered again from its idempotency key says so."""
+    if not error.replayed:
+        return ""
+    return " (replayed: the first attempt with this idempotency key was refused so)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line on stderr for any error, never a traceback."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -44,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"error: {type(error).__name__}: {error}", markup=False)
         sys.exit(EXIT_ERROR)
     except BalanceError as error:
-        err.print(f"error: {_item(error)}{type(error).__name__}: {error}", markup=False)
+        err.print(
+            f"error: {_item(error)}{type(error).__name__}: {error}{_replayed(error)}", markup=False
+        )
         sys.exit(EXIT_REFUSED)
     except typer.TyperException as error:  # click's usage errors
         if message := error.format_message():  # empty when help was shown instead

@@ -302,6 +302,20 @@ def suspend_overdue(ctx: typer.Context) -> None:
     console.print(f"suspended {_service(ctx).suspend_overdue():,} accounts")
 
 
+@app.command("purge-refusals")
+def purge_refusals(
+    ctx: typer.Context,
+    older_than_hours: Annotated[
+        float,
+        typer.Option(help="Forget refusals remembered longer ago than this.", min=0.001),
+    ] = 24.0,
+) -> None:
+    """Forget refused requests' answers kept under their idempotency keys (the scheduler
+    does it hourly); a retry with such a key is then decided afresh."""
+    forgotten = _service(ctx).purge_refusals(older_than=timedelta(hours=older_than_hours))
+    console.print(f"forgot {forgotten:,} refusals")
+
+
 @app.command("expire-holds")
 def expire_holds(ctx: typer.Context) -> None:
     """Release every hold past its expiry (the scheduler does this every minute)."""

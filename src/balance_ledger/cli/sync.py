@@ -21,6 +21,7 @@ from ..jobs.scheduler import (
     DEFAULT_ANCHOR_CRON,
     DEFAULT_DISPATCH_SECONDS,
     DEFAULT_EXPIRE_HOLDS_CRON,
+    DEFAULT_PURGE_REFUSALS_CRON,
     DEFAULT_REBUILD_CRON,
     DEFAULT_SUSPEND_OVERDUE_CRON,
     DEFAULT_TIMEZONE,
@@ -166,6 +167,13 @@ def scheduler(
             help="When to suspend the accounts whose grace period ended.",
         ),
     ] = DEFAULT_SUSPEND_OVERDUE_CRON,
+    purge_refusals_cron: Annotated[
+        str,
+        typer.Option(
+            envvar="BALANCE_PURGE_REFUSALS_CRON",
+            help="When to forget refusals older than 24 h (their keys are free again).",
+        ),
+    ] = DEFAULT_PURGE_REFUSALS_CRON,
     anchor_cron: Annotated[
         str,
         typer.Option(envvar="BALANCE_ANCHOR_CRON", help="When to anchor the chains' digest."),
@@ -182,8 +190,8 @@ def scheduler(
         str, typer.Option(envvar="BALANCE_SCHEDULER_TIMEZONE", help="IANA time zone of the crons.")
     ] = DEFAULT_TIMEZONE,
 ) -> None:
-    """Run verify+fix nightly, rebuild monthly, hold expiry, grace periods' end, the chain
-    digest and event delivery until stopped."""
+    """Run verify+fix nightly, rebuild monthly, hold expiry, grace periods' end, the purge
+    of old refusals, the chain digest and event delivery until stopped."""
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -194,6 +202,7 @@ def scheduler(
         rebuild_cron=rebuild_cron,
         expire_holds_cron=expire_holds_cron,
         suspend_overdue_cron=suspend_overdue_cron,
+        purge_refusals_cron=purge_refusals_cron,
         anchor_cron=anchor_cron,
         dispatch_seconds=dispatch_every,
         timezone=timezone,

@@ -367,3 +367,26 @@ balance_event_deliveries = Table(
     sqlite_autoincrement=True,
     **_MARIADB_TABLE,
 )
+
+# -- idempotency ----------------------------------------------------------------------
+
+# A refused request's answer, kept under its idempotency key (idempotency.py): every
+# later attempt with the key replays it instead of being decided again. ``key_scope``
+# is the key's namespace: ``ledger`` (movements and captures, whose rows carry their
+# key) or ``hold`` (authorizations). Purged after the retention (purge_refusals).
+balance_refusals = Table(
+    "balance_refusals",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("key_scope", String(8), nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("request", Text, nullable=False),  # the request's fingerprint, as JSON
+    Column("code", String(64), nullable=False),  # the error's class (errors.py)
+    Column("context", Text, nullable=False),  # the error's arguments, as JSON
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("user_id", "key_scope", "idempotency_key"),
+    Index(None, "created_at"),
+    sqlite_autoincrement=True,
+    **_MARIADB_TABLE,
+)

@@ -2,7 +2,9 @@
 
 Every write honours ``Idempotency-Key``: the first call answers 201, a retry with the
 same key 200 with ``Idempotent-Replayed: true`` and the same body, and the same key
-with another request 409. Each route is one BalanceService call, counted in metrics.
+with another request 409. A refusal (402, or 409 for the account's state) is the key's
+answer too: a retry gets the same problem with ``Idempotent-Replayed: true``. Each
+route is one BalanceService call, counted in metrics.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ def charge_batch(body: bodies.ChargeBatch, svc: Service, meter: Meter) -> dict[s
 
     An item's ``status`` is what its own request would have answered: 201 with its
     ``transaction``, 200 for a replay of its idempotency key, or a refusal's status
-    with its ``problem``. In ``all_or_nothing`` mode the first refused item refuses the
-    whole request (its ``batch_item`` says which) and nothing is written.
+    with its ``problem`` (``replayed`` true when its key was refused before). In
+    ``all_or_nothing`` mode the first refused item refuses the whole request (its
+    ``batch_item`` says which) and nothing else is written.
     """
     items = [item.model_dump() for item in body.items]
     outcomes = meter.movement("charge_batch", svc.charge_many, items, mode=body.mode)
@@ -73,7 +76,7 @@ def charge_batch(body: bodies.ChargeBatch, svc: Service, meter: Meter) -> dict[s
 def _batch_result(outcome: Transaction | BalanceError) -> dict[str, Any]:
     if isinstance(outcome, BalanceError):
         status, problem = problems.document(outcome)
-        return {"status": status, "problem": problem}
+        return {"status": status, "problem": problem, "replayed": outcome.replayed}
     return {"status": 200 if outcome.replayed else 201, "transaction": bodies.transaction(outcome)}
 
 

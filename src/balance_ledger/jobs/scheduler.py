@@ -2,8 +2,9 @@
 
 Each firing calls ``BalanceService.run_scheduled_job`` for its slot (the cron fire
 time it belongs to), which takes a cross-host database lock and records the slot,
-so several schedulers on several hosts run each job once. Hold expiry, the chain
-digest and event delivery (every few seconds) are safe to run on every host at once.
+so several schedulers on several hosts run each job once. Hold expiry, the end of
+grace periods, the purge of old refusals (idempotency.py), the chain digest and event
+delivery (every few seconds) are safe to run on every host at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ DEFAULT_VERIFY_CRON = "0 2 * * *"  # daily at 02:00: verify-sync --fix
 DEFAULT_REBUILD_CRON = "0 3 1 * *"  # the 1st of each month at 03:00: --rebuild
 DEFAULT_EXPIRE_HOLDS_CRON = "* * * * *"  # every minute: release expired holds
 DEFAULT_SUSPEND_OVERDUE_CRON = "* * * * *"  # every minute: end grace periods (policy.py)
+DEFAULT_PURGE_REFUSALS_CRON = "17 * * * *"  # hourly: forget refusals older than 24 h
 DEFAULT_ANCHOR_CRON = "30 1 * * *"  # daily at 01:30: the hash chain's digest
 DEFAULT_DISPATCH_SECONDS = 10.0  # every 10 s: deliver pending events (0: not here)
 DEFAULT_TIMEZONE = "UTC"
@@ -96,6 +98,17 @@ def suspend_overdue(svc: BalanceService) -> None:
         log.info("suspend-overdue suspended %d accounts", suspended)
 
 
+def purge_refusals(svc: BalanceService) -> None:
+    """Safe on any number of hosts at once: a refusal deleted twice is deleted once."""
+    try:
+        forgotten = svc.purge_refusals()
+    except Exception:
+        log.exception("purge-refusals failed")
+        return
+    if forgotten:
+        log.info("purge-refusals forgot %d refusals older than the retention", forgotten)
+
+
 def anchor_chains(svc: BalanceService) -> None:
     """Safe on any number of hosts at once: one holds the job lock, the rest skip."""
     try:
@@ -136,6 +149,7 @@ def build_scheduler(
     rebuild_cron: str = DEFAULT_REBUILD_CRON,
     expire_holds_cron: str = DEFAULT_EXPIRE_HOLDS_CRON,
     suspend_overdue_cron: str = DEFAULT_SUSPEND_OVERDUE_CRON,
+    purge_refusals_cron: str = DEFAULT_PURGE_REFUSALS_CRON,
     anchor_cron: str = DEFAULT_ANCHOR_CRON,
     dispatch_seconds: float = DEFAULT_DISPATCH_SECONDS,
     timezone: str = DEFAULT_TIMEZONE,
@@ -157,6 +171,7 @@ def build_scheduler(
     for job, run, expression in (
         ("expire-holds", expire_holds, expire_holds_cron),
         ("suspend-overdue", suspend_overdue, suspend_overdue_cron),
+        ("purge-refusals", purge_refusals, purge_refusals_cron),
         ("anchor-chains", anchor_chains, anchor_cron),
     ):
         scheduler.add_job(

@@ -1,0 +1,113 @@
+"""The SQL of remembered refusals (``balance_refusals``; the rules are in idempotency.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, insert, literal, select, union_all
+
+from ..models import KeyScope, Refusal, Transaction
+from . import queries
+from .tables import balance_refusals as refusals
+from .tables import user_balance_transactions as ledger
+
+# Whatever an idempotency key of the ledger's namespace already answered: a row or a
+# refusal (at most one of them). One round trip when it is neither, the common case.
+_EARLIER = union_all(
+    select(literal("row").label("kind"), ledger.c.id).where(
+        ledger.c.user_id == bindparam("user_id"), ledger.c.idempotency_key == bindparam("key")
+    ),
+    select(literal("refusal").label("kind"), refusals.c.id).where(
+        refusals.c.user_id == bindparam("user_id"),
+        refusals.c.key_scope == KeyScope.LEDGER.value,
+        refusals.c.idempotency_key == bindparam("key"),
+    ),
+)
+_FIND = select(refusals).where(
+    refusals.c.user_id == bindparam("user_id"),
+    refusals.c.key_scope == bindparam("scope"),
+    refusals.c.idempotency_key == bindparam("key"),
+)
+
+
+def earlier_answer(conn: Connection, user_id: int, key: str) -> Transaction | Refusal | None:
+    """The ledger row or the refusal an earlier attempt with ``key`` left, if any.
+    Run it under the account's lock: every answer for a key is written under it."""
+    found = conn.execute(_EARLIER, {"user_id": user_id, "key": key}).first()
+    if found is None:
+        return None
+    if found.kind == "row":
+        return queries.get_transaction(conn, found.id)
+    return find(conn, user_id, KeyScope.LEDGER, key)
+
+
+def find(conn: Connection, user_id: int, scope: KeyScope, key: str) -> Refusal | None:
+    params = {"user_id": user_id, "scope": scope.value, "key": key}
+    row = conn.execute(_FIND, params).mappings().first()
+    return _refusal(row) if row else None
+
+
+def find_many(
+    conn: Connection, scope: KeyScope, pairs: set[tuple[int, str]]
+) -> dict[tuple[int, str], Refusal]:
+    """The refusals remembered under any of these (user_id, key) pairs."""
+    found: dict[tuple[int, str], Refusal] = {}
+    listed = sorted(pairs)
+    for start in range(0, len(listed), 1_000):
+        part = listed[start : start + 1_000]
+        stmt = select(refusals).where(
+            refusals.c.key_scope == scope.value,
+            refusals.c.user_id.in_({u for u, _ in part}),
+            refusals.c.idempotency_key.in_({k for _, k in part}),
+        )
+        for row in conn.execute(stmt).mappings():
+            pair = (row["user_id"], row["idempotency_key"])
+            if pair in pairs:
+                found[pair] = _refusal(row)
+    return found
+
+
+def insert_many(conn: Connection, remembered: list[Refusal]) -> None:
+    """Remember refusals (their ``id`` is not written: the database gives one)."""
+    if remembered:
+        conn.execute(insert(refusals), [_columns(refusal) for refusal in remembered])
+
+
+def purge(conn: Connection, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` refusals made before ``before``; how many went."""
+    oldest = (
+        select(refusals.c.id)
+        .where(refusals.c.created_at < before)
+        .order_by(refusals.c.id)
+        .limit(limit)
+    )
+    ids = list(conn.execute(oldest).scalars())
+    if ids:
+        conn.execute(delete(refusals).where(refusals.c.id.in_(ids)))
+    return len(ids)
+
+
+def _columns(refusal: Refusal) -> dict[str, Any]:
+    return {
+        "user_id": refusal.user_id,
+        "key_scope": refusal.key_scope.value,
+        "idempotency_key": refusal.idempotency_key,
+        "request": json.dumps(refusal.request, sort_keys=True),
+        "code": refusal.code,
+        "context": json.dumps(refusal.context, sort_keys=True),
+        "created_at": refusal.created_at,
+    }
+
+
+def _refusal(row: Mapping[str, Any]) -> Refusal:
+    return Refusal(
+        **{
+            **row,
+            "key_scope": KeyScope(row["key_scope"]),
+            "request": json.loads(row["request"]),
+            "context": json.loads(row["context"]),
+        }
+    )
