@@ -56,6 +56,19 @@ def test_refused_charge_prints_one_line_and_exits_1(balance, svc: BalanceService
     assert svc.get_transactions(1) == []
 
 
+def test_a_keyed_refusal_is_replayed_and_says_so(balance, svc: BalanceService):
+    balance("account", "open", "1")
+    code, _, first = balance("charge", "1", "10", "vps", "--idempotency-key", "k")
+    assert (code, "replayed" in first) == (1, False)
+    balance("recharge", "1", "100")
+    code, _, again = balance("charge", "1", "10", "vps", "--idempotency-key", "k")
+    assert code == 1
+    assert again.startswith(first.strip())
+    assert "(replayed: the first attempt with this idempotency key was refused so)" in again
+    assert balance("purge-refusals", "--older-than-hours", "24")[:2] == (0, "forgot 0 refusals\n")
+    assert [tx.transaction_type.value for tx in svc.get_transactions(1)] == ["recharge"]
+
+
 def test_unknown_account_exits_1(balance):
     code, _, err = balance("show", "999")
     assert code == 1

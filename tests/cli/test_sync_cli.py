@@ -11,7 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from balance_ledger import AccountPolicy, AccountStatus, BalanceService, InvalidRequest
+from balance_ledger import (
+    AccountPolicy,
+    AccountStatus,
+    BalanceService,
+    InsufficientBalance,
+    InvalidRequest,
+)
 from balance_ledger.cli import main
 from balance_ledger.jobs import scheduler
 from balance_ledger.jobs.scheduler import build_scheduler, cron_trigger, run_job, slot_of
@@ -134,6 +140,7 @@ def test_scheduler_has_the_seed_schedule_by_default(svc):
         "rebuild",
         "expire-holds",
         "suspend-overdue",
+        "purge-refusals",
         "anchor-chains",
         "dispatch",
     }
@@ -147,6 +154,9 @@ def test_scheduler_has_the_seed_schedule_by_default(svc):
     )
     assert jobs["anchor-chains"].trigger.get_next_fire_time(None, after) == datetime(
         2026, 11, 25, 1, 30, tzinfo=UTC
+    )
+    assert jobs["purge-refusals"].trigger.get_next_fire_time(None, after) == datetime(
+        2026, 11, 24, 12, 17, tzinfo=UTC
     )
 
 
@@ -238,3 +248,16 @@ def test_the_suspend_overdue_job_suspends_an_account_whose_grace_ended(svc, corr
     scheduler.suspend_overdue(svc)
 
     assert svc.get_balance(1).status is AccountStatus.SUSPENDED
+
+
+def test_the_purge_refusals_job_forgets_refusals_older_than_a_day(svc):
+    svc.open_account(1)
+    with pytest.raises(InsufficientBalance):
+        svc.charge_service(1, 10, "vps", idempotency_key="k")
+    scheduler.purge_refusals(svc)  # younger than a day: kept
+    with pytest.raises(InsufficientBalance) as kept:
+        svc.charge_service(1, 10, "vps", idempotency_key="k")
+    assert kept.value.replayed
+    assert svc.purge_refusals(now=datetime.now(UTC) + timedelta(days=1, seconds=1)) == 1
+    svc.recharge(1, 10)
+    assert svc.charge_service(1, 10, "vps", idempotency_key="k").balance_after == 0
