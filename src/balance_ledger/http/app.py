@@ -26,6 +26,7 @@ from .auth import KeyCache
 from .deps import Meter, Service
 from .limits import BodySizeLimit
 from .metrics import CONTENT_TYPE, Metrics, RequestMetrics
+from .request_ids import RequestIds
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_KEY_CACHE_SECONDS = 5.0
@@ -59,6 +60,7 @@ def create_app(
     app.state.metrics = metrics = Metrics(service)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees 413s too
+    app.add_middleware(RequestIds)  # outside even that: every answer has its X-Request-Id
     problems.install(app)
     for routes in (accounts, movements, reconciliation, webhooks):
         app.include_router(routes.router)

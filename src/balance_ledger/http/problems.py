@@ -1,8 +1,17 @@
 """Every BalanceError as an RFC 9457 problem (``application/problem+json``).
 
-Each error class has a stable ``code`` and HTTP status; the body carries the error's
-message as ``detail`` and its context attributes (``user_id``, ``amount``,
-``available``, ...) as extension members. Never a stack trace.
+Each error class has a stable ``code`` and HTTP status. Every document carries the
+request's id as ``request_id`` (the same id as the ``X-Request-Id`` response header,
+request_ids.py), for a client to quote to support. Never a stack trace.
+
+A refusal (4xx) is about the caller's own data: ``detail`` is the error's message and
+its context attributes (``user_id``, ``amount``, ``available``, ...) are extension
+members. A server failure (5xx: StorageError and its subclasses, anything unexpected)
+says only what the client can act on: ``detail`` is a fixed sentence per code, never
+the driver's text (hosts, ports, SQL), and ``Retry-After`` is set where a retry can
+help. The cause goes to the server's log instead: one line on the
+``balance_ledger.http`` logger with the request id, the error class and its full
+message (a traceback for the unexpected).
 """
 
 from __future__ import annotations
@@ -16,34 +25,33 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from .. import errors
+from . import request_ids
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("balance_ledger.http")
 
 MEDIA_TYPE = "application/problem+json"
 
-# (status, code) per error class; the most specific class listed wins (MRO order).
-# 402: a prepaid balance that cannot cover a charge is exactly "payment required".
-# 409: the request is well-formed but the account's state refuses it.
-STATUS: dict[type[errors.BalanceError], tuple[int, str]] = {
-    errors.InsufficientBalance: (402, "insufficient-balance"),
-    errors.AccountSuspended: (409, "account-suspended"),
-    errors.AccountNotFound: (404, "account-not-found"),
-    errors.AccountExists: (409, "account-exists"),
-    errors.TransactionNotFound: (404, "transaction-not-found"),
-    errors.RefundExceedsCharge: (409, "refund-exceeds-charge"),
-    errors.HoldNotFound: (404, "hold-not-found"),
-    errors.WebhookNotFound: (404, "webhook-not-found"),
-    errors.HoldNotActive: (409, "hold-not-active"),
-    errors.CurrencyMismatch: (409, "currency-mismatch"),
-    errors.IdempotencyConflict: (409, "idempotency-conflict"),
-    errors.JobBusy: (409, "job-busy"),
-    errors.InvalidAmount: (422, "invalid-amount"),
-    errors.InvalidRequest: (422, "invalid-request"),
-    errors.SchemaMissing: (503, "schema-missing"),
-    errors.RetriesExhausted: (503, "retries-exhausted"),
-    errors.CommitUnknown: (503, "commit-unknown"),
-    errors.StorageError: (503, "storage-error"),
-    errors.BalanceError: (400, "refused"),
+# The HTTP status per error class; the most specific class listed wins (MRO order).
+# The problem's ``code`` is the class's own (errors.py). 402: a prepaid balance that
+# cannot cover a charge is exactly "payment required"; 409: the request is well-formed
+# but the account's state refuses it.
+STATUS: dict[type[errors.BalanceError], int] = {
+    errors.InsufficientBalance: 402,
+    errors.AccountSuspended: 409,
+    errors.AccountNotFound: 404,
+    errors.AccountExists: 409,
+    errors.TransactionNotFound: 404,
+    errors.RefundExceedsCharge: 409,
+    errors.HoldNotFound: 404,
+    errors.WebhookNotFound: 404,
+    errors.ApiKeyNotFound: 404,
+    errors.HoldNotActive: 409,
+    errors.CurrencyMismatch: 409,
+    errors.IdempotencyConflict: 409,
+    errors.JobBusy: 409,
+    errors.InvalidRequest: 422,
+    errors.StorageError: 503,
+    errors.BalanceError: 400,
 }
 # Context attributes an error may carry, copied into the problem when present.
 _CONTEXT = (
@@ -63,6 +71,28 @@ _CONTEXT = (
 )
 
 
+# The detail of each server failure: what happened and what to do, as the client sees
+# it. The error's own message (driver text, hosts, SQL) goes to the log only.
+SERVER_DETAIL = {
+    "storage-error": "the database failed or could not be reached; nothing was written, "
+    "retry later",
+    "commit-unknown": "the database connection failed while the write was being committed, "
+    "so it may or may not have been committed; retry with the same Idempotency-Key to "
+    "find out",
+    "retries-exhausted": "the database kept aborting the transaction under contention; "
+    "nothing was written, retry",
+    "schema-missing": "the ledger's tables are missing from the database; nothing was "
+    "written, an operator must migrate it before any request can succeed",
+    "internal-error": "the server failed unexpectedly; quote the request_id to support, "
+    "the cause is in the server's log",
+}
+# Seconds a client should wait before retrying; a code not listed gains nothing from a
+# retry (schema-missing waits for an operator).
+RETRY_AFTER = {"storage-error": 2, "commit-unknown": 1, "retries-exhausted": 1}
+# Context of a server failure that is safe to show: counts, never text.
+_SERVER_CONTEXT = ("attempts", "batch_item")
+
+
 def problem(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
@@ -75,7 +105,7 @@ def _response(body: dict[str, Any], headers: dict[str, str] | None) -> JSONRespo
 
 def _body(status: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
     body = {"type": f"urn:balance-ledger:problem:{code}", "title": _title(code), "status": status}
-    return body | {"code": code, "detail": detail, **extra}
+    return body | {"code": code, "detail": detail, "request_id": request_ids.current(), **extra}
 
 
 def _title(code: str) -> str:
@@ -83,15 +113,22 @@ def _title(code: str) -> str:
 
 
 def status_of(error: errors.BalanceError) -> tuple[int, str]:
+    """The error's HTTP status and problem code."""
     for kind in type(error).__mro__:
         if kind in STATUS:
-            return STATUS[kind]  # type: ignore[index]
+            return STATUS[kind], error.code  # type: ignore[index]
     raise AssertionError("BalanceError itself is listed")
 
 
 def document(error: errors.BalanceError) -> tuple[int, dict[str, Any]]:
-    """The error's HTTP status and problem document."""
+    """The error's HTTP status and problem document; a server failure is logged."""
     status, code = status_of(error)
+    if status >= 500:
+        log_failure(request_ids.current(), status, code, error)
+        context = {name: getattr(error, name, None) for name in _SERVER_CONTEXT}
+        context = {k: v for k, v in context.items() if isinstance(v, int)}
+        detail = SERVER_DETAIL.get(code, SERVER_DETAIL["storage-error"])
+        return status, _body(status, code, detail, **context)
     context = {name: getattr(error, name) for name in _CONTEXT if hasattr(error, name)}
     context = {k: v for k, v in context.items() if isinstance(v, int | str)}
     if isinstance(error, errors.HoldNotActive):  # its .status would shadow the HTTP one
@@ -99,13 +136,44 @@ def document(error: errors.BalanceError) -> tuple[int, dict[str, Any]]:
     return status, _body(status, code, str(error), **context)
 
 
+def log_failure(
+    request_id: str | None,
+    status: int,
+    code: str,
+    error: BaseException,
+    *,
+    traceback: bool = False,
+) -> None:
+    """The log line of a server failure: request id, class and the full message (the
+    driver's text), on one line; then the traceback if asked."""
+    message = " ".join(str(error).splitlines())
+    log.error(
+        "request %s answered %d %s: %s: %s",
+        request_id,
+        status,
+        code,
+        type(error).__name__,
+        message,
+        exc_info=error if traceback else None,
+    )
+
+
 def from_error(error: errors.BalanceError) -> JSONResponse:
+    """The error's problem response; a refusal replayed from its idempotency key says so
+    as a replayed row does (``Idempotent-Replayed: true``)."""
     status, body = document(error)
-    return _response(body, {"Retry-After": "1"} if status == 503 else None)
+    headers = {"Idempotent-Replayed": "true"} if error.replayed else {}
+    if status >= 500 and (seconds := RETRY_AFTER.get(body["code"])) is not None:
+        headers["Retry-After"] = str(seconds)
+    return _response(body, headers or None)
 
 
 def install(app: FastAPI) -> None:
     """Answer every error the app can meet with a problem document."""
+    # A server failure's cause is only in the log, so it must not be lost to a quiet
+    # root logger (the CLI's default is CRITICAL); a level set on this logger stays.
+    if log.level == logging.NOTSET and log.getEffectiveLevel() > logging.ERROR:
+        log.setLevel(logging.ERROR)
 
     @app.exception_handler(errors.BalanceError)
     async def balance_error(_request: Request, error: errors.BalanceError) -> JSONResponse:
@@ -126,13 +194,19 @@ def install(app: FastAPI) -> None:
         code = {401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed"}
         detail = error.detail if isinstance(error.detail, str) else "refused"
         headers = dict(error.headers) if error.headers else None
-        return problem(
-            error.status_code, code.get(error.status_code, "http-error"), detail, headers
-        )
+        status = error.status_code
+        if status >= 500:  # none of ours; the detail stays in the log
+            log_failure(request_ids.current(), status, "http-error", error)
+            detail = SERVER_DETAIL["internal-error"]
+        return problem(status, code.get(status, "http-error"), detail, headers)
 
+    # Runs outside every middleware (Starlette's ServerErrorMiddleware): the request id
+    # comes from the request, and the header is set here, not by RequestIds.
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error while serving a request")
-        return problem(
-            500, "internal-error", "the server failed; nothing about it is in this answer"
-        )
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        request_id = request_ids.of(request)
+        log_failure(request_id, 500, "internal-error", error, traceback=True)
+        body = _body(500, "internal-error", SERVER_DETAIL["internal-error"])
+        body["request_id"] = request_id
+        headers = None if request_id is None else {request_ids.HEADER: request_id}
+        return _response(body, headers)
