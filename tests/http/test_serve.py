@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -17,6 +23,7 @@ from tests.receiver import receiver
 
 START_SECONDS = 30
 DELIVERY_SECONDS = 15
+STOP_SECONDS = 30
 
 
 def free_port() -> int:
@@ -32,34 +39,152 @@ def served(database_url: str) -> Iterator[tuple[str, str]]:
         yield started
 
 
+@dataclass
+class Served:
+    """A started ``balance serve``: its process, base URL, an admin key, and its stderr
+    (read as it comes, so a chatty server never blocks on a full pipe)."""
+
+    process: subprocess.Popen[bytes]
+    base: str
+    secret: str
+    _lines: list[bytes] = field(default_factory=list, init=False)
+    _reader: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._reader = threading.Thread(target=self._read, name="serve-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in iter(self._stderr.readline, b""):
+            self._lines.append(line)
+
+    @property
+    def _stderr(self) -> IO[bytes]:
+        assert self.process.stderr is not None, "started with stderr=PIPE"
+        return self.process.stderr
+
+    def log(self) -> str:
+        """What the server (and its workers) wrote to stderr so far."""
+        return b"".join(list(self._lines)).decode(errors="replace")
+
+    def wait_for_log(self, text: str, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                pytest.fail(f"balance serve did not log {text!r} in {seconds} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def settle(self, seconds: float = 1.0) -> None:
+        """Give the reader a moment to take in the last lines (all of them, once ended)."""
+        self._reader.join(timeout=seconds)
+
+    def close(self) -> None:
+        """After the process and its children ended: the pipe is at its end."""
+        self._reader.join(timeout=STOP_SECONDS)
+        if not self._reader.is_alive():  # else something still holds the pipe: leave it
+            self._stderr.close()
+
+
 @contextmanager
 def serving(database_url: str, *options: str) -> Iterator[tuple[str, str]]:
+    with serve_process(database_url, *options) as started:
+        yield started.base, started.secret
+
+
+@contextmanager
+def serve_process(database_url: str, *options: str, port: int | None = None) -> Iterator[Served]:
+    """``balance serve`` on ``port`` (a free one if None), answering /healthz, then stopped.
+
+    Stopping ends it and whatever child it has left (killed if they do not end in time).
+    """
     with BalanceService.from_url(database_url) as svc:
         _, secret = svc.create_api_key("serve-test", ["admin"])
-    port = free_port()
+    port = free_port() if port is None else port
     command = [sys.executable, "-c", "from balance_ledger.cli import main; main()"]
     server = subprocess.Popen(
         [*command, "--database-url", database_url, "serve", "--port", str(port), *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    base = f"http://127.0.0.1:{port}"
+    served = Served(server, f"http://127.0.0.1:{port}", secret)
     try:
         deadline = time.monotonic() + START_SECONDS
         while True:
             try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{served.base}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"balance serve did not start: {server.stderr.read().decode()}")
+                served.settle()
+                pytest.fail(f"balance serve did not start:\n{served.log()}")
             time.sleep(0.1)
-        yield base, secret
+        yield served
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        server.stderr.close()
+        stop(server)
+        served.close()
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    """Terminate ``server``, kill it if it hangs, and kill any child it leaves behind."""
+    children = child_processes(server.pid) if server.poll() is None else []
+    server.terminate()
+    try:
+        server.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=STOP_SECONDS)
+    finally:
+        for child in children:
+            child.kill()
+
+
+@dataclass(frozen=True)
+class Child:
+    """A process by pid and start time, so a recycled pid is never taken for it."""
+
+    pid: int
+    started: str
+
+    @property
+    def alive(self) -> bool:
+        stat = _stat(self.pid)
+        return stat is not None and stat[0] != "Z" and stat[19] == self.started
+
+    def kill(self) -> None:
+        if self.alive:
+            with suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def describe(self) -> str:
+        try:
+            command = Path(f"/proc/{self.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return str(self.pid)
+        return f"{self.pid} ({command.decode(errors='replace').strip()})"
+
+
+def child_processes(pid: int) -> list[Child]:
+    """The children of ``pid`` (spawned by any of its threads), from /proc (Linux)."""
+    pids = set()
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        with suppress(OSError):
+            pids.update(int(child) for child in listing.read_text().split())
+    children = []
+    for child in sorted(pids):
+        stat = _stat(child)
+        if stat is not None:
+            children.append(Child(child, stat[19]))
+    return children
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command (state first), or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
 
 
 def test_balance_serve_answers_over_tcp(served):

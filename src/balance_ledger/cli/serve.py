@@ -39,11 +39,28 @@ def serve(
     dispatch_interval: Annotated[
         float, typer.Option(help="Seconds between idle polls with --dispatch.", min=0.05)
     ] = 1.0,
+    shutdown_timeout: Annotated[
+        float,
+        typer.Option(
+            help="On SIGTERM (or a dead supervisor), let requests in flight finish this "
+            "long, then cancel them.",
+            min=0,
+            max=3600,
+        ),
+    ] = 10.0,
 ) -> None:
-    """Serve the JSON API (docs at /docs, schema at /openapi.json) until interrupted."""
+    """Serve the JSON API (docs at /docs, schema at /openapi.json) until interrupted.
+
+    SIGTERM drains the requests in flight (up to --shutdown-timeout) and exits 0.
+    """
     import uvicorn  # only here: every other command starts without the web stack
 
     from ..http.app import DISPATCH_INTERVAL_ENV
+    from ..http.supervision import SUPERVISOR_PID_ENV, exit_zero_on_sigterm
+
+    exit_zero_on_sigterm()  # and bounded: even with a request stuck in the database
+    # Each worker ends with this process (http/supervision.py; not if it is this process).
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
 
     # The workers build their own service from the environment (one pool per process).
     os.environ["BALANCE_DATABASE_URL"] = ctx.find_root().obj
@@ -60,6 +77,7 @@ def serve(
             port=port,
             workers=workers,
             proxy_headers=False,
+            timeout_graceful_shutdown=shutdown_timeout,
         )
 
 

@@ -27,6 +27,7 @@ from .deps import Meter, Service
 from .limits import BodySizeLimit
 from .metrics import CONTENT_TYPE, Metrics, RequestMetrics
 from .request_ids import RequestIds
+from .supervision import watch_supervisor
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_KEY_CACHE_SECONDS = 5.0
@@ -148,6 +149,7 @@ def app_from_environment() -> FastAPI:
     url = os.environ.get("BALANCE_DATABASE_URL", "sqlite:///balance.db")
     cache = float(os.environ.get("BALANCE_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS))
     interval = os.environ.get(DISPATCH_INTERVAL_ENV)
+    watch_supervisor()  # a worker of `balance serve --workers N` ends with its supervisor
     return create_app(
         BalanceService.from_url(url),
         key_cache_seconds=cache,
