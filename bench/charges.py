@@ -16,8 +16,10 @@ MariaDB and SQLite. ``ours/ref`` is our charges/s over the reference's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,19 +98,30 @@ def ours(svc: BalanceService, work: Workload) -> Figures:
 def _clients(
     svc: BalanceService, work: Workload, coalescer: ChargeCoalescer | None
 ) -> Callable[[int], Callable[[], int]]:
+    run = uuid.uuid4().hex[:8]  # keys unique across runs on the same database
+
     def client(n: int) -> Callable[[], int]:
         rng = random.Random(n)
+        numbers = itertools.count()
 
         def account() -> int:
             return 1 if work.workload == "hot" else rng.randint(1, work.accounts)
 
+        def key() -> str | None:
+            return f"{run}-{n}-{next(numbers)}" if work.keyed else None
+
         def single() -> int:
-            svc.charge_service(account(), 1, SERVICE_TYPE)
+            svc.charge_service(account(), 1, SERVICE_TYPE, idempotency_key=key())
             return 1
 
         def batch() -> int:
             items = [
-                {"user_id": account(), "amount": 1, "service_type": SERVICE_TYPE}
+                {
+                    "user_id": account(),
+                    "amount": 1,
+                    "service_type": SERVICE_TYPE,
+                    "idempotency_key": key(),
+                }
                 for _ in range(work.batch_size)
             ]
             results = svc.charge_many(items)
@@ -119,7 +132,7 @@ def _clients(
 
         def coalesced() -> int:
             assert coalescer is not None
-            coalescer.charge(account(), 1, SERVICE_TYPE)
+            coalescer.charge(account(), 1, SERVICE_TYPE, idempotency_key=key())
             return 1
 
         return {"single": single, "batch": batch, "coalesced": coalesced}[work.mode]
@@ -193,6 +206,13 @@ def add_matrix_arguments(parser: argparse.ArgumentParser, *, seconds: float) -> 
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=100, help="items per charge_many")
     parser.add_argument(
+        "--keys",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="give every charge its own idempotency key (as HTTP clients do); the "
+        "reference writes no key",
+    )
+    parser.add_argument(
         "--reference",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -212,7 +232,12 @@ def matrix(args: argparse.Namespace) -> list[tuple[str, Workload]]:
     ):
         raise SystemExit("spread batches need --accounts >= --batch-size")
     return [
-        (backend, Workload(workload, mode, clients, args.seconds, args.accounts, args.batch_size))
+        (
+            backend,
+            Workload(
+                workload, mode, clients, args.seconds, args.accounts, args.batch_size, args.keys
+            ),
+        )
         for backend in args.backend.split(",")
         for workload in args.workload.split(",")
         for mode in modes
@@ -231,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads sharing one BalanceService (pool_size = clients) on the same machine as the "
         "server. Latencies are per transaction (per charge_many call in batch mode); CPU % is "
         "the client process's, of one CPU."
+        + (" Every charge has its own idempotency key." if args.keys else "")
     )
     if args.reference:
         print(

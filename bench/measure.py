@@ -24,6 +24,7 @@ class Workload:
     seconds: float
     accounts: int
     batch_size: int
+    keyed: bool = False  # every charge with its own idempotency key, as HTTP clients send
 
     @property
     def per_transaction(self) -> int:
