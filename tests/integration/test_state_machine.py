@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -52,7 +54,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.model: dict[int, ModelAccount] = {}
-        self.keys: dict[tuple[int, str], tuple[str, int]] = {}
+        # (user_id, key): the request ("kind:amount") and its answer: a row id, or a
+        # refusal (overdraft flag, error class, context), which is replayed ever after.
+        self.keys: dict[tuple[int, str], tuple[str, int | tuple[object, ...]]] = {}
         self.charges: list[tuple[int, int, int]] = []  # (user_id, transaction id, amount)
         self.holds: dict[int, tuple[int, int]] = {}  # open hold id -> (user_id, amount)
         self.refunded: dict[int, int] = {}
@@ -70,6 +74,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(user_id=accounts, amount=AMOUNTS, key=st.none() | st.sampled_from("abc"))
     def recharge(self, user_id: int, amount: int, key: str | None) -> None:
+        if self._answered_by_refusal(user_id, key, "recharge", amount, False):
+            return
         if self._conflicts(user_id, key, "recharge", amount):
             return
         tx = self.svc.recharge(user_id, amount, idempotency_key=key)
@@ -87,6 +93,8 @@ class LedgerMachine(RuleBasedStateMachine):
         key=st.none() | st.sampled_from("abc"),
     )
     def charge(self, user_id: int, amount: int, overdraft: bool, key: str | None) -> None:
+        if self._answered_by_refusal(user_id, key, "charge", amount, overdraft):
+            return
         if self._conflicts(user_id, key, "charge", amount):
             return
         account = self.model[user_id]
@@ -95,15 +103,16 @@ class LedgerMachine(RuleBasedStateMachine):
             tx = self.svc.charge_service(
                 user_id, amount, "vps", allow_overdraft=overdraft, idempotency_key=key
             )
-        except AccountSuspended:
+        except (AccountSuspended, InsufficientBalance) as refused:
             assert not replay
             assert not overdraft
-            assert account.status is AccountStatus.SUSPENDED
-            return
-        except InsufficientBalance:
-            assert not replay
-            assert not overdraft
-            assert account.balance - amount < -account.credit_limit + account.held
+            if isinstance(refused, AccountSuspended):
+                assert account.status is AccountStatus.SUSPENDED
+            else:
+                assert account.balance - amount < -account.credit_limit + account.held
+            if key is not None:  # the key's answer from now on
+                answer = (overdraft, type(refused), refused.context())
+                self.keys[(user_id, key)] = (f"charge:{amount}", answer)
             return
         if self._is_replay(user_id, key, tx.id, "charge", amount):
             return
@@ -199,6 +208,27 @@ class LedgerMachine(RuleBasedStateMachine):
         adjustment = self.svc.adjust(user_id, delta, reason="model", actor="hypothesis")
         assert adjustment.balance_after - adjustment.balance_before == delta
         self.model[user_id].balance += delta
+
+    def _answered_by_refusal(
+        self, user_id: int, key: str | None, kind: str, amount: int, overdraft: bool
+    ) -> bool:
+        """A key whose first answer was a refusal answers it again, or conflicts."""
+        previous = self.keys.get((user_id, key)) if key else None
+        if previous is None or not isinstance(previous[1], tuple):
+            return False
+        refused_overdraft, error_class, context = previous[1]
+        same = (previous[0], refused_overdraft) == (f"{kind}:{amount}", overdraft)
+        if kind == "charge":
+            charge = self.svc.charge_service
+            call = partial(charge, user_id, amount, "vps", allow_overdraft=overdraft)
+        else:
+            call = partial(self.svc.recharge, user_id, amount)
+        with pytest.raises(error_class if same else IdempotencyConflict) as answer:
+            call(idempotency_key=key)
+        if same:
+            assert answer.value.replayed
+            assert answer.value.context() == context
+        return True
 
     def _conflicts(self, user_id: int, key: str | None, kind: str, amount: int) -> bool:
         """A reused key with another request must raise IdempotencyConflict."""
