@@ -1,4 +1,4 @@
-"""Every failure balance-ledger reports is one of these, and leaves nothing behind.
+"""Every failure balance-ledger reports is one of these; none moves money.
 
     BalanceError                  base of everything this package raises on purpose
     ├── AccountNotFound           no balance row for the user
@@ -22,7 +22,7 @@
         └── CommitUnknown         the connection failed during COMMIT: it may have committed
 
 A rejected call never moves money: the database transaction is rolled back before
-the error reaches the caller. Two things are kept on purpose:
+the error reaches the caller, leaving nothing behind, with two exceptions on purpose:
 
 - A **refusal** (``error.refusal``: insufficient balance, suspended account, currency
   mismatch, refund exceeding its charge, hold not active) of a request that carries
@@ -60,10 +60,11 @@ class BalanceError(Exception):
     replayed: bool = False
 
     def context(self) -> dict[str, Any]:
-        """The arguments the error was made with (``user_id``, ``amount``, ...), by name:
-        ``type(error)(**error.context())`` is the same error again."""
+        """The arguments the error was made with that it keeps (``user_id``, ``amount``,
+        ...), by name. For a refusal, ``type(error)(**error.context())`` is the same
+        error again (how a remembered refusal is replayed; tests/unit keeps it true)."""
         names = list(inspect.signature(type(self).__init__).parameters)[1:]
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in names if hasattr(self, name)}
 
 
 def refusal_class(code: str) -> type[BalanceError]:

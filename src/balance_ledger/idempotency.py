@@ -13,9 +13,12 @@ therefore never turn a refusal the client was given into a charge.
 Not remembered, as with other payment APIs: malformed requests (``InvalidRequest``),
 unknown accounts, conflicts and storage errors; a retry with the key is decided afresh.
 An attempt whose request differs from the remembered one (another amount, type, ...)
-is an ``IdempotencyConflict``, as for a written row. Refusals are kept at least
-``DEFAULT_RETENTION`` (``purge_refusals``, scheduled hourly, deletes older ones);
-ledger rows keep their keys forever.
+is an ``IdempotencyConflict``, as for a written row; a refusal's request is compared
+as asked (a refund or capture of "all" is another request than one of an amount, and
+``allow_overdraft`` and ``currency`` count). In an all_or_nothing batch, the refused
+item's figures are those it met within the batch. Refusals are kept at least
+``DEFAULT_RETENTION`` (``purge_refusals``, scheduled hourly, deletes older ones; never
+less than ``MIN_RETENTION``); ledger rows keep their keys forever.
 
 Pure rules; the SQL is db/refusals.py, the units of work that use it movements.py.
 """
@@ -30,6 +33,9 @@ from .errors import BalanceError, IdempotencyConflict, refusal_class
 from .models import KeyScope, Refusal
 
 DEFAULT_RETENTION = timedelta(hours=24)  # the least time a refusal answers its key
+# A shorter retention is refused: a late first attempt (a paused worker, a client's slow
+# retry loop) could then outlive its refusal and be decided again.
+MIN_RETENTION = timedelta(hours=1)
 
 
 def remembered(
@@ -37,13 +43,14 @@ def remembered(
     *,
     user_id: int,
     scope: KeyScope,
-    key: str,
+    key: str | None,
     request: Mapping[str, Any],
     now: datetime,
 ) -> Refusal | None:
     """The refusal to keep for a keyed request's first answer ``error``; None when
-    ``error`` is not a refusal (nothing is kept, the transaction rolls back)."""
-    if not error.refusal or error.replayed:
+    there is no key to keep it under or ``error`` is not a refusal (then nothing is
+    kept: the transaction rolls back)."""
+    if key is None or not error.refusal or error.replayed:
         return None
     return Refusal(
         id=0,

@@ -108,9 +108,13 @@ class _Posted:
     status_change: StatusChange | None
 
 
-# What a unit of work returns instead of raising a refusal it remembered under the
-# request's key (_remembered): the facade raises it after the COMMIT that keeps it.
-Refused = BalanceError
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """What a unit of work returns instead of raising a refusal it remembered under the
+    request's key (_remembered): the facade raises ``error`` after the COMMIT that keeps
+    it (raising inside would roll the remembering back)."""
+
+    error: BalanceError
 
 
 def _now() -> datetime:
@@ -265,15 +269,13 @@ def _remembered(
 ) -> Refused:
     """Keep a keyed request's refusal under its key (idempotency.py) and return it, to
     be raised once this transaction commits; raise anything else (rollback)."""
-    refusal = None
-    if key is not None:
-        refusal = idempotency.remembered(
-            error, user_id=user_id, scope=scope, key=key, request=request, now=now
-        )
+    refusal = idempotency.remembered(
+        error, user_id=user_id, scope=scope, key=key, request=request, now=now
+    )
     if refusal is None:
         raise error
     refusals.insert_many(conn, [refusal])
-    return error
+    return Refused(error)
 
 
 def _announced(
@@ -392,16 +394,14 @@ def _apply_many(
         try:
             decision = _decide(accounts.get(movement.user_id), movement, existing, now)
         except BalanceError as error:
-            refusal = None
-            if movement.idempotency_key and existing is None:
-                refusal = idempotency.remembered(
-                    error,
-                    user_id=movement.user_id,
-                    scope=KeyScope.LEDGER,
-                    key=movement.idempotency_key,
-                    request=movement.request(),
-                    now=now,
-                )
+            refusal = idempotency.remembered(
+                error,
+                user_id=movement.user_id,
+                scope=KeyScope.LEDGER,
+                key=movement.idempotency_key if existing is None else None,
+                request=movement.request(),
+                now=now,
+            )
             if atomic:
                 error.batch_item = i
                 if refusal is None:

@@ -272,9 +272,13 @@ class BalanceService:
     ) -> int:
         """Forget the refusals remembered under idempotency keys more than ``older_than``
         ago (idempotency.py); a later attempt with such a key is decided afresh. The
-        scheduler runs it hourly with the default, 24 h. Returns how many were forgotten."""
-        if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
-            raise InvalidRequest(f"older_than must be a positive timedelta, not {older_than!r}")
+        scheduler runs it hourly with the default, 24 h; less than an hour is refused
+        (idempotency.MIN_RETENTION). Returns how many were forgotten."""
+        if not isinstance(older_than, timedelta) or older_than < idempotency.MIN_RETENTION:
+            raise InvalidRequest(
+                f"older_than must be a timedelta of at least {idempotency.MIN_RETENTION}, "
+                f"not {older_than!r}: a late attempt could outlive its refusal"
+            )
         before = (_now() if now is None else valid.instant(now, "now")) - older_than
         forgotten = 0
         while purged := self._db.write(lambda conn: refusals.purge(conn, before, 1_000)):
@@ -510,7 +514,8 @@ class BalanceService:
 
         ``independent``: a list in item order of each item's ``Transaction`` or the
         typed ``BalanceError`` that refused it. ``all_or_nothing``: the first refused
-        item's error is raised and nothing is written. Accounts are locked in user_id
+        item's error is raised and nothing is written (but that item's refusal under its
+        idempotency key, if it has one: idempotency.py). Accounts are locked in user_id
         order, so concurrent batches never deadlock; rows are appended and balances
         updated with set-based statements, not a round trip per item.
 
@@ -549,7 +554,8 @@ class BalanceService:
                 results[i] = outcome
             for change in changes:
                 self._notify(change)
-            if atomic and (refused := [o for o in outcomes.values() if isinstance(o, Refused)]):
+            refused = [o for o in outcomes.values() if isinstance(o, BalanceError)]
+            if atomic and refused:
                 raise refused[0]  # remembered under its key by the commit above
         assert all(r is not None for r in results), "every item has its outcome"
         return results  # type: ignore[return-value]
@@ -868,7 +874,8 @@ class BalanceService:
                 allow_overdraft=True,
             )
             posted = _apply(conn, self._db.backend, movement)
-            assert isinstance(posted, _Posted), "a capture is never refused once its hold is"
+            if isinstance(posted, Refused):  # never: reserved money is always captured
+                return posted
             closed = {
                 "status": HoldStatus.CAPTURED,
                 "captured_amount": charged,
@@ -936,7 +943,7 @@ class BalanceService:
         def posted(conn: Connection) -> tuple[Transaction | Refused, StatusChange | None]:
             done = work(conn)
             if isinstance(done, Refused):
-                return done, None
+                return done, None  # raised by _after_commit
             return done.transaction, done.status_change
 
         return self._after_commit(posted)
@@ -950,7 +957,7 @@ class BalanceService:
         if change is not None:
             self._notify(change)
         if isinstance(result, Refused):
-            raise result
+            raise result.error
         return result
 
     def _notify(self, change: StatusChange) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from balance_ledger import BalanceService
 from balance_ledger.cli import main
+from balance_ledger.db.tables import balance_refusals
 
 
 def test_account_open_recharge_charge_show(balance, svc: BalanceService):
@@ -66,7 +69,13 @@ def test_a_keyed_refusal_is_replayed_and_says_so(balance, svc: BalanceService):
     assert again.startswith(first.strip())
     assert "(replayed: the first attempt with this idempotency key was refused so)" in again
     assert balance("purge-refusals", "--older-than-hours", "24")[:2] == (0, "forgot 0 refusals\n")
-    assert [tx.transaction_type.value for tx in svc.get_transactions(1)] == ["recharge"]
+    with svc.engine.begin() as conn:  # as if refused two hours ago
+        aged = datetime.now(UTC) - timedelta(hours=2)
+        conn.execute(update(balance_refusals).values(created_at=aged))
+    assert balance("purge-refusals", "--older-than-hours", "1")[:2] == (0, "forgot 1 refusals\n")
+    assert balance("purge-refusals", "--older-than-hours", "0.5")[0] == 2  # under an hour
+    assert balance("charge", "1", "10", "vps", "--idempotency-key", "k")[0] == 0, "key free"
+    assert [tx.transaction_type.value for tx in svc.get_transactions(1)] == ["charge", "recharge"]
 
 
 def test_unknown_account_exits_1(balance):
@@ -317,3 +326,20 @@ def test_charge_batch_with_bad_encoding_or_mode_exits_2(balance, tmp_path):
     batch.write_text("")
     code, _, err = balance("charge-batch", str(batch), "--mode", "bogus")
     assert code == 2
+
+
+def test_charge_batch_json_says_which_refusals_are_replayed(balance, tmp_path):
+    balance("account", "open", "1")
+    batch = tmp_path / "keyed.jsonl"
+    item = {"user_id": 1, "amount": 10, "service_type": "vps", "idempotency_key": "k"}
+    batch.write_text(json.dumps(item) + "\n")
+    first = json.loads(balance("charge-batch", str(batch), "--json")[1])
+    balance("recharge", "1", "100")
+    code, out, _ = balance("charge-batch", str(batch), "--json")
+    again = json.loads(out)
+    assert code == 1
+    assert [(r["error"], r["replayed"]) for r in first + again] == [
+        ("InsufficientBalance", False),
+        ("InsufficientBalance", True),
+    ]
+    assert again[0]["message"] == first[0]["message"]

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
 
 from balance_ledger import (
     AccountPolicy,
@@ -19,6 +20,7 @@ from balance_ledger import (
     InvalidRequest,
 )
 from balance_ledger.cli import main
+from balance_ledger.db.tables import balance_refusals
 from balance_ledger.jobs import scheduler
 from balance_ledger.jobs.scheduler import build_scheduler, cron_trigger, run_job, slot_of
 from tests.receiver import receiver
@@ -258,6 +260,9 @@ def test_the_purge_refusals_job_forgets_refusals_older_than_a_day(svc):
     with pytest.raises(InsufficientBalance) as kept:
         svc.charge_service(1, 10, "vps", idempotency_key="k")
     assert kept.value.replayed
-    assert svc.purge_refusals(now=datetime.now(UTC) + timedelta(days=1, seconds=1)) == 1
+    with svc.engine.begin() as conn:  # as if refused a day and a minute ago
+        aged = datetime.now(UTC) - timedelta(days=1, minutes=1)
+        conn.execute(update(balance_refusals).values(created_at=aged))
+    scheduler.purge_refusals(svc)
     svc.recharge(1, 10)
     assert svc.charge_service(1, 10, "vps", idempotency_key="k").balance_after == 0

@@ -66,3 +66,21 @@ def test_a_refused_hold_is_replayed(client: TestClient):
     assert again.status_code == 402
     assert again.headers["Idempotent-Replayed"] == "true"
     assert client.get("/v1/accounts/7").json()["held"] == 0
+
+
+def test_an_all_or_nothing_batch_replays_its_refused_item(client: TestClient):
+    open_account(client, 7)
+    open_account(client, 8, balance=1_000)
+    items = [
+        {"user_id": 8, **CHARGE, "idempotency_key": "A"},
+        {"user_id": 7, **CHARGE, "idempotency_key": "B"},
+    ]
+    body = {"mode": "all_or_nothing", "items": items}
+    first = client.post("/v1/charges:batch", json=body)
+    assert (first.status_code, first.json()["batch_item"]) == (402, 1)
+    client.post("/v1/accounts/7/recharges", json={"amount": 1_000})
+    again = client.post("/v1/charges:batch", json=body)
+    assert (again.status_code, again.json()["batch_item"]) == (402, 1)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["detail"] == first.json()["detail"]
+    assert client.get("/v1/accounts/8").json()["balance"] == 1_000, "nothing charged"

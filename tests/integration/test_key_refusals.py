@@ -31,7 +31,7 @@ from balance_ledger import (
 )
 from balance_ledger.coalescer import ChargeCoalescer
 from balance_ledger.db.tables import balance_refusals, user_balance_transactions
-from balance_ledger.errors import AccountNotFound
+from balance_ledger.errors import AccountNotFound, InvalidAmount
 
 WAIT = 30  # seconds: a bound on every wait, so a broken test fails instead of hanging
 
@@ -103,16 +103,23 @@ def test_a_refused_key_with_another_request_is_a_conflict(svc, account_factory, 
     assert dump() == before
 
 
-def test_unknown_accounts_and_malformed_requests_are_not_remembered(svc, dump):
+def test_unknown_accounts_and_invalid_requests_are_not_remembered(svc, dump):
     before = dump()
     with pytest.raises(AccountNotFound):
         svc.charge_service(7, 500, "vps", idempotency_key="k")
-    with pytest.raises(BalanceError):
-        svc.charge_service(7, 0, "vps", idempotency_key="k")
     assert dump() == before
     svc.open_account(7)
     svc.recharge(7, 500)
     assert svc.charge_service(7, 500, "vps", idempotency_key="k").balance_after == 0
+    # Invalid for the account's figures, found under the lock (a balance past BIGINT):
+    # not a refusal, so not the key's answer.
+    svc.adjust(7, 2**63 - 10, reason="test", actor="test")  # balance just under the top
+    before = dump()
+    with pytest.raises(InvalidAmount, match="would not fit in a 64-bit integer"):
+        svc.recharge(7, 20, idempotency_key="big")
+    assert dump() == before
+    svc.charge_service(7, 100, "vps")
+    assert svc.recharge(7, 20, idempotency_key="big").replayed is False
 
 
 def test_a_suspended_account_refusal_is_replayed_after_reactivation(svc, account_factory):
@@ -144,6 +151,8 @@ def test_a_refund_refusal_is_replayed(svc, account_factory):
     # "Whatever is left" is a request of its own: its refusal is its key's answer too.
     whole = answer(lambda: svc.refund(charge.id, idempotency_key="rest"))
     same_refusal(whole, answer(lambda: svc.refund(charge.id, idempotency_key="rest")))
+    with pytest.raises(IdempotencyConflict, match="amount None != 40"):
+        svc.refund(charge.id, 40, idempotency_key="rest")
 
 
 def test_a_capture_refusal_is_replayed(svc, account_factory):
@@ -246,8 +255,10 @@ def test_refusals_are_kept_for_the_retention_then_purged(svc, account_factory):
     assert refusals_of(svc) == []
     svc.recharge(account.user_id, 100)
     assert svc.charge_service(account.user_id, 30, "vps", idempotency_key="k").amount == 30
-    with pytest.raises(BalanceError, match="older_than"):
-        svc.purge_refusals(older_than=timedelta(0))
+    for too_short in (timedelta(0), timedelta(minutes=59)):
+        with pytest.raises(BalanceError, match="older_than must be a timedelta of at least"):
+            svc.purge_refusals(older_than=too_short)
+    assert svc.purge_refusals(older_than=timedelta(hours=1)) == 0
 
 
 # -- the race: a stalled first attempt ------------------------------------------------------
@@ -331,6 +342,32 @@ def test_racing_attempts_of_one_refused_key_all_get_one_answer(database_url: str
             if other is not fresh[0]:
                 same_refusal(fresh[0], other)
         assert refusals_of(svc) == [(1, "ledger", "k", "insufficient-balance")]
+
+
+@pytest.mark.race
+def test_racing_batches_with_one_refused_key_all_get_one_answer(database_url: str):
+    racers = 8
+    with BalanceService.from_url(database_url, pool_size=racers, max_overflow=0) as svc:
+        svc.open_account(1)
+        item = {"user_id": 1, "amount": 30, "service_type": "vps", "idempotency_key": "k"}
+        barrier = threading.Barrier(racers)
+        outcomes: list[object] = []
+
+        def batch() -> None:
+            barrier.wait(WAIT)
+            outcomes.extend(svc.charge_many([item]))
+
+        workers = [threading.Thread(target=batch) for _ in range(racers)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(WAIT)
+        fresh = [o for o in outcomes if isinstance(o, BalanceError) and not o.replayed]
+        assert len(outcomes) == racers
+        assert len(fresh) == 1
+        for other in outcomes:
+            if other is not fresh[0]:
+                same_refusal(fresh[0], other)
 
 
 # -- the property: any interleaving, one answer ---------------------------------------------

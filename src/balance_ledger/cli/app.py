@@ -307,7 +307,7 @@ def purge_refusals(
     ctx: typer.Context,
     older_than_hours: Annotated[
         float,
-        typer.Option(help="Forget refusals remembered longer ago than this.", min=0.001),
+        typer.Option(help="Forget refusals remembered longer ago than this.", min=1),
     ] = 24.0,
 ) -> None:
     """Forget refused requests' answers kept under their idempotency keys (the scheduler

@@ -113,7 +113,8 @@ def charge_batch(
 
 def _result(item: int, result: Transaction | BalanceError) -> dict[str, Any]:
     if isinstance(result, BalanceError):
-        return {"item": item, "error": type(result).__name__, "message": str(result)}
+        error = type(result).__name__
+        return {"item": item, "error": error, "message": str(result), "replayed": result.replayed}
     return {"item": item, "transaction": json.loads(fmt.to_json(result))}
 
 

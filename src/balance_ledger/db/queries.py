@@ -73,9 +73,6 @@ _CHAIN_COLUMNS = [ledger.c[name] for name in ("id", "row_hash", *SEALED_FIELDS)]
 # The statements of every single movement, built once: constructing a statement and
 # its cache key on each call was a measurable part of a charge's client CPU.
 _LOCK_BALANCE = select(balances).where(balances.c.user_id == bindparam("user_id")).with_for_update()
-_FIND_BY_KEY = select(ledger).where(
-    ledger.c.user_id == bindparam("user_id"), ledger.c.idempotency_key == bindparam("key")
-)
 _CHAIN_HEAD = (
     select(ledger.c.id, ledger.c.row_hash)
     .where(ledger.c.user_id == bindparam("user_id"))
@@ -246,19 +243,26 @@ def find_by_idempotency_keys(
     conn: Connection, pairs: set[tuple[int, str]]
 ) -> dict[tuple[int, str], Transaction]:
     """The rows written earlier with any of these (user_id, key) pairs."""
-    found: dict[tuple[int, str], Transaction] = {}
+    return {pair: _transaction(row) for pair, row in keyed_rows(conn, ledger, pairs)}
+
+
+def keyed_rows(
+    conn: Connection, table: Table, pairs: set[tuple[int, str]], *where: ColumnElement[bool]
+) -> Iterator[tuple[tuple[int, str], RowMapping]]:
+    """The rows of ``table`` (also matching ``where``) whose (user_id, idempotency_key)
+    is one of ``pairs``, by pair; in bounded IN lists."""
     listed = sorted(pairs)
     for start in range(0, len(listed), 1_000):
         part = listed[start : start + 1_000]
-        stmt = select(ledger).where(
-            ledger.c.user_id.in_({u for u, _ in part}),
-            ledger.c.idempotency_key.in_({k for _, k in part}),
+        stmt = select(table).where(
+            *where,
+            table.c.user_id.in_({u for u, _ in part}),
+            table.c.idempotency_key.in_({k for _, k in part}),
         )
         for row in conn.execute(stmt).mappings():
             pair = (row["user_id"], row["idempotency_key"])
             if pair in pairs:
-                found[pair] = _transaction(row)
-    return found
+                yield pair, row
 
 
 def reserve_ledger_ids(conn: Connection, backend: Backend, count: int) -> list[int] | None:
@@ -282,11 +286,6 @@ def insert_transactions(conn: Connection, rows: list[dict[str, Any]]) -> list[Tr
     stmt = insert(ledger).returning(ledger.c.id, sort_by_parameter_order=True)
     ids = [row_id for (row_id,) in conn.execute(stmt, rows)]
     return [_transaction({**row, "id": row_id}) for row, row_id in zip(rows, ids, strict=True)]
-
-
-def find_by_idempotency_key(conn: Connection, user_id: int, key: str) -> Transaction | None:
-    row = conn.execute(_FIND_BY_KEY, {"user_id": user_id, "key": key}).mappings().first()
-    return _transaction(row) if row else None
 
 
 def append_transaction(

@@ -76,7 +76,8 @@ class ChargeBatch(_Body):
     mode: Literal["independent", "all_or_nothing"] = Field(
         default="independent",
         description="independent: each item succeeds or fails alone; all_or_nothing: the "
-        "first refused item refuses the batch and nothing is written.",
+        "first refused item refuses the batch and nothing is charged (a refused item with "
+        "an idempotency_key keeps its refusal as the key's answer).",
     )
     items: list[BatchCharge] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
 

@@ -43,7 +43,9 @@ def watch_supervisor(poll_seconds: float = POLL_SECONDS) -> threading.Thread | N
     (``BALANCE_SERVE_SUPERVISOR_PID`` unset, or naming this very process: one worker).
     """
     named = os.environ.get(SUPERVISOR_PID_ENV, "").strip()
-    if not named:
+    if not named.isdigit():
+        if named:
+            log.warning("ignoring %s=%r: not a process id", SUPERVISOR_PID_ENV, named)
         return None
     supervisor = int(named)
     if supervisor == os.getpid():
@@ -95,6 +97,7 @@ def exit_zero_on_sigterm(grace: float = EXIT_GRACE_SECONDS) -> None:
 def _exit_now() -> None:
     main = threading.main_thread()
     stuck = [t.name for t in threading.enumerate() if not t.daemon and t is not main]
-    log.error("exiting without waiting for threads still running: %s", ", ".join(stuck))
+    if stuck:
+        log.error("exiting without waiting for threads still running: %s", ", ".join(stuck))
     logging.shutdown()  # flushes the handlers
     os._exit(0)
