@@ -10,6 +10,7 @@ delivery (every few seconds) are safe to run on every host at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -78,35 +79,29 @@ def run_job(
 
 def expire_holds(svc: BalanceService) -> None:
     """Safe on any number of hosts at once: each hold is re-checked under its lock."""
-    try:
-        released = svc.expire_holds()
-    except Exception:
-        log.exception("expire-holds failed")
-        return
-    if released:
-        log.info("expire-holds released %d holds", released)
+    _sweep("expire-holds", svc.expire_holds, "released %d holds")
 
 
 def suspend_overdue(svc: BalanceService) -> None:
     """Safe on any number of hosts at once: each account is settled again under its lock."""
-    try:
-        suspended = svc.suspend_overdue()
-    except Exception:
-        log.exception("suspend-overdue failed")
-        return
-    if suspended:
-        log.info("suspend-overdue suspended %d accounts", suspended)
+    _sweep("suspend-overdue", svc.suspend_overdue, "suspended %d accounts")
 
 
 def purge_refusals(svc: BalanceService) -> None:
     """Safe on any number of hosts at once: a refusal deleted twice is deleted once."""
+    _sweep("purge-refusals", svc.purge_refusals, "forgot %d refusals older than the retention")
+
+
+def _sweep(job: str, run: Callable[[], int], done: str) -> None:
+    """Run one pass of a sweep; log how much it did (``done`` % count), or its failure:
+    a failed pass is retried at the next firing, never the end of the scheduler."""
     try:
-        forgotten = svc.purge_refusals()
+        count = run()
     except Exception:
-        log.exception("purge-refusals failed")
+        log.exception("%s failed", job)
         return
-    if forgotten:
-        log.info("purge-refusals forgot %d refusals older than the retention", forgotten)
+    if count:
+        log.info("%s " + done, job, count)
 
 
 def anchor_chains(svc: BalanceService) -> None:
