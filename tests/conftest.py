@@ -12,14 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, make_url, select
 
 from balance_ledger import AccountPolicy, Balance, BalanceService
+from balance_ledger.db.drills import overwrite_cache
 from balance_ledger.db.guards import APPEND_ONLY_TABLES, install_append_only, remove_append_only
-from balance_ledger.db.tables import metadata, user_balances
+from balance_ledger.db.tables import metadata
 from tests.databases import recreate_database, server_url
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
@@ -149,10 +151,4 @@ def dump(svc: BalanceService) -> Dump:
 def corrupt(svc: BalanceService) -> Callable[..., None]:
     """Overwrite cache columns behind the service's back (how drift looks)."""
 
-    def overwrite(user_id: int, **values: object) -> None:
-        with svc.engine.begin() as conn:
-            conn.execute(
-                user_balances.update().where(user_balances.c.user_id == user_id).values(**values)
-            )
-
-    return overwrite
+    return partial(overwrite_cache, svc.engine)

@@ -55,7 +55,7 @@ _CREATED_AT = SEALED_FIELDS.index("created_at")
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ":")).encode
 
 
-def canonical(row: Mapping[str, Any]) -> bytes:
+def canonical(row: Mapping[Any, Any]) -> bytes:
     """The row's sealed fields as a UTF-8 JSON array in one fixed order.
 
     The timestamp is UTC with microseconds, which every backend keeps exactly.
@@ -76,7 +76,7 @@ class Link:
     hash: str
 
 
-def seal(previous: Link | None, row: Mapping[str, Any]) -> str:
+def seal(previous: Link | None, row: Mapping[Any, Any]) -> str:
     """The row_hash of ``row`` written after ``previous`` (None: the account's first row).
 
     The previous row's id is sealed too, so renumbering rows breaks the chain.
@@ -86,13 +86,13 @@ def seal(previous: Link | None, row: Mapping[str, Any]) -> str:
     return hashlib.sha256(link.encode() + b"\n" + canonical(row)).hexdigest()
 
 
-def following(previous: Link | None, row: Mapping[str, Any]) -> Link:
+def following(previous: Link | None, row: Mapping[Any, Any]) -> Link:
     """The link after ``row``: its stored hash, or, for a row written without one (by
     a writer older than migration 0006), the hash the backfill gives it."""
     return Link(row["id"], row["row_hash"] or seal(previous, row))
 
 
-def head_of(rows: Iterable[Mapping[str, Any]]) -> Link | None:
+def head_of(rows: Iterable[Mapping[Any, Any]]) -> Link | None:
     """The link after an account's rows, oldest first (starting at a sealed row or the first)."""
     previous = None
     for row in rows:
@@ -160,7 +160,7 @@ class ChainWalk:
         self._head: Link | None = None
         self._balance_after = 0
 
-    def feed(self, row: Mapping[str, Any]) -> None:
+    def feed(self, row: Mapping[Any, Any]) -> None:
         self.rows += 1
         user_id = row["user_id"]
         if user_id != self._user:
@@ -174,7 +174,7 @@ class ChainWalk:
         self._balance_after = row["balance_after"]
 
 
-def _diagnosis(row: Mapping[str, Any], previous_after: int, *, first: bool) -> str:
+def _diagnosis(row: Mapping[Any, Any], previous_after: int, *, first: bool) -> str:
     where = f"hash chain of account {row['user_id']} broken at row {row['id']}"
     if row["row_hash"] is None:
         return f"{where}: the row has no row_hash (written around the ledger's code)"

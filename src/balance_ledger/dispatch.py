@@ -173,7 +173,7 @@ class Dispatcher:
         self.db.write(
             lambda conn: queries.settle_delivery(conn, delivery.id, {**values, "lease_until": None})
         )
-        return DeliveryStatus(values["status"])
+        return DeliveryStatus(str(values["status"]))
 
 
 def _now() -> datetime:

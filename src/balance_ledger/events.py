@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import policy
 from .models import (
@@ -28,8 +28,19 @@ from .models import (
     TransactionType,
 )
 
-if TYPE_CHECKING:
-    from .reconcile import Discrepancy
+
+class Finding(Protocol):
+    """What the reconciler found out of step with the ledger (reconcile.Discrepancy is
+    one): named here by its shape, so the outbox does not depend on the reconciler."""
+
+    @property
+    def user_id(self) -> int: ...
+
+    @property
+    def difference(self) -> int: ...
+
+    def changed_columns(self) -> list[tuple[str, object, object]]: ...
+
 
 MOVED = {
     TransactionType.CHARGE: EventType.CHARGED,
@@ -110,17 +121,17 @@ def account_changes(
     return rows + alerts(before, after, at, **cause)
 
 
-def sync_discrepancy(run_id: int, found: Discrepancy, at: datetime) -> dict[str, Any]:
+def sync_discrepancy(run_id: int, found: Finding, at: datetime) -> dict[str, Any]:
     """A verify or rebuild run found an account's cache out of step with its ledger."""
     return _row(EventType.SYNC_DISCREPANCY_FOUND, found.user_id, _sync(run_id, found), at)
 
 
-def sync_fixed(run_id: int, found: Discrepancy, at: datetime) -> dict[str, Any]:
+def sync_fixed(run_id: int, found: Finding, at: datetime) -> dict[str, Any]:
     """The run rewrote those cache columns, in this event's transaction."""
     return _row(EventType.SYNC_FIXED, found.user_id, _sync(run_id, found), at)
 
 
-def _sync(run_id: int, found: Discrepancy) -> dict[str, Any]:
+def _sync(run_id: int, found: Finding) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "user_id": found.user_id,
@@ -147,7 +158,9 @@ def hold(kind: EventType, held: Hold, at: datetime) -> dict[str, Any]:
     return _row(kind, held.user_id, payload, at)
 
 
-def _row(kind: EventType, user_id: int | None, payload: dict[str, Any], at: datetime) -> dict:
+def _row(
+    kind: EventType, user_id: int | None, payload: dict[str, Any], at: datetime
+) -> dict[str, Any]:
     body = {"type": kind.value, "occurred_at": _instant(at), **payload}
     return {
         "event_type": kind.value,

@@ -109,7 +109,7 @@ def anchor_chains(db: Database) -> ChainDigest | None:
             return None
         latest = queries.latest_digest(conn)
         previous = latest["digest"] if latest else GENESIS
-        values = {
+        values: dict[str, Any] = {
             "created_at": datetime.now(UTC),
             "accounts": len(heads),
             "previous_digest": previous,

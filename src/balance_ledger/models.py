@@ -95,7 +95,7 @@ class AccountPolicy:
         }
 
     @classmethod
-    def from_columns(cls, values: Mapping[str, Any]) -> AccountPolicy:
+    def from_columns(cls, values: Mapping[Any, Any]) -> AccountPolicy:
         """The policy of a row (or a request body) that has the ``columns()`` names."""
         seconds = values["grace_period_seconds"]
         return cls(

@@ -428,14 +428,14 @@ def _apply_many(
                 draft = Transaction(**{**decision.row, "id": 0, "transaction_type": kind})
                 in_batch[pair] = (i, draft)
     if first_malformed is not None:
-        error = movements[first_malformed]
-        assert isinstance(error, BalanceError)
-        error.batch_item = first_malformed
-        raise error
+        malformed_item = movements[first_malformed]
+        assert isinstance(malformed_item, BalanceError)
+        malformed_item.batch_item = first_malformed
+        raise malformed_item
     refusals.insert_many(conn, remembered)
     outcomes.update(_insert_sealed(conn, backend, appended))
-    for i, first in same_as.items():
-        written = outcomes[first]
+    for i, answered_by in same_as.items():
+        written = outcomes[answered_by]
         assert isinstance(written, Transaction)
         outcomes[i] = dataclasses.replace(written, replayed=True)
     moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]

@@ -655,7 +655,7 @@ class BalanceService:
         ``secret`` (signatures.py); without one, a random secret is made. It is returned
         here; store it where the receiver can read it.
         """
-        values = {
+        values: dict[str, Any] = {
             "url": valid.subscription_url(url),
             "event_types": valid.event_types(event_types),
             "secret": valid.webhook_secret(secret),
@@ -876,7 +876,7 @@ class BalanceService:
             posted = _apply(conn, self._db.backend, movement)
             if isinstance(posted, Refused):  # never: reserved money is always captured
                 return posted
-            closed = {
+            closed: dict[str, Any] = {
                 "status": HoldStatus.CAPTURED,
                 "captured_amount": charged,
                 "capture_transaction_id": posted.transaction.id,

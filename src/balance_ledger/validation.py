@@ -11,7 +11,7 @@ import secrets
 import unicodedata
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TypeGuard
+from typing import Literal, TypeGuard, overload
 from urllib.parse import SplitResult, urlsplit
 
 from babel.numbers import list_currencies
@@ -118,6 +118,10 @@ def currency(value: object) -> str:
     return code
 
 
+@overload
+def text(field: str, value: object, *, required: Literal[True]) -> str: ...
+@overload
+def text(field: str, value: object, *, required: bool = False) -> str | None: ...
 def text(field: str, value: object, *, required: bool = False) -> str | None:
     """A free-text column value: str within the column width, printable text.
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -107,7 +107,7 @@ def _policy(
     reactivation_threshold: int | None,
 ) -> AccountPolicy:
     """``base`` with the options given replacing its fields."""
-    given = {
+    given: dict[str, Any] = {
         "low_balance_threshold": low_balance_threshold,
         "grace_amount": grace_amount,
         "grace_period": None if grace_period is None else timedelta(seconds=grace_period),

@@ -12,12 +12,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import update
 
-from ..db.tables import user_balances
+from ..db.drills import overwrite_cache
 from ..errors import BalanceError, InsufficientBalance
 from ..models import StatusChange
 from ..service import BalanceService
@@ -137,12 +137,13 @@ def _drift(console: Console, svc: BalanceService) -> bool:
         svc.recharge(user_id, 50_000 * user_id)
         svc.charge_service(user_id, 7_000, "vps")
     # What a bad manual edit or a buggy script would do: write the cache directly.
-    corruptions = {3: {"balance": 999_999}, 5: {"total_spent": 0}, 7: {"status": "suspended"}}
-    with svc.engine.begin() as conn:
-        for user_id, values in corruptions.items():
-            conn.execute(
-                update(user_balances).where(user_balances.c.user_id == user_id).values(**values)
-            )
+    corruptions: dict[int, dict[str, Any]] = {
+        3: {"balance": 999_999},
+        5: {"total_spent": 0},
+        7: {"status": "suspended"},
+    }
+    for user_id, values in corruptions.items():
+        overwrite_cache(svc.engine, user_id, **values)
 
     found = svc.verify_and_fix_balance()
     console.print(format.sync_summary(found))

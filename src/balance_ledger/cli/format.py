@@ -43,7 +43,10 @@ def to_json(value: Any) -> str:
 
     if isinstance(value, list):
         value = [
-            dataclasses.asdict(item) if dataclasses.is_dataclass(item) else item for item in value
+            dataclasses.asdict(item)
+            if dataclasses.is_dataclass(item) and not isinstance(item, type)
+            else item
+            for item in value
         ]
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)

@@ -40,14 +40,14 @@ def serve(
         float, typer.Option(help="Seconds between idle polls with --dispatch.", min=0.05)
     ] = 1.0,
     shutdown_timeout: Annotated[
-        float,
+        int,
         typer.Option(
             help="On SIGTERM (or a dead supervisor), let requests in flight finish this "
             "long, then cancel them.",
             min=0,
             max=3600,
         ),
-    ] = 10.0,
+    ] = 10,
 ) -> None:
     """Serve the JSON API (docs at /docs, schema at /openapi.json) until interrupted.
 

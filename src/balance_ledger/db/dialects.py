@@ -92,7 +92,7 @@ class Backend:
         if self.name == "postgresql":
             return getattr(original, "sqlstate", None) in _PG_RETRYABLE
         if self.name == "mariadb":
-            args = getattr(original, "args", ())
+            args: tuple[object, ...] = getattr(original, "args", ())
             return bool(args) and args[0] in _MARIADB_RETRYABLE
         # SQLite: the busy timeout ran out waiting for another writer.
         return "database is locked" in str(original) or "database is busy" in str(original)
@@ -237,7 +237,7 @@ class Backend:
         if self.name == "postgresql":
             return getattr(original, "sqlstate", None) == _PG_UNDEFINED_TABLE
         if self.name == "mariadb":
-            args = getattr(original, "args", ())
+            args: tuple[object, ...] = getattr(original, "args", ())
             return bool(args) and args[0] == _MARIADB_NO_SUCH_TABLE
         return "no such table" in str(original)
 
@@ -269,7 +269,7 @@ def _upsert_unnested(
 @functools.cache
 def _copy_types(columns: tuple[Column[Any], ...]) -> list[str]:
     """The PostgreSQL type name of each column, as psycopg's binary COPY needs them."""
-    dialect = postgresql.dialect()
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     return [re.sub(r"\(.*\)", "", c.type.compile(dialect=dialect)).lower() for c in columns]
 
 

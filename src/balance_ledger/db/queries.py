@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    CursorResult,
     FromClause,
     Row,
     RowMapping,
@@ -125,8 +126,15 @@ _INSERT_AND_UPDATE = _UPDATE_BALANCE.add_cte(_NEW_ROW).returning(
 
 def _insert(conn: Connection, table: Table, values: Mapping[str, Any]) -> int:
     """Insert one row; its new id."""
-    (row_id,) = conn.execute(insert(table).values(values)).inserted_primary_key or (None,)
-    return int(row_id)
+    return _new_id(conn.execute(insert(table).values(values)))
+
+
+def _new_id(inserted: CursorResult[Any]) -> int:
+    """The id the database gave the row a single-row INSERT wrote."""
+    key = inserted.inserted_primary_key
+    if key is None or key[0] is None:
+        raise RuntimeError("the INSERT returned no id")  # a driver that lost it: a bug
+    return int(key[0])
 
 
 # The columns of an AccountPolicy (models.py); the rest of the row is the Balance's.
@@ -138,7 +146,7 @@ _POLICY_COLUMNS = (
 )
 
 
-def _balance(row: Mapping[str, Any]) -> Balance:
+def _balance(row: Mapping[Any, Any]) -> Balance:
     figures = {k: v for k, v in row.items() if k not in _POLICY_COLUMNS}
     return Balance(
         **{
@@ -149,7 +157,7 @@ def _balance(row: Mapping[str, Any]) -> Balance:
     )
 
 
-def _transaction(row: Mapping[str, Any]) -> Transaction:
+def _transaction(row: Mapping[Any, Any]) -> Transaction:
     return Transaction(**{**row, "transaction_type": TransactionType(row["transaction_type"])})
 
 
@@ -295,10 +303,9 @@ def append_transaction(
     account's moved figures: one statement on PostgreSQL, two elsewhere."""
     if backend.chains_writes:
         params = {f"row_{name}": value for name, value in values.items()}
-        row_id = conn.execute(_INSERT_AND_UPDATE, {**params, **_balance_params(account, now)})
-        return _transaction({**values, "id": row_id.scalar_one()})
-    result = conn.execute(_INSERT_TRANSACTION, values)
-    (row_id,) = result.inserted_primary_key or (None,)
+        written = conn.execute(_INSERT_AND_UPDATE, {**params, **_balance_params(account, now)})
+        return _transaction({**values, "id": written.scalar_one()})
+    row_id = _new_id(conn.execute(_INSERT_TRANSACTION, values))
     update_balances(conn, [account], now=now)
     return _transaction({**values, "id": row_id})
 
@@ -404,7 +411,7 @@ def ledger_totals(conn: Connection, user_id: int) -> LedgerTotals:
 # -- holds -------------------------------------------------------------------------------
 
 
-def _hold(row: Mapping[str, Any]) -> Hold:
+def _hold(row: Mapping[Any, Any]) -> Hold:
     return Hold(**{**row, "status": HoldStatus(row["status"])})
 
 
@@ -767,12 +774,12 @@ def ledger_accounts(
 def hash_suspects(conn: Connection, backend: Backend, low: int, high: int) -> list[int] | None:
     """Accounts low..high with a row whose hash the server computes differently from the
     stored one, checked set-based in the database; None where it cannot (SQLite)."""
-    window = {"partition_by": ledger.c.user_id, "order_by": ledger.c.id}
+    by_account = {"partition_by": ledger.c.user_id, "order_by": ledger.c.id}
     rows = (
         select(
             *_CHAIN_COLUMNS,
-            func.lag(ledger.c.id).over(**window).label("previous_id"),
-            func.lag(ledger.c.row_hash).over(**window).label("previous_hash"),
+            func.lag(ledger.c.id).over(**by_account).label("previous_id"),  # type: ignore[arg-type]
+            func.lag(ledger.c.row_hash).over(**by_account).label("previous_hash"),  # type: ignore[arg-type]
         )
         .where(ledger.c.user_id.between(low, high))
         .subquery("rows")
@@ -845,7 +852,7 @@ def insert_digest(
 
 def digests_with_anchors(conn: Connection) -> list[tuple[RowMapping, list[Row[Any]]]]:
     """Every digest, oldest first, with the (user, row, hash) triples it anchored."""
-    found = [
+    found: list[tuple[RowMapping, list[Row[Any]]]] = [
         (digest, []) for digest in conn.execute(select(digests).order_by(digests.c.id)).mappings()
     ]
     by_id: dict[int, list[Row[Any]]] = {digest["id"]: rows for digest, rows in found}
@@ -898,7 +905,7 @@ _API_KEY_COLUMNS = [c for c in api_keys.c if c.name != "key_hash"]
 _KNOWN_SCOPES = frozenset(scope.value for scope in Scope)
 
 
-def _api_key(row: Mapping[str, Any]) -> ApiKey:
+def _api_key(row: Mapping[Any, Any]) -> ApiKey:
     # A name this version does not know (a row from a newer version) grants nothing.
     names = row["scopes"].split(",")
     scopes = frozenset(Scope(name) for name in names if name in _KNOWN_SCOPES)
@@ -974,7 +981,7 @@ def append_events(conn: Connection, backend: Backend, rows: list[dict[str, Any]]
 _INSERT_EVENT = insert(events)
 
 
-def _event(row: Mapping[str, Any]) -> Event:
+def _event(row: Mapping[Any, Any]) -> Event:
     return Event(
         id=row["id"],
         event_type=EventType(row["event_type"]),
@@ -1019,7 +1026,7 @@ def mark_fanned_out(conn: Connection, event_ids: list[int]) -> None:
 # -- webhooks and deliveries (dispatch.py) --------------------------------------------------
 
 
-def _webhook(row: Mapping[str, Any]) -> Webhook:
+def _webhook(row: Mapping[Any, Any]) -> Webhook:
     kinds = row["event_types"]
     return Webhook(
         id=row["id"],
@@ -1091,7 +1098,7 @@ def insert_deliveries(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(insert(deliveries), rows)
 
 
-def _delivery(row: Mapping[str, Any]) -> Delivery:
+def _delivery(row: Mapping[Any, Any]) -> Delivery:
     return Delivery(**{**row, "status": DeliveryStatus(row["status"])})
 
 

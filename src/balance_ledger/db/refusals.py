@@ -93,7 +93,7 @@ def _columns(refusal: Refusal) -> dict[str, Any]:
     }
 
 
-def _refusal(row: Mapping[str, Any]) -> Refusal:
+def _refusal(row: Mapping[Any, Any]) -> Refusal:
     return Refusal(
         **{
             **row,

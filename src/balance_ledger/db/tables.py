@@ -76,7 +76,7 @@ metadata = MetaData(
 # utf8mb4_nopad_bin: idempotency keys and references compare byte for byte, as on the
 # other backends (MariaDB's default collation would make 'Key' equal 'key', and its
 # PAD SPACE collations, utf8mb4_bin included, make 'key ' equal 'key').
-_MARIADB_TABLE = {
+_MARIADB_TABLE: dict[str, Any] = {
     "mysql_engine": "InnoDB",
     "mysql_charset": "utf8mb4",
     "mysql_collate": "utf8mb4_nopad_bin",

@@ -85,7 +85,7 @@ class Metrics:
             registry=own,
         )
         if multiprocess:
-            MultiProcessCollector(self.registry)
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         self.registry.register(_SyncTotals(service))
         service.on_lock_wait(self.lock_wait.observe)
 

@@ -116,7 +116,7 @@ def status_of(error: errors.BalanceError) -> tuple[int, str]:
     """The error's HTTP status and problem code."""
     for kind in type(error).__mro__:
         if kind in STATUS:
-            return STATUS[kind], error.code  # type: ignore[index]
+            return STATUS[kind], error.code
     raise AssertionError("BalanceError itself is listed")
 
 

@@ -38,7 +38,7 @@ def chosen(scope: Scope) -> str:
     """The client's ``X-Request-Id`` if well-formed, else a fresh uuid4 (32 hex digits)."""
     for name, value in scope.get("headers", ()):
         if name.lower() == b"x-request-id":
-            text = value.decode("latin-1")
+            text: str = value.decode("latin-1")
             if _WELL_FORMED.fullmatch(text):
                 return text
             break
