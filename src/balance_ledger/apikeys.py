@@ -23,10 +23,10 @@ import hashlib
 import re
 import secrets
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
+from . import clock
 from . import validation as valid
 from .db import queries
 from .db.transactions import Database
@@ -37,10 +37,6 @@ KEY_MARKER = "bl_"
 KEY_BYTES = 30  # token_urlsafe(30): 40 characters, 240 bits
 PREFIX_LENGTH = 8  # of the 40 random characters: 48 bits shown, 192 stay secret
 _KEY = re.compile(rf"{KEY_MARKER}[A-Za-z0-9_-]{{40}}")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def new_secret() -> str:
@@ -66,7 +62,7 @@ def create(db: Database, name: str, scopes: Iterable[Scope | str]) -> tuple[ApiK
             key_hash=key_hash(secret),
             prefix=secret[len(KEY_MARKER) :][:PREFIX_LENGTH],
             scopes=granted,
-            now=_now(),
+            now=clock.now(),
         )
 
     return db.write(work), secret
@@ -94,7 +90,7 @@ def revoke(db: Database, key_id: int) -> ApiKey:
     key_id = valid.row_id(key_id, "API key id")
 
     def work(conn: Connection) -> ApiKey:
-        queries.revoke_api_key(conn, key_id, _now())
+        queries.revoke_api_key(conn, key_id, clock.now())
         revoked = queries.get_api_key(conn, key_id)
         if revoked is None:
             raise ApiKeyNotFound(key_id)

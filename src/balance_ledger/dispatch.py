@@ -27,11 +27,12 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import httpx
 from sqlalchemy import Connection
 
+from . import clock
 from .db import queries
 from .db.transactions import Database
 from .models import Delivery, DeliveryStatus, Event
@@ -121,7 +122,7 @@ class Dispatcher:
             for hook in queries.list_webhooks(conn)
             if hook.removed_at is None and not self.sinks.serves(hook.url)
         ]
-        now = _now()
+        now = clock.now()
         return queries.claim_deliveries(conn, now, now + self.lease, self.batch, skip=unserved)
 
     def fan_out(self) -> int:
@@ -132,7 +133,7 @@ class Dispatcher:
             if not pending:
                 return 0
             hooks = [w for w in queries.list_webhooks(conn) if w.removed_at is None]
-            now = _now()
+            now = clock.now()
             rows = [
                 {
                     "event_id": event.id,
@@ -158,7 +159,7 @@ class Dispatcher:
     ) -> DeliveryStatus:
         attempts = delivery.attempts + 1  # claiming counted this one
         error = "the webhook was removed" if target is None else self.sinks.deliver(event, *target)
-        now = _now()
+        now = clock.now()
         if error is None:
             values = {"status": DeliveryStatus.DELIVERED.value, "delivered_at": now}
         elif target is None or attempts >= self.max_attempts:
@@ -174,7 +175,3 @@ class Dispatcher:
             lambda conn: queries.settle_delivery(conn, delivery.id, {**values, "lease_until": None})
         )
         return DeliveryStatus(str(values["status"]))
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

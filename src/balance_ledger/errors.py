@@ -52,6 +52,11 @@ class BalanceError(Exception):
 
     #: Stable, one per class: the HTTP problem's ``code``.
     code: ClassVar[str] = "refused"
+    #: The HTTP status of its problem document; the CLI's exit code derives from it too
+    #: (422 and 5xx: 2, bad input or a failed database; any other: 1, refused).
+    #: 402: a prepaid balance that cannot cover a charge is "payment required"; 409:
+    #: the request is well-formed but the account's state refuses it.
+    http_status: ClassVar[int] = 400
     #: A decision on the account's state, remembered under the request's idempotency key.
     refusal: ClassVar[bool] = False
     #: The item's index when ``charge_many(mode="all_or_nothing")`` raises it.
@@ -81,6 +86,7 @@ def _subclasses(kind: type[BalanceError]) -> list[type[BalanceError]]:
 
 class AccountNotFound(BalanceError):
     code = "account-not-found"
+    http_status = 404
 
     def __init__(self, user_id: int) -> None:
         self.user_id = user_id
@@ -89,6 +95,7 @@ class AccountNotFound(BalanceError):
 
 class AccountExists(BalanceError):
     code = "account-exists"
+    http_status = 409
 
     def __init__(self, user_id: int, detail: str) -> None:
         self.user_id = user_id
@@ -99,6 +106,7 @@ class JobBusy(BalanceError):
     """Another runner, on this host or another, is running the same job right now."""
 
     code = "job-busy"
+    http_status = 409
 
     def __init__(self, job: str) -> None:
         self.job = job
@@ -107,6 +115,7 @@ class JobBusy(BalanceError):
 
 class AccountSuspended(BalanceError):
     code = "account-suspended"
+    http_status = 409
     refusal = True
 
     def __init__(self, user_id: int, balance: int, credit_limit: int) -> None:
@@ -121,6 +130,7 @@ class AccountSuspended(BalanceError):
 
 class TransactionNotFound(BalanceError):
     code = "transaction-not-found"
+    http_status = 404
 
     def __init__(self, transaction_id: int) -> None:
         self.transaction_id = transaction_id
@@ -129,6 +139,7 @@ class TransactionNotFound(BalanceError):
 
 class RefundExceedsCharge(BalanceError):
     code = "refund-exceeds-charge"
+    http_status = 409
     refusal = True
 
     def __init__(self, transaction_id: int, amount: int, refundable: int) -> None:
@@ -143,6 +154,7 @@ class RefundExceedsCharge(BalanceError):
 
 class HoldNotFound(BalanceError):
     code = "hold-not-found"
+    http_status = 404
 
     def __init__(self, hold_id: int) -> None:
         self.hold_id = hold_id
@@ -151,6 +163,7 @@ class HoldNotFound(BalanceError):
 
 class HoldNotActive(BalanceError):
     code = "hold-not-active"
+    http_status = 409
     refusal = True
 
     def __init__(self, hold_id: int, status: str) -> None:
@@ -161,6 +174,7 @@ class HoldNotActive(BalanceError):
 
 class InsufficientBalance(BalanceError):
     code = "insufficient-balance"
+    http_status = 402
     refusal = True
 
     def __init__(self, user_id: int, amount: int, available: int) -> None:
@@ -175,6 +189,7 @@ class InsufficientBalance(BalanceError):
 
 class CurrencyMismatch(BalanceError):
     code = "currency-mismatch"
+    http_status = 409
     refusal = True
 
     def __init__(self, user_id: int, account_currency: str, requested_currency: str) -> None:
@@ -189,6 +204,7 @@ class CurrencyMismatch(BalanceError):
 
 class IdempotencyConflict(BalanceError):
     code = "idempotency-conflict"
+    http_status = 409
 
     def __init__(self, user_id: int, idempotency_key: str, detail: str) -> None:
         self.user_id = user_id
@@ -201,6 +217,7 @@ class IdempotencyConflict(BalanceError):
 
 class ApiKeyNotFound(BalanceError):
     code = "api-key-not-found"
+    http_status = 404
 
     def __init__(self, key_id: int) -> None:
         self.key_id = key_id
@@ -209,6 +226,7 @@ class ApiKeyNotFound(BalanceError):
 
 class WebhookNotFound(BalanceError):
     code = "webhook-not-found"
+    http_status = 404
 
     def __init__(self, webhook_id: int) -> None:
         self.webhook_id = webhook_id
@@ -219,10 +237,12 @@ class InvalidRequest(BalanceError):
     """An argument is malformed; raised before the database is touched."""
 
     code = "invalid-request"
+    http_status = 422
 
 
 class InvalidAmount(InvalidRequest):
     code = "invalid-amount"
+    http_status = 422
 
     def __init__(self, amount: object, reason: str) -> None:
         self.amount = amount
@@ -242,10 +262,12 @@ class StorageError(BalanceError):
     for ``CommitUnknown``."""
 
     code = "storage-error"
+    http_status = 503
 
 
 class SchemaMissing(StorageError):
     code = "schema-missing"
+    http_status = 503
 
     def __init__(self, cause: str) -> None:
         super().__init__(
@@ -256,6 +278,7 @@ class SchemaMissing(StorageError):
 
 class RetriesExhausted(StorageError):
     code = "retries-exhausted"
+    http_status = 503
 
     def __init__(self, attempts: int, cause: str) -> None:
         self.attempts = attempts
@@ -269,6 +292,7 @@ class CommitUnknown(StorageError):
     """The connection failed while COMMIT was in flight: the server may have committed."""
 
     code = "commit-unknown"
+    http_status = 503
 
     def __init__(self, cause: str) -> None:
         super().__init__(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Row
 
+from . import clock
 from .chain import GENESIS, ChainBreak, ChainDigest, ChainReport, ChainWalk, digest_of
 from .db import queries
 from .db.dialects import Backend
@@ -110,7 +111,7 @@ def anchor_chains(db: Database) -> ChainDigest | None:
         latest = queries.latest_digest(conn)
         previous = latest["digest"] if latest else GENESIS
         values: dict[str, Any] = {
-            "created_at": datetime.now(UTC),
+            "created_at": clock.now(),
             "accounts": len(heads),
             "previous_digest": previous,
             "digest": digest_of(previous, heads),

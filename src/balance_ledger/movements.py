@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from . import events, idempotency, policy
+from . import clock, events, idempotency, policy
 from . import validation as valid
 from .chain import Link, head_of, seal
 from .db import queries, refusals
@@ -115,10 +115,6 @@ class Refused:
     it (raising inside would roll the remembering back)."""
 
     error: BalanceError
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _movement(
@@ -235,7 +231,7 @@ def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted |
     existing = None
     if account is not None and key is not None:
         existing = refusals.earlier_answer(conn, movement.user_id, key)
-    now = _now()
+    now = clock.now()
     asked = movement
     try:
         if movement.transaction_type is TransactionType.REFUND and existing is None:
@@ -376,7 +372,7 @@ def _apply_many(
         **refusals.find_many(conn, KeyScope.LEDGER, keyed),
         **queries.find_by_idempotency_keys(conn, keyed),
     }
-    now = _now()
+    now = clock.now()
     outcomes: dict[int, Transaction | BalanceError] = {}
     appended: list[tuple[int, dict[str, Any]]] = []
     settled: dict[int, tuple[Balance, Balance]] = {}  # item: its account before, after
@@ -525,7 +521,7 @@ def _capture_replay(
 def _release(
     conn: Connection, account: Balance, hold: Hold, status: HoldStatus
 ) -> tuple[Hold, StatusChange | None]:
-    now = _now()
+    now = clock.now()
     queries.close_hold(conn, hold.id, {"status": status.value, "closed_at": now})
     released = dataclasses.replace(hold, status=status, closed_at=now)
     event = events.hold(events.HOLD_CLOSED[status], released, now)
@@ -620,7 +616,7 @@ def _expiry(expires_at: object, ttl: object) -> datetime | None:
         raise InvalidRequest("give expires_at or ttl, not both")
     if expires_at is not None:
         expiry = valid.instant(expires_at, "expires_at")
-        if not _now() < expiry <= _now() + MAX_HOLD:
+        if not clock.now() < expiry <= clock.now() + MAX_HOLD:
             raise InvalidRequest("expires_at must be in the future and at most a year away")
         return expiry
     if ttl is None:
@@ -633,7 +629,7 @@ def _expiry(expires_at: object, ttl: object) -> datetime | None:
         raise InvalidRequest(f"ttl must be a timedelta or whole seconds, not {type(ttl).__name__}")
     if not 0 < seconds <= MAX_HOLD.total_seconds():
         raise InvalidRequest(f"ttl must be positive and at most a year, got {seconds} s")
-    return _now() + timedelta(seconds=seconds)
+    return clock.now() + timedelta(seconds=seconds)
 
 
 def _within_refundable(conn: Connection, refund: _Movement) -> _Movement:

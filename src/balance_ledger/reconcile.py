@@ -27,13 +27,13 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row
 
-from . import events, integrity, policy
+from . import clock, events, integrity, policy
 from .db import queries
 from .db.dialects import Backend
 from .db.transactions import Database
@@ -200,10 +200,6 @@ class SyncTotals(Serialisable):
     fixed: int  # accounts whose cache was rewritten
     errors: int  # accounts whose ledger was in doubt
     last_finished_at: datetime | None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- comparing one account --------------------------------------------------------------
@@ -478,7 +474,7 @@ class Reconciler:
             scans, unreadable = self._chunk_or_each(
                 ids, partial(self._scan, incremental=incremental)
             )
-            now = _now()
+            now = clock.now()
             checkpoints: list[dict[str, Any]] = []
             dropped: list[int] = []
             unfixed: list[Discrepancy] = []
@@ -720,7 +716,7 @@ class Reconciler:
             "full_scan": full,
             "user_id": user_id,
             "scheduled_for": at,
-            "started_at": _now(),
+            "started_at": clock.now(),
         }
         return self.db.write(lambda conn: queries.start_sync_run(conn, values))
 
@@ -744,7 +740,7 @@ class Reconciler:
     ) -> None:
         values = {
             **counts,
-            "finished_at": _now(),
+            "finished_at": clock.now(),
             "outcome": outcome,
             "message": None if message is None else message[:1024],
         }
@@ -821,7 +817,7 @@ def _save_chunk(
 def _rewrite(conn: Connection, run_id: int, found: Discrepancy) -> None:
     """Set the cache to the ledger's figures, record each changed column and announce
     it: sync.discrepancy_found, sync.fixed, and the status change if there is one."""
-    now = _now()
+    now = clock.now()
     values: dict[str, Any] = {
         "balance": found.actual_balance,
         "total_recharged": found.actual_total_recharged,

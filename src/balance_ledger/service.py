@@ -30,7 +30,7 @@ from typing import Any, Self, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from . import apikeys, events, idempotency, integrity, sinks
+from . import apikeys, clock, events, idempotency, integrity, sinks
 from . import validation as valid
 from .chain import ChainDigest, ChainReport
 from .db import queries, refusals
@@ -87,7 +87,6 @@ from .movements import (
     _Movement,
     _movement,
     _new_account,
-    _now,
     _Posted,
     _release,
     _remembered,
@@ -216,7 +215,7 @@ class BalanceService:
         chosen = valid.account_policy(policy or self.account_policy, credit_limit)
 
         def work(conn: Connection) -> Balance:
-            now = _now()
+            now = clock.now()
             # Insert-if-absent, then lock: two racing opens of a new account both succeed.
             opened = _new_account(user_id, currency, credit_limit, chosen, now)
             queries.insert_balance(conn, self._db.backend, opened)
@@ -241,7 +240,7 @@ class BalanceService:
         with its event and callbacks. A running grace period keeps its deadline.
         """
         user_id = valid.user_id(user_id)
-        now = _now()
+        now = clock.now()
         account = self._after_commit(
             partial(_settle_again, user_id=user_id, now=now, new_policy=policy)
         )
@@ -255,7 +254,7 @@ class BalanceService:
         The scheduler runs it every minute; safe on any number of hosts (each account
         is settled again under its lock). Returns how many were suspended.
         """
-        moment = _now() if now is None else valid.instant(now, "now")
+        moment = clock.now() if now is None else valid.instant(now, "now")
         suspended = 0
         while due := self._db.read(lambda conn: queries.overdue_accounts(conn, moment, 500)):
             for user_id in due:
@@ -279,7 +278,7 @@ class BalanceService:
                 f"older_than must be a timedelta of at least {idempotency.MIN_RETENTION}, "
                 f"not {older_than!r}: a late attempt could outlive its refusal"
             )
-        before = (_now() if now is None else valid.instant(now, "now")) - older_than
+        before = (clock.now() if now is None else valid.instant(now, "now")) - older_than
         forgotten = 0
         while purged := self._db.write(lambda conn: refusals.purge(conn, before, 1_000)):
             forgotten += purged
@@ -659,7 +658,7 @@ class BalanceService:
             "url": valid.subscription_url(url),
             "event_types": valid.event_types(event_types),
             "secret": valid.webhook_secret(secret),
-            "created_at": _now(),
+            "created_at": clock.now(),
         }
         webhook = self._db.write(lambda conn: queries.insert_webhook(conn, values))
         return webhook, values["secret"]
@@ -683,7 +682,7 @@ class BalanceService:
         kinds = valid.event_types(event_types)
 
         def work(conn: Connection) -> Webhook:
-            now = _now()
+            now = clock.now()
             key = queries.lock_subscribing(conn, url, now)
             subscription = next(iter(queries.live_subscriptions(conn, url)), None)
             if subscription is None:
@@ -713,7 +712,7 @@ class BalanceService:
         webhook_id = valid.row_id(webhook_id, "webhook id")
 
         def work(conn: Connection) -> Webhook:
-            queries.remove_webhook(conn, webhook_id, _now())
+            queries.remove_webhook(conn, webhook_id, clock.now())
             webhook = queries.get_webhook(conn, webhook_id)
             if webhook is None:
                 raise WebhookNotFound(webhook_id)
@@ -735,7 +734,9 @@ class BalanceService:
     def retry_event(self, event_id: int) -> int:
         """Give an event's dead deliveries a fresh set of attempts; return how many."""
         event_id = valid.row_id(event_id, "event id")
-        return self._db.write(lambda conn: queries.revive_dead_deliveries(conn, event_id, _now()))
+        return self._db.write(
+            lambda conn: queries.revive_dead_deliveries(conn, event_id, clock.now())
+        )
 
     # -- API keys (apikeys.py): the HTTP service's credentials ------------------------
 
@@ -795,7 +796,7 @@ class BalanceService:
             account = queries.lock_balance(conn, user_id)
             if account is None:
                 raise AccountNotFound(user_id)
-            now = _now()
+            now = clock.now()
             if key is not None and (existing := queries.find_hold_by_key(conn, user_id, key)):
                 asked = (amount, service_type, description)
                 if (existing.amount, existing.service_type, existing.description) != asked:
@@ -854,11 +855,13 @@ class BalanceService:
                 account, hold = self._lock_active_hold(conn, user_id, hold_id, capturing=True)
             except HoldNotActive as refused:
                 request = _capture_request(hold_id, take)
-                return _remembered(conn, refused, user_id, KeyScope.LEDGER, key, request, _now())
+                return _remembered(
+                    conn, refused, user_id, KeyScope.LEDGER, key, request, clock.now()
+                )
             charged = hold.amount if take is None else take
             if charged > hold.amount:
                 raise InvalidAmount(charged, f"hold {hold_id} reserved only {hold.amount}")
-            now = _now()
+            now = clock.now()
             queries.set_held(conn, user_id, account.held - hold.amount, now)
             movement = _Movement(
                 user_id=user_id,
@@ -902,7 +905,7 @@ class BalanceService:
 
     def expire_holds(self, now: datetime | None = None) -> int:
         """Release every active hold past its expiry; return how many were released."""
-        moment = _now() if now is None else valid.instant(now, "now")
+        moment = clock.now() if now is None else valid.instant(now, "now")
         released = 0
         while due := self._db.read(lambda conn: queries.expired_holds(conn, moment, 500)):
             for hold_id, user_id in due:
@@ -930,7 +933,7 @@ class BalanceService:
         assert hold is not None, "holds are never deleted"
         if hold.status is not HoldStatus.ACTIVE:
             raise HoldNotActive(hold_id, hold.status.value)
-        if capturing and hold.expires_at is not None and hold.expires_at <= _now():
+        if capturing and hold.expires_at is not None and hold.expires_at <= clock.now():
             raise HoldNotActive(hold_id, "expired")
         return account, hold
 

@@ -163,9 +163,12 @@ def idempotency_key(value: object) -> str | None:
     return text("idempotency_key", value)
 
 
+MAX_PAGE = 1_000  # the most rows one page of any listing holds (library, CLI, HTTP)
+
+
 def page_size(value: object) -> int:
-    if not _is_int(value) or not 1 <= value <= 1000:
-        raise InvalidRequest(f"limit must be an int between 1 and 1000, got {shown(value)}")
+    if not _is_int(value) or not 1 <= value <= MAX_PAGE:
+        raise InvalidRequest(f"limit must be an int between 1 and {MAX_PAGE}, got {shown(value)}")
     return value
 
 

@@ -17,7 +17,7 @@ from . import serve as _serve  # noqa: F401  (registers its commands on app)
 from . import sync as _sync  # noqa: F401  (registers its commands on app)
 from .app import app
 
-__all__ = ["app", "main"]
+__all__ = ["EXIT_ERROR", "EXIT_REFUSED", "app", "exit_code", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,22 @@ def _item(error: BalanceError) -> str:
     return f"item {error.batch_item + 1} refused, nothing was charged: "
 
 
-def _replayed(error: BalanceError) -> str:
-    """A refusal answered again from its idempotency key says so."""
-    if not error.replayed:
-        return ""
-    return " (replayed: the first attempt with this idempotency key was refused so)"
+def exit_code(error: BalanceError) -> int:
+    """From the error's status (errors.py): 422 and 5xx are bad input or a failed
+    database (2); any other refusal is the ledger saying no (1)."""
+    return EXIT_ERROR if error.http_status == 422 or error.http_status >= 500 else EXIT_REFUSED
+
+
+def _described(error: BalanceError) -> str:
+    """One line: which batch item, the error's class (not for a malformed argument,
+    whose message says it all), its message, and whether its key replayed it."""
+    if isinstance(error, StorageError):
+        return f"{type(error).__name__}: {error}"
+    kind = "" if isinstance(error, InvalidRequest) else f"{type(error).__name__}: "
+    replayed = ""
+    if error.replayed:
+        replayed = " (replayed: the first attempt with this idempotency key was refused so)"
+    return f"{_item(error)}{kind}{error}{replayed}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,17 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         code = app(args=argv, prog_name="balance", standalone_mode=False)
-    except InvalidRequest as error:
-        err.print(f"error: {_item(error)}{error}", markup=False)
-        sys.exit(EXIT_ERROR)
-    except StorageError as error:
-        err.print(f"error: {type(error).__name__}: {error}", markup=False)
-        sys.exit(EXIT_ERROR)
     except BalanceError as error:
-        err.print(
-            f"error: {_item(error)}{type(error).__name__}: {error}{_replayed(error)}", markup=False
-        )
-        sys.exit(EXIT_REFUSED)
+        err.print(f"error: {_described(error)}", markup=False)
+        sys.exit(exit_code(error))
     except typer.TyperException as error:  # click's usage errors
         if message := error.format_message():  # empty when help was shown instead
             err.print(f"error: {message}", markup=False)

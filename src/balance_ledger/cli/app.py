@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .. import clock
 from ..models import AccountPolicy, Balance, Hold, Transaction
 from ..service import BalanceService
 from . import format as fmt
@@ -400,7 +401,7 @@ def statement(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print the rows as CSV.")] = False,
 ) -> None:
     """Opening balance, the movements of a period and the closing balance, from the ledger."""
-    period_end = _instant(end) if end else datetime.now(UTC)
+    period_end = _instant(end) if end else clock.now()
     result = _service(ctx).statement(user_id, _instant(start), period_end)
     if as_json:
         console.print_json(fmt.to_json(result))

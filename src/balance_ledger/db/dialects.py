@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -54,6 +54,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
+from .. import clock
 from ..chain import SEALED_FIELDS
 from ..errors import InvalidRequest, shown
 from .tables import balance_job_locks
@@ -394,7 +395,7 @@ def execute_locking(
 def _sqlite_lease(engine: Engine, key: str, lease: timedelta) -> Iterator[bool]:
     holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
     locks = balance_job_locks
-    now = datetime.now(UTC)
+    now = clock.now()
     with engine.connect() as conn:
         conn = conn.execution_options(**{WRITE_OPTION: True})
         with conn.begin():

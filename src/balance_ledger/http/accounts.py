@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from ..models import Scope
 from . import bodies
-from .deps import Service, UserId, needs
+from .deps import PageSize, Service, UserId, needs
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
@@ -41,7 +41,7 @@ def get_account(user_id: UserId, svc: Service) -> dict[str, Any]:
 def transactions(
     user_id: UserId,
     svc: Service,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, PageSize] = 50,
     before_id: Annotated[int | None, Query(ge=1)] = None,
 ) -> bodies.TransactionPage:
     """Ledger rows newest first; follow ``next_before_id`` for older ones."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.params import Depends as Dependency
 
 from ..models import Scope
 from ..service import BalanceService
+from ..validation import MAX_PAGE
 from .auth import require
 from .metrics import Metrics
 
@@ -29,6 +30,7 @@ def needs(scope: Scope) -> list[Dependency]:
 Service = Annotated[BalanceService, Depends(service_of)]
 Meter = Annotated[Metrics, Depends(metrics_of)]
 UserId = Annotated[int, Path(description="The account's user id.")]
+PageSize = Query(ge=1, le=MAX_PAGE, description="Rows per page.")
 IdempotencyKey = Annotated[
     str | None,
     Header(

@@ -31,28 +31,6 @@ log = logging.getLogger("balance_ledger.http")
 
 MEDIA_TYPE = "application/problem+json"
 
-# The HTTP status per error class; the most specific class listed wins (MRO order).
-# The problem's ``code`` is the class's own (errors.py). 402: a prepaid balance that
-# cannot cover a charge is exactly "payment required"; 409: the request is well-formed
-# but the account's state refuses it.
-STATUS: dict[type[errors.BalanceError], int] = {
-    errors.InsufficientBalance: 402,
-    errors.AccountSuspended: 409,
-    errors.AccountNotFound: 404,
-    errors.AccountExists: 409,
-    errors.TransactionNotFound: 404,
-    errors.RefundExceedsCharge: 409,
-    errors.HoldNotFound: 404,
-    errors.WebhookNotFound: 404,
-    errors.ApiKeyNotFound: 404,
-    errors.HoldNotActive: 409,
-    errors.CurrencyMismatch: 409,
-    errors.IdempotencyConflict: 409,
-    errors.JobBusy: 409,
-    errors.InvalidRequest: 422,
-    errors.StorageError: 503,
-    errors.BalanceError: 400,
-}
 # Context attributes an error may carry, copied into the problem when present.
 _CONTEXT = (
     "user_id",
@@ -113,11 +91,8 @@ def _title(code: str) -> str:
 
 
 def status_of(error: errors.BalanceError) -> tuple[int, str]:
-    """The error's HTTP status and problem code."""
-    for kind in type(error).__mro__:
-        if kind in STATUS:
-            return STATUS[kind], error.code
-    raise AssertionError("BalanceError itself is listed")
+    """The error's HTTP status and problem code, both declared on its class (errors.py)."""
+    return error.http_status, error.code
 
 
 def document(error: errors.BalanceError) -> tuple[int, dict[str, Any]]:

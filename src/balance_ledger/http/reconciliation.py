@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 
 from ..models import Scope
 from . import bodies
-from .deps import Service, needs
+from .deps import PageSize, Service, needs
 
 router = APIRouter(prefix="/v1", tags=["reconciliation"])
 
@@ -31,7 +31,7 @@ def reconcile(body: bodies.Reconcile, svc: Service) -> dict[str, Any]:
 
 
 @router.get("/sync-runs", dependencies=needs(Scope.READ))
-def sync_runs(svc: Service, limit: Annotated[int, Query(ge=1, le=500)] = 20) -> dict[str, Any]:
+def sync_runs(svc: Service, limit: Annotated[int, PageSize] = 20) -> dict[str, Any]:
     """The most recent verify and rebuild runs, newest first."""
     return {"runs": [run.to_dict() for run in svc.sync_runs(limit)]}
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ..models import Delivery, Event, Scope, Webhook
-from .deps import Service, needs
+from .deps import PageSize, Service, needs
 
 router = APIRouter(prefix="/v1", dependencies=needs(Scope.ADMIN))
 
@@ -89,7 +89,7 @@ def remove_webhook(webhook_id: WebhookId, svc: Service) -> WebhookOut:
 def events(
     svc: Service,
     after_id: Annotated[int, Query(ge=0, description="The last event id seen.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, PageSize] = 100,
     user_id: Annotated[int | None, Query(ge=1, description="Only this account's.")] = None,
 ) -> EventPage:
     """Outbox events after ``after_id``, oldest first, each as its webhook delivery's body."""

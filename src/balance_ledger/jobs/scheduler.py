@@ -18,6 +18,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .. import clock
 from ..errors import InvalidRequest, JobBusy
 from ..service import BalanceService
 
@@ -67,7 +68,7 @@ def run_job(
     svc: BalanceService, job: str, trigger: CronTrigger, now: datetime | None = None
 ) -> None:
     """One firing of ``job``: run it for its slot, once across every runner."""
-    slot = slot_of(trigger, now or datetime.now(trigger.timezone))
+    slot = slot_of(trigger, now or clock.now().astimezone(trigger.timezone))
     try:
         result = svc.run_scheduled_job(job, slot)
     except Exception:
