@@ -14,7 +14,7 @@ looks the hash up through the unique index. The timing of that lookup depends on
 on the hash of what the caller sent, which tells them nothing about any stored key,
 so it is as good as a constant-time comparison.
 
-The SQL is in db/queries.py; this module knows nothing of HTTP or terminals.
+The SQL is in db/api_keys.py; this module knows nothing of HTTP or terminals.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 
 from . import clock
 from . import validation as valid
-from .db import queries
+from .db import api_keys
 from .db.transactions import Database
 from .errors import ApiKeyNotFound
 from .models import ApiKey, Scope
@@ -56,7 +56,7 @@ def create(db: Database, name: str, scopes: Iterable[Scope | str]) -> tuple[ApiK
     secret = new_secret()  # outside the transaction: a retried attempt stores the same key
 
     def work(conn: Connection) -> ApiKey:
-        return queries.insert_api_key(
+        return api_keys.insert_api_key(
             conn,
             name=name,
             key_hash=key_hash(secret),
@@ -76,13 +76,13 @@ def authenticate(db: Database, secret: object) -> ApiKey | None:
     """
     if not isinstance(secret, str) or not _KEY.fullmatch(secret):
         return None  # fullmatch of a fixed length: a huge value fails after 43 characters
-    found = db.read(lambda conn: queries.api_key_by_hash(conn, key_hash(secret)))
+    found = db.read(lambda conn: api_keys.api_key_by_hash(conn, key_hash(secret)))
     return found if found is not None and found.active else None
 
 
 def list_keys(db: Database) -> list[ApiKey]:
     """Every key, revoked ones included, newest first (never a key or its hash)."""
-    return db.read(queries.all_api_keys)
+    return db.read(api_keys.all_api_keys)
 
 
 def revoke(db: Database, key_id: int) -> ApiKey:
@@ -90,8 +90,8 @@ def revoke(db: Database, key_id: int) -> ApiKey:
     key_id = valid.row_id(key_id, "API key id")
 
     def work(conn: Connection) -> ApiKey:
-        queries.revoke_api_key(conn, key_id, clock.now())
-        revoked = queries.get_api_key(conn, key_id)
+        api_keys.revoke_api_key(conn, key_id, clock.now())
+        revoked = api_keys.get_api_key(conn, key_id)
         if revoked is None:
             raise ApiKeyNotFound(key_id)
         return revoked

@@ -33,7 +33,7 @@ import httpx
 from sqlalchemy import Connection
 
 from . import clock
-from .db import queries
+from .db import outbox
 from .db.transactions import Database
 from .models import Delivery, DeliveryStatus, Event
 from .sinks import Callback, Sinks
@@ -100,8 +100,8 @@ class Dispatcher:
             return DispatchReport(fanned_out=fanned)
         events, targets = self.db.read(
             lambda conn: (
-                queries.events_by_id(conn, [d.event_id for d in claimed]),
-                queries.webhook_targets(conn, [d.webhook_id for d in claimed]),
+                outbox.events_by_id(conn, [d.event_id for d in claimed]),
+                outbox.webhook_targets(conn, [d.webhook_id for d in claimed]),
             )
         )
         outcomes = [
@@ -119,20 +119,20 @@ class Dispatcher:
         # A removed subscription's deliveries stay claimable by anyone: they only die.
         unserved = [
             hook.id
-            for hook in queries.list_webhooks(conn)
+            for hook in outbox.list_webhooks(conn)
             if hook.removed_at is None and not self.sinks.serves(hook.url)
         ]
         now = clock.now()
-        return queries.claim_deliveries(conn, now, now + self.lease, self.batch, skip=unserved)
+        return outbox.claim_deliveries(conn, now, now + self.lease, self.batch, skip=unserved)
 
     def fan_out(self) -> int:
         """Write the deliveries of the oldest events not yet fanned out; return how many."""
 
         def work(conn: Connection) -> int:
-            pending = queries.lock_unfanned_events(conn, self.batch)
+            pending = outbox.lock_unfanned_events(conn, self.batch)
             if not pending:
                 return 0
-            hooks = [w for w in queries.list_webhooks(conn) if w.removed_at is None]
+            hooks = [w for w in outbox.list_webhooks(conn) if w.removed_at is None]
             now = clock.now()
             rows = [
                 {
@@ -148,8 +148,8 @@ class Dispatcher:
                 for hook in hooks
                 if hook.wants(event.event_type.value)
             ]
-            queries.insert_deliveries(conn, rows)
-            queries.mark_fanned_out(conn, [event.id for event in pending])
+            outbox.insert_deliveries(conn, rows)
+            outbox.mark_fanned_out(conn, [event.id for event in pending])
             return len(pending)
 
         return self.db.write(work)
@@ -172,6 +172,6 @@ class Dispatcher:
                 "next_attempt_at": now + self.backoff(attempts),
             }
         self.db.write(
-            lambda conn: queries.settle_delivery(conn, delivery.id, {**values, "lease_until": None})
+            lambda conn: outbox.settle_delivery(conn, delivery.id, {**values, "lease_until": None})
         )
         return DeliveryStatus(str(values["status"]))

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Row
 
 from . import clock
 from .chain import GENESIS, ChainBreak, ChainDigest, ChainReport, ChainWalk, digest_of
-from .db import queries
+from .db import hash_chain
 from .db.dialects import Backend
 from .db.transactions import Database
 from .errors import JobBusy
@@ -28,11 +28,11 @@ def chain_breaks(conn: Connection, backend: Backend, low: int, high: int) -> dic
     The server recomputes every row's hash set-based where it can; only the accounts
     it suspects (every account, on SQLite) are walked row by row here, which decides.
     """
-    suspects = queries.hash_suspects(conn, backend, low, high)
+    suspects = hash_chain.hash_suspects(conn, backend, low, high)
     ranges = [(low, high)] if suspects is None else [(user, user) for user in suspects]
     walk = ChainWalk()
     for first, last in ranges:
-        for row in queries.chain_rows_of_accounts(conn, first, last):
+        for row in hash_chain.chain_rows_of_accounts(conn, first, last):
             walk.feed(row)
     return walk.breaks
 
@@ -43,7 +43,7 @@ def verify_chain(db: Database, user_id: int | None = None) -> ChainReport:
     breaks: dict[int, ChainBreak] = {}
     after = 0
     while chunk := db.read(
-        partial(queries.ledger_accounts, after=after, limit=ACCOUNTS_PER_CHUNK, user_id=user_id)
+        partial(hash_chain.ledger_accounts, after=after, limit=ACCOUNTS_PER_CHUNK, user_id=user_id)
     ):
         low, high = chunk[0].user_id, chunk[-1].user_id
         breaks.update(db.read(partial(chain_breaks, backend=db.backend, low=low, high=high)))
@@ -51,8 +51,8 @@ def verify_chain(db: Database, user_id: int | None = None) -> ChainReport:
         report.rows += sum(row.rows for row in chunk)
         after = high
     report.breaks.extend(breaks.values())
-    report.anchors = db.read(partial(queries.count_anchors, user_id=user_id))
-    for anchor in db.read(partial(queries.broken_anchors, user_id=user_id)):
+    report.anchors = db.read(partial(hash_chain.count_anchors, user_id=user_id))
+    for anchor in db.read(partial(hash_chain.broken_anchors, user_id=user_id)):
         if anchor.user_id not in breaks:  # one break per account: the earliest
             report.breaks.append(_anchor_break(anchor))
     # Always, even for one account: its anchors prove nothing unless the digests hold.
@@ -81,7 +81,7 @@ def _check_digests(conn: Connection) -> tuple[int, ChainBreak | None]:
     """Each digest must seal its predecessor and exactly the anchors stored under it."""
     previous = GENESIS
     checked = 0
-    for digest, rows in queries.digests_with_anchors(conn):
+    for digest, rows in hash_chain.digests_with_anchors(conn):
         checked += 1
         heads = [(r.user_id, r.transaction_id, r.row_hash) for r in rows]
         if digest["previous_digest"] != previous or digest["digest"] != digest_of(previous, heads):
@@ -103,12 +103,12 @@ def anchor_chains(db: Database) -> ChainDigest | None:
     def work(conn: Connection) -> ChainDigest | None:
         heads = [
             (row.user_id, row.id, row.row_hash)
-            for row in queries.unanchored_heads(conn)
+            for row in hash_chain.unanchored_heads(conn)
             if row.row_hash is not None  # an unsealed head is verify_chain's to report
         ]
         if not heads:
             return None
-        latest = queries.latest_digest(conn)
+        latest = hash_chain.latest_digest(conn)
         previous = latest["digest"] if latest else GENESIS
         values: dict[str, Any] = {
             "created_at": clock.now(),
@@ -116,7 +116,7 @@ def anchor_chains(db: Database) -> ChainDigest | None:
             "previous_digest": previous,
             "digest": digest_of(previous, heads),
         }
-        digest_id = queries.insert_digest(conn, values, heads)
+        digest_id = hash_chain.insert_digest(conn, values, heads)
         return ChainDigest(id=digest_id, **values)
 
     # UNIQUE(previous_digest) would refuse a second racer anyway; the lock spares it.

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Row
 from . import clock, events, idempotency, policy
 from . import validation as valid
 from .chain import Link, head_of, seal
-from .db import queries, refusals
+from .db import outbox, queries, refusals
 from .db.dialects import Backend
 from .errors import (
     AccountNotFound,
@@ -250,7 +250,7 @@ def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted |
     row = _sealed(decision.row, previous=head)
     transaction = queries.append_transaction(conn, backend, row, decision.after, now=now)
     change = policy.status_change(account, decision.after, transaction.id)
-    queries.append_events(conn, backend, _announced(transaction, account, decision.after, change))
+    outbox.append_events(conn, backend, _announced(transaction, account, decision.after, change))
     return _Posted(transaction, change)
 
 
@@ -446,7 +446,7 @@ def _apply_many(
         change = policy.status_change(previous, after, written_row.id)
         changes += [change] if change else []
         announced += _announced(written_row, previous, after, change)
-    queries.append_events(conn, backend, announced)
+    outbox.append_events(conn, backend, announced)
     return outcomes, changes
 
 
@@ -563,7 +563,7 @@ def _save_settled(
     queries.save_account(conn, after, now)
     change = policy.status_change(before, after, None)
     for row in [*announced, *events.account_changes(before, after, change, now, **cause)]:
-        queries.append_event(conn, row)
+        outbox.append_event(conn, row)
     return change
 
 

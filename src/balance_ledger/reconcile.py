@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Row
 
 from . import clock, events, integrity, policy
-from .db import queries
+from .db import outbox, queries, sync_audit
 from .db.dialects import Backend
 from .db.transactions import Database
 from .errors import AccountNotFound, BalanceError, StorageError
@@ -304,7 +304,7 @@ def _chain_errors(
 ) -> dict[int, SyncError]:
     """The first broken row of each account in the chunk (hashes too in full mode)."""
     first = {} if incremental else _hash_chain_errors(conn, backend, low, high)
-    for row in queries.chain_breaks(conn, low, high, incremental=incremental):
+    for row in sync_audit.chain_breaks(conn, low, high, incremental=incremental):
         earlier = first.get(row.user_id)
         if earlier is not None and (earlier.transaction_id or 0) <= row.id:
             continue  # a hash break at or before this row is the one to report
@@ -390,13 +390,13 @@ class Reconciler:
             return
         after = 0
         while ids := self.db.read(
-            partial(queries.next_user_ids, after=after, limit=self.chunk_size)
+            partial(sync_audit.next_user_ids, after=after, limit=self.chunk_size)
         ):
             yield ids
             after = ids[-1]
 
     def _total(self, user_id: int | None) -> int:
-        return 1 if user_id is not None else self.db.read(queries.count_accounts)
+        return 1 if user_id is not None else self.db.read(sync_audit.count_accounts)
 
     def _chunk_or_each(
         self, ids: list[int], run: Callable[[int, int], R]
@@ -433,7 +433,7 @@ class Reconciler:
     ) -> SyncReport:
         """Compare (and with ``fix``, repair) the cache; ``record=False`` writes nothing."""
         if user_id is not None and not self.db.read(
-            partial(queries.account_exists, user_id=user_id)
+            partial(sync_audit.account_exists, user_id=user_id)
         ):
             raise AccountNotFound(user_id)
         run_id = (
@@ -512,7 +512,7 @@ class Reconciler:
         self, low: int, high: int, *, incremental: bool
     ) -> tuple[list[Row[Any]], dict[int, SyncError]]:
         def work(conn: Connection) -> tuple[list[Row[Any]], dict[int, SyncError]]:
-            rows = queries.compare_chunk(conn, low, high, incremental=incremental)
+            rows = sync_audit.compare_chunk(conn, low, high, incremental=incremental)
             return rows, _chain_errors(conn, self.db.backend, low, high, incremental)
 
         return self.db.read(work)
@@ -536,7 +536,7 @@ class Reconciler:
         wrong: history before it changed since it was verified.
         """
         full = self.db.read(
-            partial(queries.compare_chunk, low=row.user_id, high=row.user_id, incremental=False)
+            partial(sync_audit.compare_chunk, low=row.user_id, high=row.user_id, incremental=False)
         )
         if not full:
             return None, None  # the account is gone
@@ -615,7 +615,7 @@ class Reconciler:
 
     def _check_orphans(self, report: SyncReport, user_id: int | None) -> None:
         """Ledger rows without a balance row: reported; a fix cannot guess the currency."""
-        for row in self.db.read(lambda conn: queries.orphan_ledger_accounts(conn, user_id)):
+        for row in self.db.read(lambda conn: sync_audit.orphan_ledger_accounts(conn, user_id)):
             actual = _actual_of_sums(row)
             found = _discrepancy(row.user_id, None, actual)
             assert found is not None
@@ -686,10 +686,10 @@ class Reconciler:
     ) -> Callable[[Connection], tuple[list[ColumnChange], list[SyncError]]]:
         def work(conn: Connection) -> tuple[list[ColumnChange], list[SyncError]]:
             if run_id is not None:
-                queries.lock_balances(conn, low, high)
+                sync_audit.lock_balances(conn, low, high)
             broken = _chain_errors(conn, self.db.backend, low, high, incremental=False)
             changes: list[ColumnChange] = []
-            for row in queries.compare_chunk(conn, low, high, incremental=False):
+            for row in sync_audit.compare_chunk(conn, low, high, incremental=False):
                 if row.user_id in broken:
                     continue
                 found = _scanned_discrepancy(row)
@@ -718,7 +718,7 @@ class Reconciler:
             "scheduled_for": at,
             "started_at": clock.now(),
         }
-        return self.db.write(lambda conn: queries.start_sync_run(conn, values))
+        return self.db.write(lambda conn: sync_audit.start_sync_run(conn, values))
 
     @contextmanager
     def _failure_recorded(
@@ -744,12 +744,12 @@ class Reconciler:
             "outcome": outcome,
             "message": None if message is None else message[:1024],
         }
-        self.db.write(lambda conn: queries.finish_sync_run(conn, run_id, values))
+        self.db.write(lambda conn: sync_audit.finish_sync_run(conn, run_id, values))
 
     def runs(self, limit: int) -> list[SyncRun]:
         return [
             SyncRun(**row)
-            for row in self.db.read(lambda conn: queries.recent_sync_runs(conn, limit))
+            for row in self.db.read(lambda conn: sync_audit.recent_sync_runs(conn, limit))
         ]
 
     def totals(self) -> list[SyncTotals]:
@@ -760,11 +760,11 @@ class Reconciler:
                 **{c: int(row[c]) for c in ("runs", "discrepancies", "fixed", "errors")},
                 last_finished_at=row["last_finished_at"],
             )
-            for row in self.db.read(queries.sync_run_totals)
+            for row in self.db.read(sync_audit.sync_run_totals)
         ]
 
     def fixes(self, run_id: int) -> list[ColumnChange]:
-        rows = self.db.read(lambda conn: queries.fixes_of_run(conn, run_id))
+        rows = self.db.read(lambda conn: sync_audit.fixes_of_run(conn, run_id))
         return [
             ColumnChange(r["user_id"], r["column_name"], r["old_value"], r["new_value"])
             for r in rows
@@ -782,7 +782,7 @@ class Reconciler:
             if not held:
                 log.info("%s skipped: another run holds the lock", job)
                 return None
-            if self.db.read(lambda conn: queries.slot_was_run(conn, kind, scheduled_for)):
+            if self.db.read(lambda conn: sync_audit.slot_was_run(conn, kind, scheduled_for)):
                 log.info(
                     "%s skipped: the run for %s already happened", job, scheduled_for.isoformat()
                 )
@@ -810,8 +810,8 @@ def _save_chunk(
     announced: list[dict[str, Any]],
 ) -> None:
     """A verified chunk's checkpoints, and the events of the discrepancies it left."""
-    queries.save_checkpoints(conn, backend, checkpoints, drop)
-    queries.append_events(conn, backend, announced)
+    sync_audit.save_checkpoints(conn, backend, checkpoints, drop)
+    outbox.append_events(conn, backend, announced)
 
 
 def _rewrite(conn: Connection, run_id: int, found: Discrepancy) -> None:
@@ -836,10 +836,10 @@ def _rewrite(conn: Connection, run_id: int, found: Discrepancy) -> None:
             transaction_id=None,
         )
         announced.append(events.status_change(change, now))
-    queries.rewrite_balance(conn, found.user_id, values, now)
-    queries.record_fixes(conn, _fix_rows(run_id, found, now))
+    sync_audit.rewrite_balance(conn, found.user_id, values, now)
+    sync_audit.record_fixes(conn, _fix_rows(run_id, found, now))
     for row in announced:
-        queries.append_event(conn, row)
+        outbox.append_event(conn, row)
 
 
 def _fix_rows(run_id: int, found: Discrepancy, now: datetime) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL
 from . import apikeys, clock, events, idempotency, integrity, sinks
 from . import validation as valid
 from .chain import ChainDigest, ChainReport
-from .db import queries, refusals
+from .db import outbox, queries, refusals
 from .db.dialects import create_ledger_engine
 from .db.migrate import upgrade_to_head
 from .db.transactions import Database
@@ -641,7 +641,7 @@ class BalanceService:
         if user_id is not None:
             user_id = valid.user_id(user_id)
         return self._db.read(
-            lambda conn: queries.events_page(conn, after_id=after_id, limit=limit, user_id=user_id)
+            lambda conn: outbox.events_page(conn, after_id=after_id, limit=limit, user_id=user_id)
         )
 
     def add_webhook(
@@ -660,7 +660,7 @@ class BalanceService:
             "secret": valid.webhook_secret(secret),
             "created_at": clock.now(),
         }
-        webhook = self._db.write(lambda conn: queries.insert_webhook(conn, values))
+        webhook = self._db.write(lambda conn: outbox.insert_webhook(conn, values))
         return webhook, values["secret"]
 
     def add_callback(
@@ -683,17 +683,17 @@ class BalanceService:
 
         def work(conn: Connection) -> Webhook:
             now = clock.now()
-            key = queries.lock_subscribing(conn, url, now)
-            subscription = next(iter(queries.live_subscriptions(conn, url)), None)
+            key = outbox.lock_subscribing(conn, url, now)
+            subscription = next(iter(outbox.live_subscriptions(conn, url)), None)
             if subscription is None:
                 values = {"url": url, "event_types": kinds, "secret": valid.webhook_secret(None)}
-                subscription = queries.insert_webhook(conn, {**values, "created_at": now})
+                subscription = outbox.insert_webhook(conn, {**values, "created_at": now})
             elif (stored := valid.event_types(subscription.event_types)) != kinds:
                 raise InvalidRequest(
                     f"callback {name!r} is subscription {subscription.id}, to event types "
                     f"{stored!r}, not {kinds!r}: remove it (remove_webhook) or use a new name"
                 )
-            queries.unlock_subscribing(conn, key)
+            outbox.unlock_subscribing(conn, key)
             return subscription
 
         subscription = self._db.write(work)
@@ -702,7 +702,7 @@ class BalanceService:
 
     def list_webhooks(self) -> list[Webhook]:
         """Every webhook, removed ones included (never their secrets)."""
-        return self._db.read(queries.list_webhooks)
+        return self._db.read(outbox.list_webhooks)
 
     def remove_webhook(self, webhook_id: int) -> Webhook:
         """Stop delivering to it; its undelivered deliveries die. Again: no change.
@@ -712,8 +712,8 @@ class BalanceService:
         webhook_id = valid.row_id(webhook_id, "webhook id")
 
         def work(conn: Connection) -> Webhook:
-            queries.remove_webhook(conn, webhook_id, clock.now())
-            webhook = queries.get_webhook(conn, webhook_id)
+            outbox.remove_webhook(conn, webhook_id, clock.now())
+            webhook = outbox.get_webhook(conn, webhook_id)
             if webhook is None:
                 raise WebhookNotFound(webhook_id)
             return webhook
@@ -729,13 +729,13 @@ class BalanceService:
         """Deliveries, oldest first (one event's, or all): status, attempts, last error."""
         if event_id is not None:
             event_id = valid.row_id(event_id, "event id")
-        return self._db.read(lambda conn: queries.deliveries_of(conn, event_id))
+        return self._db.read(lambda conn: outbox.deliveries_of(conn, event_id))
 
     def retry_event(self, event_id: int) -> int:
         """Give an event's dead deliveries a fresh set of attempts; return how many."""
         event_id = valid.row_id(event_id, "event id")
         return self._db.write(
-            lambda conn: queries.revive_dead_deliveries(conn, event_id, clock.now())
+            lambda conn: outbox.revive_dead_deliveries(conn, event_id, clock.now())
         )
 
     # -- API keys (apikeys.py): the HTTP service's credentials ------------------------
@@ -887,7 +887,7 @@ class BalanceService:
             }
             queries.close_hold(conn, hold_id, {**closed, "status": HoldStatus.CAPTURED.value})
             captured = dataclasses.replace(hold, **closed)
-            queries.append_event(conn, events.hold(EventType.HOLD_CAPTURED, captured, now))
+            outbox.append_event(conn, events.hold(EventType.HOLD_CAPTURED, captured, now))
             return posted
 
         return self._commit(work)

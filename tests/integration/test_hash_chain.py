@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, insert, select, text, update
 
 from balance_ledger import BalanceService, JobBusy
 from balance_ledger.chain import GENESIS, Link, canonical, seal
-from balance_ledger.db import queries
+from balance_ledger.db import hash_chain
 from balance_ledger.db.backfill import seal_unsealed_rows
 from balance_ledger.db.migrate import alembic_config
 from balance_ledger.db.tables import balance_chain_anchors as anchors
@@ -367,10 +367,10 @@ def test_the_server_checks_hashes_set_based_and_suspects_only_broken_accounts(
     other = account_factory(balance=1).user_id
     svc.charge_service(other, 1, "vps", description='tab\t"q" \\ é 😀', reference_id=" x ")
     with svc.engine.connect() as conn:
-        intact = queries.hash_suspects(conn, svc._db.backend, 1, other)
+        intact = hash_chain.hash_suspects(conn, svc._db.backend, 1, other)
     _tamper(svc, history[2]["id"], description="edited")
     with svc.engine.connect() as conn:
-        tampered = queries.hash_suspects(conn, svc._db.backend, 1, other)
+        tampered = hash_chain.hash_suspects(conn, svc._db.backend, 1, other)
     if backend == "sqlite":
         assert intact is tampered is None  # the Python walk checks every row instead
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from ..chain import Link, following
-from . import queries
+from . import hash_chain
 
 PAGE = 5_000
 
@@ -24,7 +24,7 @@ def seal_unsealed_rows(conn: Connection) -> int:
     head: Link | None = None
     after = (0, 0)
     sealed = 0
-    while page := queries.chain_rows_page(conn, after=after, limit=PAGE):
+    while page := hash_chain.chain_rows_page(conn, after=after, limit=PAGE):
         updates = []
         for row in page:
             if row["user_id"] != user:
@@ -32,7 +32,7 @@ def seal_unsealed_rows(conn: Connection) -> int:
             head = following(head, row)  # the same rule the writers use for such rows
             if row["row_hash"] is None:
                 updates.append((head.id, head.hash))
-        queries.backfill_row_hashes(conn, updates)
+        hash_chain.backfill_row_hashes(conn, updates)
         sealed += len(updates)
         after = (page[-1]["user_id"], page[-1]["id"])
     return sealed

@@ -1,9 +1,12 @@
-"""Every SQL statement the ledger runs, by name. Nothing else builds SQL."""
+"""The SQL of accounts, the ledger, holds and history, by name.
+
+The other capabilities' SQL sits beside it, each next to its statements:
+sync_audit.py (reconciliation), hash_chain.py (the chain and its anchors), api_keys.py,
+outbox.py (events, subscriptions, deliveries), refusals.py (idempotency). Nothing
+outside db/ builds SQL (an import-linter contract keeps the adapters free of it)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -15,20 +18,13 @@ from sqlalchemy import (
     FromClause,
     Row,
     RowMapping,
-    Subquery,
     Table,
-    and_,
     bindparam,
     case,
-    delete,
-    false,
     func,
     insert,
     literal,
-    null,
-    or_,
     select,
-    union_all,
     update,
 )
 
@@ -37,38 +33,20 @@ from ..models import (
     EFFECTS,
     AccountPolicy,
     AccountStatus,
-    ApiKey,
     Balance,
-    Delivery,
-    DeliveryStatus,
-    Event,
-    EventType,
     Hold,
     HoldStatus,
     LedgerTotals,
-    Scope,
     Transaction,
     TransactionType,
-    Webhook,
-    scope_names,
 )
 from .dialects import Backend, execute_locking
-from .tables import balance_api_keys as api_keys
-from .tables import balance_chain_anchors as anchors
-from .tables import balance_chain_digests as digests
-from .tables import balance_event_deliveries as deliveries
-from .tables import balance_events as events
 from .tables import balance_holds as holds
-from .tables import balance_job_locks as job_locks
-from .tables import balance_sync_checkpoints as checkpoints
-from .tables import balance_sync_fixes as sync_fixes
-from .tables import balance_sync_runs as sync_runs
-from .tables import balance_webhooks as webhooks
 from .tables import user_balance_transactions as ledger
 from .tables import user_balances as balances
 
 # What sealing or checking a row reads.
-_CHAIN_COLUMNS = [ledger.c[name] for name in ("id", "row_hash", *SEALED_FIELDS)]
+CHAIN_COLUMNS = [ledger.c[name] for name in ("id", "row_hash", *SEALED_FIELDS)]
 
 
 # The statements of every single movement, built once: constructing a statement and
@@ -124,7 +102,7 @@ _INSERT_AND_UPDATE = _UPDATE_BALANCE.add_cte(_NEW_ROW).returning(
 )
 
 
-def _insert(conn: Connection, table: Table, values: Mapping[str, Any]) -> int:
+def insert_one(conn: Connection, table: Table, values: Mapping[str, Any]) -> int:
     """Insert one row; its new id."""
     return _new_id(conn.execute(insert(table).values(values)))
 
@@ -138,7 +116,7 @@ def _new_id(inserted: CursorResult[Any]) -> int:
 
 
 # The columns of an AccountPolicy (models.py); the rest of the row is the Balance's.
-_POLICY_COLUMNS = (
+POLICY_COLUMNS = (
     "low_balance_threshold",
     "grace_amount",
     "grace_period_seconds",
@@ -146,8 +124,8 @@ _POLICY_COLUMNS = (
 )
 
 
-def _balance(row: Mapping[Any, Any]) -> Balance:
-    figures = {k: v for k, v in row.items() if k not in _POLICY_COLUMNS}
+def balance_of(row: Mapping[Any, Any]) -> Balance:
+    figures = {k: v for k, v in row.items() if k not in POLICY_COLUMNS}
     return Balance(
         **{
             **figures,
@@ -157,13 +135,13 @@ def _balance(row: Mapping[Any, Any]) -> Balance:
     )
 
 
-def _transaction(row: Mapping[Any, Any]) -> Transaction:
+def transaction_of(row: Mapping[Any, Any]) -> Transaction:
     return Transaction(**{**row, "transaction_type": TransactionType(row["transaction_type"])})
 
 
 def get_balance(conn: Connection, user_id: int) -> Balance | None:
     row = conn.execute(select(balances).where(balances.c.user_id == user_id)).mappings().first()
-    return _balance(row) if row else None
+    return balance_of(row) if row else None
 
 
 def lock_balance(conn: Connection, user_id: int) -> Balance | None:
@@ -173,7 +151,7 @@ def lock_balance(conn: Connection, user_id: int) -> Balance | None:
     the ``BEGIN IMMEDIATE`` its write transactions start with (see dialects.py).
     """
     row = execute_locking(conn, _LOCK_BALANCE, {"user_id": user_id}).mappings().first()
-    return _balance(row) if row else None
+    return balance_of(row) if row else None
 
 
 def insert_balance(conn: Connection, backend: Backend, account: Balance) -> None:
@@ -243,7 +221,7 @@ def lock_balances_of(conn: Connection, user_ids: list[int]) -> dict[int, Balance
     for start in range(0, len(ordered), 1_000):  # bounded IN lists
         chunk = {"user_ids": ordered[start : start + 1_000]}
         rows = execute_locking(conn, _LOCK_BALANCES, chunk)
-        found.update((row["user_id"], _balance(row)) for row in rows.mappings())
+        found.update((row["user_id"], balance_of(row)) for row in rows.mappings())
     return found
 
 
@@ -251,7 +229,7 @@ def find_by_idempotency_keys(
     conn: Connection, pairs: set[tuple[int, str]]
 ) -> dict[tuple[int, str], Transaction]:
     """The rows written earlier with any of these (user_id, key) pairs."""
-    return {pair: _transaction(row) for pair, row in keyed_rows(conn, ledger, pairs)}
+    return {pair: transaction_of(row) for pair, row in keyed_rows(conn, ledger, pairs)}
 
 
 def keyed_rows(
@@ -284,7 +262,7 @@ def insert_numbered_transactions(
     """Append many ledger rows whose ids were reserved (reserve_ledger_ids)."""
     if rows:
         backend.insert_rows(conn, ledger, rows)
-    return [_transaction(row) for row in rows]
+    return [transaction_of(row) for row in rows]
 
 
 def insert_transactions(conn: Connection, rows: list[dict[str, Any]]) -> list[Transaction]:
@@ -293,7 +271,7 @@ def insert_transactions(conn: Connection, rows: list[dict[str, Any]]) -> list[Tr
         return []
     stmt = insert(ledger).returning(ledger.c.id, sort_by_parameter_order=True)
     ids = [row_id for (row_id,) in conn.execute(stmt, rows)]
-    return [_transaction({**row, "id": row_id}) for row, row_id in zip(rows, ids, strict=True)]
+    return [transaction_of({**row, "id": row_id}) for row, row_id in zip(rows, ids, strict=True)]
 
 
 def append_transaction(
@@ -304,10 +282,10 @@ def append_transaction(
     if backend.chains_writes:
         params = {f"row_{name}": value for name, value in values.items()}
         written = conn.execute(_INSERT_AND_UPDATE, {**params, **_balance_params(account, now)})
-        return _transaction({**values, "id": written.scalar_one()})
+        return transaction_of({**values, "id": written.scalar_one()})
     row_id = _new_id(conn.execute(_INSERT_TRANSACTION, values))
     update_balances(conn, [account], now=now)
-    return _transaction({**values, "id": row_id})
+    return transaction_of({**values, "id": row_id})
 
 
 def chain_heads(conn: Connection, user_ids: list[int]) -> dict[int, Row[Any]]:
@@ -335,7 +313,7 @@ def unsealed_tail(conn: Connection, user_id: int) -> list[RowMapping]:
         ledger.c.user_id == user_id, ledger.c.row_hash.is_not(None)
     )
     stmt = (
-        select(*_CHAIN_COLUMNS)
+        select(*CHAIN_COLUMNS)
         .where(
             ledger.c.user_id == user_id,
             ledger.c.id >= func.coalesce(last_sealed.scalar_subquery(), 0),
@@ -347,7 +325,7 @@ def unsealed_tail(conn: Connection, user_id: int) -> list[RowMapping]:
 
 def get_transaction(conn: Connection, transaction_id: int) -> Transaction | None:
     row = conn.execute(select(ledger).where(ledger.c.id == transaction_id)).mappings().first()
-    return _transaction(row) if row else None
+    return transaction_of(row) if row else None
 
 
 def refunded_amount(conn: Connection, charge_id: int) -> int:
@@ -367,13 +345,13 @@ def transactions_page(
     if before_id is not None:
         stmt = stmt.where(ledger.c.id < before_id)
     stmt = stmt.order_by(ledger.c.id.desc()).limit(limit)
-    return [_transaction(row) for row in conn.execute(stmt).mappings()]
+    return [transaction_of(row) for row in conn.execute(stmt).mappings()]
 
 
 # -- the ledger's sums ---------------------------------------------------------------
 
 
-def _effect_on(column: str, rows: FromClause = ledger) -> ColumnElement[int]:
+def effect_on(column: str, rows: FromClause = ledger) -> ColumnElement[int]:
     """A row's signed effect on one cache column, generated from models.EFFECTS."""
     c = rows.c
     signs = {t.value: getattr(effect, column) for t, effect in EFFECTS.items()}
@@ -385,20 +363,20 @@ def _effect_on(column: str, rows: FromClause = ledger) -> ColumnElement[int]:
     return case(*whens, else_=0)
 
 
-def _sums(rows: FromClause = ledger) -> list[Any]:
+def ledger_sums(rows: FromClause = ledger) -> list[Any]:
     """Per-account aggregates of ledger rows: what the cache must hold."""
     return [
         func.count().label("row_count"),
-        func.coalesce(func.sum(_effect_on("balance", rows)), 0).label("balance"),
-        func.coalesce(func.sum(_effect_on("total_recharged", rows)), 0).label("total_recharged"),
-        func.coalesce(func.sum(_effect_on("total_spent", rows)), 0).label("total_spent"),
+        func.coalesce(func.sum(effect_on("balance", rows)), 0).label("balance"),
+        func.coalesce(func.sum(effect_on("total_recharged", rows)), 0).label("total_recharged"),
+        func.coalesce(func.sum(effect_on("total_spent", rows)), 0).label("total_spent"),
         func.max(rows.c.id).label("last_transaction_id"),
     ]
 
 
 def ledger_totals(conn: Connection, user_id: int) -> LedgerTotals:
     """The account's figures recomputed from its ledger rows alone."""
-    row = conn.execute(select(*_sums()).where(ledger.c.user_id == user_id)).one()
+    row = conn.execute(select(*ledger_sums()).where(ledger.c.user_id == user_id)).one()
     return LedgerTotals(
         user_id=user_id,
         balance=int(row.balance),
@@ -416,7 +394,7 @@ def _hold(row: Mapping[Any, Any]) -> Hold:
 
 
 def insert_hold(conn: Connection, values: dict[str, Any]) -> Hold:
-    return _hold({**values, "id": _insert(conn, holds, values)})
+    return _hold({**values, "id": insert_one(conn, holds, values)})
 
 
 def get_hold(conn: Connection, hold_id: int) -> Hold | None:
@@ -464,7 +442,7 @@ def expired_holds(conn: Connection, now: datetime, limit: int) -> list[Row[Any]]
 def balance_before(conn: Connection, user_id: int, instant: datetime, *, inclusive: bool) -> int:
     """The balance the ledger gives at ``instant``: the sum of the rows written by then."""
     written = ledger.c.created_at <= instant if inclusive else ledger.c.created_at < instant
-    stmt = select(func.coalesce(func.sum(_effect_on("balance")), 0)).where(
+    stmt = select(func.coalesce(func.sum(effect_on("balance")), 0)).where(
         ledger.c.user_id == user_id, written
     )
     return int(conn.execute(stmt).scalar_one())
@@ -479,739 +457,9 @@ def transactions_between(
         .where(ledger.c.user_id == user_id, ledger.c.created_at >= start, ledger.c.created_at < end)
         .order_by(ledger.c.id)
     )
-    return [_transaction(row) for row in conn.execute(stmt).mappings()]
-
-
-# -- reconciliation ------------------------------------------------------------------
+    return [transaction_of(row) for row in conn.execute(stmt).mappings()]
 
 
 def ping(conn: Connection) -> None:
+    """Raise unless the database answers."""
     conn.execute(select(literal(1))).one()
-
-
-def account_exists(conn: Connection, user_id: int) -> bool:
-    """A balance row or ledger rows (an orphan account is still an account to verify)."""
-    cached = select(balances.c.user_id).where(balances.c.user_id == user_id)
-    ledgered = select(ledger.c.user_id).where(ledger.c.user_id == user_id)
-    return conn.execute(select(or_(cached.exists(), ledgered.exists()))).scalar_one() in (1, True)
-
-
-def count_accounts(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(balances)).scalar_one())
-
-
-def next_user_ids(conn: Connection, *, after: int, limit: int) -> list[int]:
-    """The next chunk of account ids, in order (keyset: ``after`` is the last one seen)."""
-    stmt = (
-        select(balances.c.user_id)
-        .where(balances.c.user_id > after)
-        .order_by(balances.c.user_id)
-        .limit(limit)
-    )
-    return list(conn.execute(stmt).scalars())
-
-
-def lock_balances(conn: Connection, low: int, high: int) -> None:
-    """Lock a chunk of balance rows, in user_id order (the order every locker uses)."""
-    stmt = (
-        select(balances.c.user_id)
-        .where(balances.c.user_id.between(low, high))
-        .order_by(balances.c.user_id)
-        .with_for_update()
-    )
-    execute_locking(conn, stmt, {}).all()
-
-
-_ROW_COLUMNS = ("id", "user_id", "transaction_type", "amount", "balance_before", "balance_after")
-
-
-def _rows_to_verify(low: int, high: int, incremental: bool) -> Subquery:
-    """Ledger rows of accounts low..high still to verify, with the balance they start from.
-
-    Full mode: every row, starting from 0. Incremental mode: the rows after each
-    account's checkpoint, starting from its last verified balance; accounts without a
-    checkpoint contribute every row.
-    """
-    columns = [ledger.c[name] for name in _ROW_COLUMNS]
-    if not incremental:
-        in_chunk = ledger.c.user_id.between(low, high)
-        return select(*columns, literal(0).label("start_after")).where(in_chunk).subquery("rows")
-    # Driven from the chunk's checkpoints, so each account is one (user_id, id) index
-    # seek past its checkpoint: rows verified before are not read at all.
-    after_checkpoint = (
-        select(*columns, checkpoints.c.last_balance_after.label("start_after"))
-        .select_from(checkpoints.join(ledger, ledger.c.user_id == checkpoints.c.user_id))
-        .where(
-            checkpoints.c.user_id.between(low, high),
-            ledger.c.id > checkpoints.c.last_transaction_id,
-        )
-    )
-    chunk_checkpoints = and_(
-        checkpoints.c.user_id == balances.c.user_id, checkpoints.c.user_id.between(low, high)
-    )
-    never_verified = (
-        select(balances.c.user_id)
-        .outerjoin(checkpoints, chunk_checkpoints)
-        .where(balances.c.user_id.between(low, high), checkpoints.c.user_id.is_(None))
-    )
-    from_start = select(*columns, literal(0).label("start_after")).where(
-        ledger.c.user_id.between(low, high), ledger.c.user_id.in_(never_verified)
-    )
-    return union_all(after_checkpoint, from_start).subquery("rows")
-
-
-def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -> list[Row[Any]]:
-    """Cache, checkpoint and new-row sums of accounts low..high, in ONE statement.
-
-    One statement reads one snapshot, so a charge committing mid-scan moves the cache
-    and the ledger sums together and is never mistaken for a discrepancy.
-    """
-    rows = _rows_to_verify(low, high, incremental)
-    new = select(rows.c.user_id, *_sums(rows)).group_by(rows.c.user_id).subquery("new")
-    checkpoint_columns: list[Any] = [
-        checkpoints.c.last_transaction_id.label("cp_last_transaction_id"),
-        checkpoints.c.last_balance_after.label("cp_last_balance_after"),
-        checkpoints.c.balance.label("cp_balance"),
-        checkpoints.c.total_recharged.label("cp_total_recharged"),
-        checkpoints.c.total_spent.label("cp_total_spent"),
-        checkpoints.c.row_count.label("cp_row_count"),
-    ]
-    active = (
-        select(holds.c.user_id, func.sum(holds.c.amount).label("held"))
-        .where(holds.c.status == HoldStatus.ACTIVE.value, holds.c.user_id.between(low, high))
-        .group_by(holds.c.user_id)
-        .subquery("active_holds")
-    )
-    joined = balances.outerjoin(new, new.c.user_id == balances.c.user_id).outerjoin(
-        active, active.c.user_id == balances.c.user_id
-    )
-    if incremental:
-        # The row the checkpoint ended at, to check it is still there as verified.
-        anchor = ledger.alias("anchor")
-        joined = joined.outerjoin(
-            checkpoints, checkpoints.c.user_id == balances.c.user_id
-        ).outerjoin(
-            anchor,
-            and_(
-                anchor.c.id == checkpoints.c.last_transaction_id,
-                anchor.c.user_id == checkpoints.c.user_id,
-            ),
-        )
-        checkpoint_columns.append(anchor.c.balance_after.label("anchor_balance_after"))
-    else:
-        checkpoint_columns.append(null().label("anchor_balance_after"))
-        checkpoint_columns = [null().label(column.name) for column in checkpoint_columns]
-    stmt = (
-        select(
-            balances.c.user_id,
-            balances.c.balance.label("cached_balance"),
-            balances.c.total_recharged.label("cached_total_recharged"),
-            balances.c.total_spent.label("cached_total_spent"),
-            balances.c.credit_limit,
-            *(balances.c[name] for name in _POLICY_COLUMNS),
-            balances.c.suspend_at,
-            balances.c.status.label("cached_status"),
-            balances.c.held.label("cached_held"),
-            func.coalesce(active.c.held, 0).label("actual_held"),
-            new.c.row_count,
-            new.c.balance,
-            new.c.total_recharged,
-            new.c.total_spent,
-            new.c.last_transaction_id,
-            *checkpoint_columns,
-        )
-        .select_from(joined)
-        .where(balances.c.user_id.between(low, high))
-        .order_by(balances.c.user_id)
-    )
-    return list(conn.execute(stmt))
-
-
-def chain_breaks(conn: Connection, low: int, high: int, *, incremental: bool) -> list[Row[Any]]:
-    """Ledger rows of accounts low..high whose snapshot does not follow the previous row.
-
-    A row is broken when ``balance_after != balance_before ± amount`` or when its
-    ``balance_before`` is not the previous row's ``balance_after`` (0 before the first
-    row; the checkpoint's last balance before the first unverified row).
-    """
-    rows = _rows_to_verify(low, high, incremental)
-    previous_after = func.lag(rows.c.balance_after).over(
-        partition_by=rows.c.user_id, order_by=rows.c.id
-    )
-    walk = select(
-        *[rows.c[name] for name in _ROW_COLUMNS],
-        _effect_on("balance", rows).label("effect"),
-        func.coalesce(previous_after, rows.c.start_after).label("previous_after"),
-    ).subquery("walk")
-    stmt = (
-        select(walk)
-        .where(
-            or_(
-                walk.c.balance_after != walk.c.balance_before + walk.c.effect,
-                walk.c.balance_before != walk.c.previous_after,
-            )
-        )
-        .order_by(walk.c.user_id, walk.c.id)
-    )
-    return list(conn.execute(stmt))
-
-
-def orphan_ledger_accounts(conn: Connection, user_id: int | None = None) -> list[Row[Any]]:
-    """Accounts with ledger rows but no balance row, with their ledger sums."""
-    has_balance = select(balances.c.user_id).where(balances.c.user_id == ledger.c.user_id)
-    stmt = select(ledger.c.user_id, *_sums()).where(~has_balance.exists())
-    if user_id is not None:
-        stmt = stmt.where(ledger.c.user_id == user_id)
-    return list(conn.execute(stmt.group_by(ledger.c.user_id).order_by(ledger.c.user_id)))
-
-
-def save_checkpoints(
-    conn: Connection, backend: Backend, rows: list[dict[str, Any]], drop: list[int]
-) -> None:
-    """Advance the checkpoints of ``rows``; forget those of ``drop`` (re-read from the start)."""
-    if rows:
-        backend.upsert(conn, checkpoints, rows, key="user_id")
-    if drop:
-        conn.execute(delete(checkpoints).where(checkpoints.c.user_id.in_(drop)))
-
-
-def rewrite_balance(conn: Connection, user_id: int, values: dict[str, Any], now: datetime) -> None:
-    """The verifier's write to the cache (the ledger is never written here)."""
-    conn.execute(
-        update(balances).where(balances.c.user_id == user_id).values(**values, updated_at=now)
-    )
-
-
-def start_sync_run(conn: Connection, values: dict[str, Any]) -> int:
-    return _insert(conn, sync_runs, {"outcome": "running", **values})
-
-
-def finish_sync_run(conn: Connection, run_id: int, values: dict[str, Any]) -> None:
-    conn.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(**values))
-
-
-def slot_was_run(conn: Connection, kind: str, scheduled_for: datetime) -> bool:
-    stmt = select(sync_runs.c.id).where(
-        sync_runs.c.kind == kind, sync_runs.c.scheduled_for == scheduled_for
-    )
-    return conn.execute(stmt).first() is not None
-
-
-def record_fixes(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(sync_fixes), rows)
-
-
-def recent_sync_runs(conn: Connection, limit: int) -> list[RowMapping]:
-    stmt = select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
-    return list(conn.execute(stmt).mappings())
-
-
-def sync_run_totals(conn: Connection) -> list[RowMapping]:
-    """Per kind: runs, and the sums of their discrepancies, fixes and errors."""
-    stmt = (
-        select(
-            sync_runs.c.kind,
-            func.count().label("runs"),
-            func.coalesce(func.sum(sync_runs.c.discrepancies), 0).label("discrepancies"),
-            func.coalesce(func.sum(sync_runs.c.fixed), 0).label("fixed"),
-            func.coalesce(func.sum(sync_runs.c.errors), 0).label("errors"),
-            func.max(sync_runs.c.finished_at).label("last_finished_at"),
-        )
-        .group_by(sync_runs.c.kind)
-        .order_by(sync_runs.c.kind)
-    )
-    return list(conn.execute(stmt).mappings())
-
-
-def fixes_of_run(conn: Connection, run_id: int) -> list[RowMapping]:
-    stmt = select(sync_fixes).where(sync_fixes.c.run_id == run_id).order_by(sync_fixes.c.id)
-    return list(conn.execute(stmt).mappings())
-
-
-# -- the hash chain --------------------------------------------------------------------
-
-
-def chain_rows_page(conn: Connection, *, after: tuple[int, int], limit: int) -> list[RowMapping]:
-    """The next ``limit`` ledger rows in (user_id, id) order after ``after``.
-
-    Spelled so that every backend seeks the (user_id, id) index: the bare OR makes
-    PostgreSQL sort the rest of the ledger, and a row value makes MariaDB scan the
-    index from its start, on every page.
-    """
-    user, row_id = after
-    stmt = (
-        select(*_CHAIN_COLUMNS)
-        .where(ledger.c.user_id >= user, or_(ledger.c.user_id > user, ledger.c.id > row_id))
-        .order_by(ledger.c.user_id, ledger.c.id)
-        .limit(limit)
-    )
-    return list(conn.execute(stmt).mappings())
-
-
-def backfill_row_hashes(conn: Connection, hashes: list[tuple[int, str]]) -> None:
-    """The one UPDATE of ledger rows: sealing rows from before the chain (db/backfill.py)."""
-    if hashes:
-        stmt = (
-            update(ledger)
-            .where(ledger.c.id == bindparam("row_id"))
-            .values(row_hash=bindparam("hash"))
-        )
-        conn.execute(stmt, [{"row_id": i, "hash": h} for i, h in hashes])
-
-
-def ledger_accounts(
-    conn: Connection, *, after: int, limit: int, user_id: int | None
-) -> list[Row[Any]]:
-    """(user_id, rows) of the next ``limit`` accounts with ledger rows after ``after``."""
-    stmt = select(ledger.c.user_id, func.count().label("rows")).where(ledger.c.user_id > after)
-    if user_id is not None:
-        stmt = stmt.where(ledger.c.user_id == user_id)
-    stmt = stmt.group_by(ledger.c.user_id).order_by(ledger.c.user_id).limit(limit)
-    return list(conn.execute(stmt))
-
-
-def hash_suspects(conn: Connection, backend: Backend, low: int, high: int) -> list[int] | None:
-    """Accounts low..high with a row whose hash the server computes differently from the
-    stored one, checked set-based in the database; None where it cannot (SQLite)."""
-    by_account = {"partition_by": ledger.c.user_id, "order_by": ledger.c.id}
-    rows = (
-        select(
-            *_CHAIN_COLUMNS,
-            func.lag(ledger.c.id).over(**by_account).label("previous_id"),  # type: ignore[arg-type]
-            func.lag(ledger.c.row_hash).over(**by_account).label("previous_hash"),  # type: ignore[arg-type]
-        )
-        .where(ledger.c.user_id.between(low, high))
-        .subquery("rows")
-    )
-    computed = backend.row_hash_sql(rows, rows.c.previous_id, rows.c.previous_hash)
-    if computed is None:
-        return None
-    stmt = (
-        select(rows.c.user_id)
-        .where(or_(rows.c.row_hash.is_(None), rows.c.row_hash != computed))
-        .group_by(rows.c.user_id)
-        .order_by(rows.c.user_id)
-    )
-    return list(conn.execute(stmt).scalars())
-
-
-def chain_rows_of_accounts(conn: Connection, low: int, high: int) -> Iterator[RowMapping]:
-    """Every ledger row of accounts low..high in (user_id, id) order, streamed."""
-    stmt = (
-        select(*_CHAIN_COLUMNS)
-        .where(ledger.c.user_id.between(low, high))
-        .order_by(ledger.c.user_id, ledger.c.id)
-        .execution_options(yield_per=5_000)
-    )
-    yield from conn.execute(stmt).mappings()
-
-
-def unanchored_heads(conn: Connection) -> list[Row[Any]]:
-    """(user_id, id, row_hash) of each account head newer than its last anchor."""
-    newest = (
-        select(ledger.c.user_id, func.max(ledger.c.id).label("id"))
-        .group_by(ledger.c.user_id)
-        .subquery("newest")
-    )
-    anchored = (
-        select(anchors.c.user_id, func.max(anchors.c.transaction_id).label("id"))
-        .group_by(anchors.c.user_id)
-        .subquery("anchored")
-    )
-    stmt = (
-        select(ledger.c.user_id, ledger.c.id, ledger.c.row_hash)
-        .select_from(
-            newest.join(ledger, ledger.c.id == newest.c.id).outerjoin(
-                anchored, anchored.c.user_id == newest.c.user_id
-            )
-        )
-        .where(or_(anchored.c.id.is_(None), anchored.c.id < newest.c.id))
-        .order_by(ledger.c.user_id)
-    )
-    return list(conn.execute(stmt))
-
-
-def latest_digest(conn: Connection) -> RowMapping | None:
-    return conn.execute(select(digests).order_by(digests.c.id.desc()).limit(1)).mappings().first()
-
-
-def insert_digest(
-    conn: Connection, values: dict[str, Any], heads: list[tuple[int, int, str]]
-) -> int:
-    digest_id = _insert(conn, digests, values)
-    conn.execute(
-        insert(anchors),
-        [
-            {"digest_id": digest_id, "user_id": u, "transaction_id": t, "row_hash": h}
-            for u, t, h in heads
-        ],
-    )
-    return digest_id
-
-
-def digests_with_anchors(conn: Connection) -> list[tuple[RowMapping, list[Row[Any]]]]:
-    """Every digest, oldest first, with the (user, row, hash) triples it anchored."""
-    found: list[tuple[RowMapping, list[Row[Any]]]] = [
-        (digest, []) for digest in conn.execute(select(digests).order_by(digests.c.id)).mappings()
-    ]
-    by_id: dict[int, list[Row[Any]]] = {digest["id"]: rows for digest, rows in found}
-    stmt = select(anchors).order_by(anchors.c.digest_id, anchors.c.user_id)
-    for row in conn.execute(stmt):
-        by_id.setdefault(row.digest_id, []).append(row)
-    return found
-
-
-def broken_anchors(conn: Connection, user_id: int | None) -> list[Row[Any]]:
-    """Anchors whose row is gone, moved to another account, or hashes differently now."""
-    stmt = (
-        select(
-            anchors.c.digest_id,
-            anchors.c.user_id,
-            anchors.c.transaction_id,
-            anchors.c.row_hash.label("anchored_hash"),
-            ledger.c.user_id.label("row_user_id"),
-            ledger.c.row_hash.label("row_hash"),
-        )
-        .select_from(anchors.outerjoin(ledger, ledger.c.id == anchors.c.transaction_id))
-        .where(
-            or_(
-                ledger.c.id.is_(None),
-                ledger.c.user_id != anchors.c.user_id,
-                ledger.c.row_hash.is_(None),
-                ledger.c.row_hash != anchors.c.row_hash,
-            )
-        )
-        .order_by(anchors.c.user_id, anchors.c.transaction_id)
-    )
-    if user_id is not None:
-        stmt = stmt.where(anchors.c.user_id == user_id)
-    return list(conn.execute(stmt))
-
-
-def count_anchors(conn: Connection, user_id: int | None) -> int:
-    stmt = select(func.count()).select_from(anchors)
-    if user_id is not None:
-        stmt = stmt.where(anchors.c.user_id == user_id)
-    return int(conn.execute(stmt).scalar_one())
-
-
-# -- API keys ----------------------------------------------------------------------------
-
-# Every column but the hash: nothing read back from this table carries it.
-_API_KEY_COLUMNS = [c for c in api_keys.c if c.name != "key_hash"]
-
-
-_KNOWN_SCOPES = frozenset(scope.value for scope in Scope)
-
-
-def _api_key(row: Mapping[Any, Any]) -> ApiKey:
-    # A name this version does not know (a row from a newer version) grants nothing.
-    names = row["scopes"].split(",")
-    scopes = frozenset(Scope(name) for name in names if name in _KNOWN_SCOPES)
-    return ApiKey(**{**row, "scopes": scopes})
-
-
-def insert_api_key(
-    conn: Connection,
-    *,
-    name: str,
-    key_hash: str,
-    prefix: str,
-    scopes: frozenset[Scope],
-    now: datetime,
-) -> ApiKey:
-    values = {
-        "name": name,
-        "key_hash": key_hash,
-        "prefix": prefix,
-        "scopes": ",".join(scope_names(scopes)),
-        "created_at": now,
-        "revoked_at": None,
-    }
-    key_id = _insert(conn, api_keys, values)
-    return ApiKey(
-        id=key_id, name=name, scopes=scopes, prefix=prefix, created_at=now, revoked_at=None
-    )
-
-
-def api_key_by_hash(conn: Connection, key_hash: str) -> ApiKey | None:
-    """The key whose hash this is, revoked or not (one probe of the unique index)."""
-    stmt = select(*_API_KEY_COLUMNS).where(api_keys.c.key_hash == key_hash)
-    row = conn.execute(stmt).mappings().first()
-    return _api_key(row) if row else None
-
-
-def get_api_key(conn: Connection, key_id: int) -> ApiKey | None:
-    row = conn.execute(select(*_API_KEY_COLUMNS).where(api_keys.c.id == key_id)).mappings().first()
-    return _api_key(row) if row else None
-
-
-def all_api_keys(conn: Connection) -> list[ApiKey]:
-    """Every key, revoked ones included, newest first."""
-    stmt = select(*_API_KEY_COLUMNS).order_by(api_keys.c.id.desc())
-    return [_api_key(row) for row in conn.execute(stmt).mappings()]
-
-
-def revoke_api_key(conn: Connection, key_id: int, now: datetime) -> None:
-    """Set revoked_at unless it is set already: the first revocation's time stays."""
-    conn.execute(
-        update(api_keys)
-        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-
-
-# -- the event outbox (events.py builds the rows) -----------------------------------------
-
-
-def append_event(conn: Connection, row: dict[str, Any]) -> None:
-    """Append one outbox row inside the caller's transaction."""
-    conn.execute(_INSERT_EVENT, row)
-
-
-def append_events(conn: Connection, backend: Backend, rows: list[dict[str, Any]]) -> None:
-    """Append outbox rows, in order (a batch's: by COPY on PostgreSQL)."""
-    if len(rows) == 1:
-        append_event(conn, rows[0])
-    else:
-        backend.insert_rows(conn, events, rows)
-
-
-_INSERT_EVENT = insert(events)
-
-
-def _event(row: Mapping[Any, Any]) -> Event:
-    return Event(
-        id=row["id"],
-        event_type=EventType(row["event_type"]),
-        user_id=row["user_id"],
-        payload=json.loads(row["payload"]),
-        created_at=row["created_at"],
-    )
-
-
-def events_page(
-    conn: Connection, *, after_id: int, limit: int, user_id: int | None = None
-) -> list[Event]:
-    """Events with ids above ``after_id``, oldest first (optionally one account's)."""
-    stmt = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
-    if user_id is not None:
-        stmt = stmt.where(events.c.user_id == user_id)
-    return [_event(row) for row in conn.execute(stmt).mappings()]
-
-
-def events_by_id(conn: Connection, ids: list[int]) -> dict[int, Event]:
-    stmt = select(events).where(events.c.id.in_(ids))
-    return {row["id"]: _event(row) for row in conn.execute(stmt).mappings()}
-
-
-def lock_unfanned_events(conn: Connection, limit: int) -> list[Event]:
-    """The oldest events not yet fanned out, locked; rows another dispatcher holds are
-    skipped (SKIP LOCKED; SQLite's one writer needs no skipping)."""
-    stmt = (
-        select(events)
-        .where(events.c.fanned_out == false())
-        .order_by(events.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return [_event(row) for row in conn.execute(stmt).mappings()]
-
-
-def mark_fanned_out(conn: Connection, event_ids: list[int]) -> None:
-    conn.execute(update(events).where(events.c.id.in_(event_ids)).values(fanned_out=True))
-
-
-# -- webhooks and deliveries (dispatch.py) --------------------------------------------------
-
-
-def _webhook(row: Mapping[Any, Any]) -> Webhook:
-    kinds = row["event_types"]
-    return Webhook(
-        id=row["id"],
-        url=row["url"],
-        event_types=None if kinds == "*" else frozenset(kinds.split(",")),
-        created_at=row["created_at"],
-        removed_at=row["removed_at"],
-    )
-
-
-def insert_webhook(conn: Connection, values: dict[str, Any]) -> Webhook:
-    return _webhook({**values, "id": _insert(conn, webhooks, values), "removed_at": None})
-
-
-def list_webhooks(conn: Connection) -> list[Webhook]:
-    stmt = select(webhooks).order_by(webhooks.c.id)
-    return [_webhook(row) for row in conn.execute(stmt).mappings()]
-
-
-def get_webhook(conn: Connection, webhook_id: int) -> Webhook | None:
-    row = conn.execute(select(webhooks).where(webhooks.c.id == webhook_id)).mappings().first()
-    return _webhook(row) if row else None
-
-
-def remove_webhook(conn: Connection, webhook_id: int, now: datetime) -> None:
-    stmt = update(webhooks).where(webhooks.c.id == webhook_id, webhooks.c.removed_at.is_(None))
-    conn.execute(stmt.values(removed_at=now))
-
-
-def live_subscriptions(conn: Connection, url: str) -> list[Webhook]:
-    """The subscriptions of ``url`` not removed, oldest first."""
-    stmt = (
-        select(webhooks)
-        .where(webhooks.c.url == url, webhooks.c.removed_at.is_(None))
-        .order_by(webhooks.c.id)
-    )
-    return [_webhook(row) for row in conn.execute(stmt).mappings()]
-
-
-def lock_subscribing(conn: Connection, url: str, now: datetime) -> str:
-    """Make the other transactions subscribing ``url`` wait until this one ends; the key
-    to pass to ``unlock_subscribing`` before committing.
-
-    Two processes registering one callback at once must not both find no row and both
-    insert one. A key row of balance_job_locks, inserted now and deleted in the same
-    transaction, is the mutex: a second insert of the key waits on the unique index
-    until the first transaction ends, then finds nothing there. (SQLite's writers take
-    turns anyway.) Hashed: a lock name is at most 64 characters.
-    """
-    key = "balance_ledger:subscribe:" + hashlib.sha256(url.encode()).hexdigest()[:32]
-    conn.execute(insert(job_locks).values(name=key, holder="subscribe", expires_at=now))
-    return key
-
-
-def unlock_subscribing(conn: Connection, key: str) -> None:
-    conn.execute(delete(job_locks).where(job_locks.c.name == key))
-
-
-def webhook_targets(conn: Connection, ids: list[int]) -> dict[int, tuple[str, str]]:
-    """(url, secret) of each webhook not removed: what a delivery needs."""
-    stmt = select(webhooks.c.id, webhooks.c.url, webhooks.c.secret).where(
-        webhooks.c.id.in_(ids), webhooks.c.removed_at.is_(None)
-    )
-    return {row.id: (row.url, row.secret) for row in conn.execute(stmt)}
-
-
-def insert_deliveries(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(deliveries), rows)
-
-
-def _delivery(row: Mapping[Any, Any]) -> Delivery:
-    return Delivery(**{**row, "status": DeliveryStatus(row["status"])})
-
-
-def _claimable(now: datetime) -> ColumnElement[bool]:
-    """Due for an attempt: pending and due, or claimed by a dispatcher whose lease ran out."""
-    return or_(
-        and_(
-            deliveries.c.status == DeliveryStatus.PENDING.value,
-            deliveries.c.next_attempt_at <= now,
-        ),
-        and_(
-            deliveries.c.status == DeliveryStatus.DELIVERING.value,
-            deliveries.c.lease_until < now,
-        ),
-    )
-
-
-def claim_deliveries(
-    conn: Connection, now: datetime, lease_until: datetime, limit: int, *, skip: list[int]
-) -> list[Delivery]:
-    """Claim due deliveries, each the oldest unfinished one of its (webhook, account),
-    and behind no event of its account still waiting to be fanned out, leaving those of
-    the webhooks in ``skip`` (the ones this dispatcher cannot deliver to) alone.
-
-    Two statements on purpose: the head test reads other deliveries, and a locking read
-    with SKIP LOCKED could skip a locked earlier delivery and take a later one first.
-    The lock then takes the heads still claimable; rows another dispatcher holds are
-    skipped. Each claimed delivery counts an attempt and holds a lease.
-    """
-    earlier = deliveries.alias("earlier")
-    unfinished = (DeliveryStatus.PENDING.value, DeliveryStatus.DELIVERING.value)
-    head = ~(
-        select(earlier.c.id)
-        .where(
-            earlier.c.webhook_id == deliveries.c.webhook_id,
-            earlier.c.user_id == deliveries.c.user_id,
-            earlier.c.event_id < deliveries.c.event_id,
-            earlier.c.status.in_(unfinished),
-        )
-        .exists()
-    )
-    # An earlier event of the account whose deliveries another dispatcher's fan-out has
-    # not committed yet must go first too: it will be this one's predecessor.
-    unfanned = ~(
-        select(events.c.id)
-        .where(
-            events.c.user_id == deliveries.c.user_id,
-            events.c.id < deliveries.c.event_id,
-            events.c.fanned_out == false(),
-        )
-        .exists()
-    )
-    candidates = (
-        select(deliveries.c.id)
-        .where(_claimable(now), head, unfanned, deliveries.c.webhook_id.not_in(skip))
-        .order_by(deliveries.c.event_id)
-        .limit(limit)
-    )
-    ids = list(conn.execute(candidates).scalars())
-    if not ids:
-        return []
-    locked = (
-        select(deliveries)
-        .where(deliveries.c.id.in_(ids), _claimable(now))
-        .order_by(deliveries.c.event_id)
-        .with_for_update(skip_locked=True)
-    )
-    claimed = [_delivery(row) for row in conn.execute(locked).mappings()]
-    if claimed:
-        conn.execute(
-            update(deliveries)
-            .where(deliveries.c.id.in_([d.id for d in claimed]))
-            .values(
-                status=DeliveryStatus.DELIVERING.value,
-                attempts=deliveries.c.attempts + 1,
-                lease_until=lease_until,
-            )
-        )
-    return claimed
-
-
-def settle_delivery(conn: Connection, delivery_id: int, values: dict[str, Any]) -> None:
-    """Record an attempt's outcome, unless another dispatcher took the delivery over."""
-    conn.execute(
-        update(deliveries)
-        .where(
-            deliveries.c.id == delivery_id,
-            deliveries.c.status == DeliveryStatus.DELIVERING.value,
-        )
-        .values(**values)
-    )
-
-
-def deliveries_of(conn: Connection, event_id: int | None = None) -> list[Delivery]:
-    stmt = select(deliveries).order_by(deliveries.c.id)
-    if event_id is not None:
-        stmt = stmt.where(deliveries.c.event_id == event_id)
-    return [_delivery(row) for row in conn.execute(stmt).mappings()]
-
-
-def revive_dead_deliveries(conn: Connection, event_id: int, now: datetime) -> int:
-    """Dead deliveries of an event back to pending, with their attempts from 0."""
-    stmt = (
-        update(deliveries)
-        .where(
-            deliveries.c.event_id == event_id,
-            deliveries.c.status == DeliveryStatus.DEAD.value,
-        )
-        .values(
-            status=DeliveryStatus.PENDING.value,
-            attempts=0,
-            next_attempt_at=now,
-            lease_until=None,
-        )
-    )
-    return conn.execute(stmt).rowcount
