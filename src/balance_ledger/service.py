@@ -426,7 +426,7 @@ class BalanceService:
         )
         return self._post(movement)
 
-    # -- reconciliation (layer 3; the logic lives in reconcile.py) --------------------------
+    # -- reconciliation (layer 3; the logic lives in reconcile/) --------------------------
 
     def verify_and_fix_balance(
         self,

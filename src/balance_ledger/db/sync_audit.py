@@ -1,5 +1,5 @@
 """The SQL of reconciliation: the set-based comparison of cache and ledger, checkpoints,
-the audit of runs and fixes (reconcile.py holds the rules)."""
+the audit of runs and fixes (reconcile/ holds the rules)."""
 
 from __future__ import annotations
 
