@@ -20,7 +20,8 @@ item's figures are those it met within the batch. Refusals are kept at least
 ``DEFAULT_RETENTION`` (``purge_refusals``, scheduled hourly, deletes older ones; never
 less than ``MIN_RETENTION``); ledger rows keep their keys forever.
 
-Pure rules; the SQL is db/refusals.py, the units of work that use it movements.py.
+Pure rules; the SQL is db/refusals.py, the units of work that use it movements.py
+and holds.py (captures), and service.authorize.
 """
 
 from __future__ import annotations

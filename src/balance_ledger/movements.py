@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row
@@ -34,12 +34,9 @@ from .errors import (
 )
 from .models import (
     EFFECTS,
-    AccountPolicy,
     AccountStatus,
     Balance,
     Effect,
-    Hold,
-    HoldStatus,
     KeyScope,
     Refusal,
     StatusChange,
@@ -287,7 +284,6 @@ def _announced(
 
 
 BATCH_ACCOUNTS = 1_000  # accounts per transaction in an independent batch
-MAX_HOLD = timedelta(days=366)  # the longest a hold may reserve money
 
 
 def _charge_movement(
@@ -487,149 +483,6 @@ def _insert_sealed(
             by_item[i] = transaction
             heads[transaction.user_id] = Link(transaction.id, transaction.row_hash or "")
     return by_item
-
-
-def _capture_request(hold_id: int, amount: int | None) -> dict[str, Any]:
-    """What identifies a capture as asked (``amount`` None: all the hold)."""
-    return {"operation": "capture", "hold_id": hold_id, "amount": amount}
-
-
-def _capture_replay(
-    conn: Connection, user_id: int, hold_id: int, amount: int | None, key: str
-) -> Transaction | None:
-    """The row an earlier capture of the hold with ``key`` wrote, or None if there is none;
-    raises the refusal it got, if it was refused (idempotency.py).
-
-    Takes the account's lock first, so a retry racing its own first attempt waits for it.
-    """
-    queries.lock_balance(conn, user_id)
-    existing = refusals.earlier_answer(conn, user_id, key)
-    if existing is None:
-        return None
-    if isinstance(existing, Refusal):
-        raise idempotency.replay(existing, _capture_request(hold_id, amount))
-    hold = queries.get_hold(conn, hold_id)
-    assert hold is not None, "holds are never deleted"
-    asked = hold.amount if amount is None else amount
-    capture = ("hold", str(hold_id), asked)
-    if (existing.reference_model, existing.reference_id, existing.amount) != capture:
-        found = f"ledger row {existing.id} is not a capture of {asked} from hold {hold_id}"
-        raise IdempotencyConflict(user_id, key, found)
-    return dataclasses.replace(existing, replayed=True)
-
-
-def _release(
-    conn: Connection, account: Balance, hold: Hold, status: HoldStatus
-) -> tuple[Hold, StatusChange | None]:
-    now = clock.now()
-    queries.close_hold(conn, hold.id, {"status": status.value, "closed_at": now})
-    released = dataclasses.replace(hold, status=status, closed_at=now)
-    event = events.hold(events.HOLD_CLOSED[status], released, now)
-    return released, _hold_moved(conn, account, account.held - hold.amount, now, event, hold.id)
-
-
-def _hold_moved(
-    conn: Connection,
-    account: Balance,
-    held: int,
-    now: datetime,
-    event: dict[str, Any],
-    hold_id: int,
-) -> StatusChange | None:
-    """Write the account with its new ``held`` and announce the hold's event. A hold
-    never moves the balance, but a grace period that ran out suspends the account at
-    its next write, this one too; and a reservation may fire balance.low."""
-    after = policy.settle(
-        account,
-        balance=account.balance,
-        total_recharged=account.total_recharged,
-        total_spent=account.total_spent,
-        held=held,
-        now=now,
-    )
-    return _save_settled(conn, account, after, now, [event], hold_id=hold_id)
-
-
-def _save_settled(
-    conn: Connection,
-    before: Balance,
-    after: Balance,
-    now: datetime,
-    announced: list[dict[str, Any]],
-    **cause: int | None,
-) -> StatusChange | None:
-    """Write an account settled by its policy (policy.py) without a ledger row, and
-    announce ``announced``, then the status change and alerts it made."""
-    queries.save_account(conn, after, now)
-    change = policy.status_change(before, after, None)
-    for row in [*announced, *events.account_changes(before, after, change, now, **cause)]:
-        outbox.append_event(conn, row)
-    return change
-
-
-def _expire(conn: Connection, *, user_id: int, hold_id: int) -> tuple[bool, StatusChange | None]:
-    """Release one due hold, if it is still open (a capture or void may have won)."""
-    account = queries.lock_balance(conn, user_id)
-    hold = queries.get_hold(conn, hold_id)
-    if account is None or hold is None or hold.status is not HoldStatus.ACTIVE:
-        return False, None
-    return True, _release(conn, account, hold, HoldStatus.EXPIRED)[1]
-
-
-def _new_account(
-    user_id: int, currency: str, credit_limit: int, rules: AccountPolicy, now: datetime
-) -> Balance:
-    """A new account's row: no money yet, its alert flags already true of that."""
-    empty = Balance(
-        user_id=user_id,
-        currency=currency,
-        balance=0,
-        total_recharged=0,
-        total_spent=0,
-        credit_limit=credit_limit,
-        status=AccountStatus.ACTIVE,
-        created_at=now,
-        updated_at=now,
-        policy=rules,
-    )
-    return policy.resettled(empty, now)
-
-
-def _settle_again(
-    conn: Connection, *, user_id: int, now: datetime, new_policy: AccountPolicy | None = None
-) -> tuple[Balance | None, StatusChange | None]:
-    """Lock the account and settle it with its figures as they are (and a new policy,
-    if given): a grace period that ran out suspends it, a new threshold may fire.
-    Writes the account and announces the change; (None, None) if there is no account."""
-    account = queries.lock_balance(conn, user_id)
-    if account is None:
-        return None, None
-    rules = account.policy
-    if new_policy is not None:
-        rules = valid.account_policy(new_policy, account.credit_limit)
-    after = policy.resettled(dataclasses.replace(account, policy=rules), now)
-    return after, _save_settled(conn, account, after, now, [])
-
-
-def _expiry(expires_at: object, ttl: object) -> datetime | None:
-    if expires_at is not None and ttl is not None:
-        raise InvalidRequest("give expires_at or ttl, not both")
-    if expires_at is not None:
-        expiry = valid.instant(expires_at, "expires_at")
-        if not clock.now() < expiry <= clock.now() + MAX_HOLD:
-            raise InvalidRequest("expires_at must be in the future and at most a year away")
-        return expiry
-    if ttl is None:
-        return None
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, int) and not isinstance(ttl, bool):
-        seconds = ttl
-    else:
-        raise InvalidRequest(f"ttl must be a timedelta or whole seconds, not {type(ttl).__name__}")
-    if not 0 < seconds <= MAX_HOLD.total_seconds():
-        raise InvalidRequest(f"ttl must be positive and at most a year, got {seconds} s")
-    return clock.now() + timedelta(seconds=seconds)
 
 
 def _within_refundable(conn: Connection, refund: _Movement) -> _Movement:

@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL
 
 from . import apikeys, clock, events, idempotency, integrity, sinks
 from . import validation as valid
+from .accounts import new_account, settle_again
 from .chain import ChainDigest, ChainReport
 from .db import outbox, queries, refusals
 from .db.dialects import create_ledger_engine
@@ -52,6 +53,7 @@ from .errors import (
     TransactionNotFound,
     WebhookNotFound,
 )
+from .holds import capture_replay, capture_request, expire_hold, hold_expiry, hold_moved, release
 from .models import (
     AccountPolicy,
     AccountStatus,
@@ -77,20 +79,12 @@ from .movements import (
     _apply,
     _apply_many,
     _by_account_groups,
-    _capture_replay,
-    _capture_request,
     _charge_item,
     _charge_movement,
-    _expire,
-    _expiry,
-    _hold_moved,
     _Movement,
     _movement,
-    _new_account,
     _Posted,
-    _release,
     _remembered,
-    _settle_again,
 )
 from .reconcile import (
     ColumnChange,
@@ -217,7 +211,7 @@ class BalanceService:
         def work(conn: Connection) -> Balance:
             now = clock.now()
             # Insert-if-absent, then lock: two racing opens of a new account both succeed.
-            opened = _new_account(user_id, currency, credit_limit, chosen, now)
+            opened = new_account(user_id, currency, credit_limit, chosen, now)
             queries.insert_balance(conn, self._db.backend, opened)
             account = queries.lock_balance(conn, user_id)
             assert account is not None
@@ -242,7 +236,7 @@ class BalanceService:
         user_id = valid.user_id(user_id)
         now = clock.now()
         account = self._after_commit(
-            partial(_settle_again, user_id=user_id, now=now, new_policy=policy)
+            partial(settle_again, user_id=user_id, now=now, new_policy=policy)
         )
         if account is None:
             raise AccountNotFound(user_id)
@@ -258,7 +252,7 @@ class BalanceService:
         suspended = 0
         while due := self._db.read(lambda conn: queries.overdue_accounts(conn, moment, 500)):
             for user_id in due:
-                account = self._after_commit(partial(_settle_again, user_id=user_id, now=moment))
+                account = self._after_commit(partial(settle_again, user_id=user_id, now=moment))
                 assert account is not None, "accounts are never deleted"
                 suspended += account.status is AccountStatus.SUSPENDED
         return suspended
@@ -783,7 +777,7 @@ class BalanceService:
         service_type = valid.text("service_type", service_type, required=True)
         description = valid.text("description", description)
         key = valid.idempotency_key(idempotency_key)
-        expiry = _expiry(expires_at, ttl)
+        expiry = hold_expiry(expires_at, ttl)
 
         request = {
             "operation": "authorize",
@@ -829,7 +823,7 @@ class BalanceService:
                 },
             )
             event = events.hold(EventType.HOLD_AUTHORIZED, hold, now)
-            return hold, _hold_moved(conn, account, held, now, event, hold.id)
+            return hold, hold_moved(conn, account, held, now, event, hold.id)
 
         return self._after_commit(work)
 
@@ -849,12 +843,12 @@ class BalanceService:
         user_id = self._hold_owner(hold_id)
 
         def work(conn: Connection) -> _Posted | Refused:
-            if key is not None and (replay := _capture_replay(conn, user_id, hold_id, take, key)):
+            if key is not None and (replay := capture_replay(conn, user_id, hold_id, take, key)):
                 return _Posted(replay, status_change=None)
             try:
                 account, hold = self._lock_active_hold(conn, user_id, hold_id, capturing=True)
             except HoldNotActive as refused:
-                request = _capture_request(hold_id, take)
+                request = capture_request(hold_id, take)
                 return _remembered(
                     conn, refused, user_id, KeyScope.LEDGER, key, request, clock.now()
                 )
@@ -899,7 +893,7 @@ class BalanceService:
 
         def work(conn: Connection) -> tuple[Hold, StatusChange | None]:
             account, hold = self._lock_active_hold(conn, user_id, hold_id, capturing=False)
-            return _release(conn, account, hold, HoldStatus.VOIDED)
+            return release(conn, account, hold, HoldStatus.VOIDED)
 
         return self._after_commit(work)
 
@@ -909,7 +903,9 @@ class BalanceService:
         released = 0
         while due := self._db.read(lambda conn: queries.expired_holds(conn, moment, 500)):
             for hold_id, user_id in due:
-                released += self._after_commit(partial(_expire, user_id=user_id, hold_id=hold_id))
+                released += self._after_commit(
+                    partial(expire_hold, user_id=user_id, hold_id=hold_id)
+                )
         return released
 
     def get_hold(self, hold_id: int) -> Hold:
