@@ -30,6 +30,16 @@ from .models import (
 MAX_HOLD = timedelta(days=366)  # the longest a hold may reserve money
 
 
+def authorize_request(amount: int, service_type: str, description: str | None) -> dict[str, Any]:
+    """What identifies an authorization as asked: a remembered refusal's fingerprint."""
+    return {
+        "operation": "authorize",
+        "amount": amount,
+        "service_type": service_type,
+        "description": description,
+    }
+
+
 def capture_request(hold_id: int, amount: int | None) -> dict[str, Any]:
     """What identifies a capture as asked (``amount`` None: all the hold)."""
     return {"operation": "capture", "hold_id": hold_id, "amount": amount}

@@ -235,8 +235,8 @@ def _apply(conn: Connection, backend: Backend, movement: _Movement) -> _Posted |
             movement = _within_refundable(conn, movement)
         decision = _decide(account, movement, existing, now)
     except BalanceError as error:
-        if existing is not None:
-            raise  # the key has its answer already: this one is not remembered
+        if key is None or existing is not None:
+            raise  # no key, or the key has its answer already: nothing to remember
         return _remembered(conn, error, asked.user_id, KeyScope.LEDGER, key, asked.request(), now)
     if decision.replay is not None:
         return _Posted(dataclasses.replace(decision.replay, replayed=True), status_change=None)
@@ -386,14 +386,16 @@ def _apply_many(
         try:
             decision = _decide(accounts.get(movement.user_id), movement, existing, now)
         except BalanceError as error:
-            refusal = idempotency.remembered(
-                error,
-                user_id=movement.user_id,
-                scope=KeyScope.LEDGER,
-                key=movement.idempotency_key if existing is None else None,
-                request=movement.request(),
-                now=now,
-            )
+            refusal = None
+            if movement.idempotency_key is not None and existing is None:
+                refusal = idempotency.remembered(
+                    error,
+                    user_id=movement.user_id,
+                    scope=KeyScope.LEDGER,
+                    key=movement.idempotency_key,
+                    request=movement.request(),
+                    now=now,
+                )
             if atomic:
                 error.batch_item = i
                 if refusal is None:

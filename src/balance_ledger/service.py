@@ -53,7 +53,15 @@ from .errors import (
     TransactionNotFound,
     WebhookNotFound,
 )
-from .holds import capture_replay, capture_request, expire_hold, hold_expiry, hold_moved, release
+from .holds import (
+    authorize_request,
+    capture_replay,
+    capture_request,
+    expire_hold,
+    hold_expiry,
+    hold_moved,
+    release,
+)
 from .models import (
     AccountPolicy,
     AccountStatus,
@@ -779,12 +787,7 @@ class BalanceService:
         key = valid.idempotency_key(idempotency_key)
         expiry = hold_expiry(expires_at, ttl)
 
-        request = {
-            "operation": "authorize",
-            "amount": amount,
-            "service_type": service_type,
-            "description": description,
-        }
+        request = authorize_request(amount, service_type, description)
 
         def work(conn: Connection) -> tuple[Hold | Refused, StatusChange | None]:
             account = queries.lock_balance(conn, user_id)
