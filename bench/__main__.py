@@ -1,13 +1,14 @@
-"""``python -m bench batch|charges|http|report|verify [options]``"""
+"""``python -m bench batch|callpath|charges|http|report|verify [options]``"""
 
 from __future__ import annotations
 
 import sys
 
-from . import batch, charges, http_load, report, verify
+from . import batch, callpath, charges, http_load, report, verify
 
 COMMANDS = {
     "batch": batch.main,
+    "callpath": callpath.main,
     "charges": charges.main,
     "http": http_load.main,
     "report": report.main,
