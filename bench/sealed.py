@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 
 from balance_ledger import BalanceService
-from balance_ledger.chain import SEALED_FIELDS, Link, seal
+from balance_ledger.chain.rules import SEALED_FIELDS, Link, seal
 
 LEDGER = "user_balance_transactions"
 SERVICE_TYPE = "bench"

@@ -3,9 +3,8 @@
 The public API is exactly what ``__all__`` lists; every module below is private.
 """
 
-from .chain import ChainBreak, ChainDigest, ChainReport
+from .chain.rules import ChainBreak, ChainDigest, ChainReport
 from .coalescer import ChargeCoalescer
-from .dispatch import Dispatcher, DispatchReport
 from .errors import (
     AccountExists,
     AccountNotFound,
@@ -47,6 +46,8 @@ from .models import (
     TransactionType,
     Webhook,
 )
+from .money.requests import Charge
+from .outbox.dispatch import Dispatcher, DispatchReport
 from .reconcile import (
     ColumnChange,
     Discrepancy,
@@ -73,6 +74,7 @@ __all__ = [
     "ChainBreak",
     "ChainDigest",
     "ChainReport",
+    "Charge",
     "ChargeCoalescer",
     "ColumnChange",
     "CommitUnknown",

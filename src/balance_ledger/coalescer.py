@@ -33,11 +33,12 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, Unpack
 
 from .errors import BalanceError, CommitUnknown, InvalidRequest, StorageError
 from .models import Transaction
-from .movements import BATCH_ACCOUNTS, _charge_movement, _Movement
+from .money.post import BATCH_ACCOUNTS
+from .money.requests import Charge, ChargeOptions
 from .service import BalanceService
 
 DEFAULT_WINDOW = 0.0  # seconds a batch's first charge waits for company
@@ -46,7 +47,7 @@ DEFAULT_MAX_BATCH = 500
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    movement: _Movement
+    request: Charge
     outcome: Future[Transaction] = field(default_factory=Future)
 
 
@@ -94,35 +95,16 @@ class ChargeCoalescer:
             writer.start()
 
     def charge(
-        self,
-        user_id: int,
-        amount: int,
-        service_type: str,
-        *,
-        description: str | None = None,
-        reference_model: str | None = None,
-        reference_id: str | int | None = None,
-        idempotency_key: str | None = None,
-        allow_overdraft: bool = False,
-        currency: str | None = None,
+        self, user_id: int, amount: int, service_type: str, **options: Unpack[ChargeOptions]
     ) -> Transaction:
         """``BalanceService.charge_service``, committed together with concurrent charges.
 
         Blocks until the charge's batch is committed; returns its row or raises its
         typed error. Malformed arguments are refused at once, before queueing.
         """
-        movement = _charge_movement(
-            user_id,
-            amount,
-            service_type,
-            description=description,
-            reference_model=reference_model,
-            reference_id=reference_id,
-            idempotency_key=idempotency_key,
-            allow_overdraft=allow_overdraft,
-            currency=currency,
-        )
-        pending = _Pending(movement)
+        request = Charge(user_id, amount, service_type, **options)
+        request.movement()  # refuse a malformed charge now, not from the writer thread
+        pending = _Pending(request)
         with self._closing:
             if self._closed:
                 raise InvalidRequest("the charge coalescer is closed")
@@ -182,9 +164,7 @@ class ChargeCoalescer:
             self._write_alone(batch[0])
             return
         try:
-            results = self._service._charge_planned(
-                [pending.movement for pending in batch], atomic=False
-            )
+            results = self._service.charge_many([pending.request for pending in batch])
         except CommitUnknown as error:
             for pending in batch:  # may have committed: re-running could charge twice
                 pending.outcome.set_exception(copy.copy(error))
@@ -206,7 +186,7 @@ class ChargeCoalescer:
     def _write_alone(self, pending: _Pending) -> None:
         """One charge in its own transaction: the single-movement path, fewer statements."""
         try:
-            pending.outcome.set_result(self._service._post(pending.movement))
+            pending.outcome.set_result(self._service.charge(pending.request))
         except BaseException as error:  # its typed error, or a bug: the caller gets it
             pending.outcome.set_exception(error)
 

@@ -151,7 +151,7 @@ class Transaction:
     created_at: datetime
     related_transaction_id: int | None = None  # the charge a refund gives back
     actor: str | None = None  # who made an adjustment
-    row_hash: str | None = None  # the tamper-evident chain's seal (chain.py)
+    row_hash: str | None = None  # the tamper-evident chain's seal (chain/rules.py)
     # Not a column: True when this call wrote nothing and returned the row an earlier
     # call with the same idempotency key wrote (HTTP answers such a retry 200, not 201).
     replayed: bool = field(default=False, compare=False)

@@ -16,9 +16,9 @@ from urllib.parse import SplitResult, urlsplit
 
 from babel.numbers import list_currencies
 
-from . import sinks
 from .errors import InvalidAmount, InvalidRequest, shown
 from .models import AccountPolicy, EventType, Scope
+from .outbox import sinks
 
 BIGINT_MAX = 2**63 - 1
 BIGINT_MIN = -(2**63)
@@ -235,7 +235,7 @@ def scopes(value: object) -> frozenset[Scope]:
 
 def subscription_url(value: object) -> str:
     """Where ``add_webhook`` delivers, at most 2,048 characters: an http(s) URL with a host,
-    or a Redis stream, ``redis(s)://host[:port][/db]?stream=NAME[&maxlen=N]`` (sinks.py).
+    or a Redis stream, ``redis(s)://host[:port][/db]?stream=NAME[&maxlen=N]`` (outbox/sinks.py).
 
     ``callback:`` URLs are refused: only ``add_callback`` makes one, with its function.
     """

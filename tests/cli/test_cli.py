@@ -112,6 +112,14 @@ def test_missing_schema_says_to_upgrade(tmp_path: Path, capsys):
     assert "balance db upgrade" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("once", [(), ("--once",)])
+def test_dispatch_without_a_schema_exits_at_once_instead_of_retrying(tmp_path, capsys, once):
+    with pytest.raises(SystemExit) as exited:
+        main(["--database-url", f"sqlite:///{tmp_path / 'empty.db'}", "dispatch", *once])
+    assert exited.value.code == 2
+    assert "balance db upgrade" in capsys.readouterr().err
+
+
 def test_db_upgrade_creates_the_schema(tmp_path: Path, capsys):
     url = f"sqlite:///{tmp_path / 'new.db'}"
     with pytest.raises(SystemExit) as exited:

@@ -18,7 +18,8 @@ from typing import IO
 import httpx
 import pytest
 
-from balance_ledger import BalanceService, signatures
+from balance_ledger import BalanceService
+from balance_ledger.outbox import signatures
 from tests.receiver import receiver
 
 START_SECONDS = 30

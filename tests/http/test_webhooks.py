@@ -8,9 +8,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from balance_ledger import DeliveryStatus, StorageError, signatures
+from balance_ledger import DeliveryStatus, StorageError
 from balance_ledger.http import create_app
-from balance_ledger.http.app import dispatching
+from balance_ledger.outbox import signatures
 from tests.dispatching import drain
 from tests.http.calls import PROBLEM, charge, open_account
 from tests.receiver import receiver
@@ -233,7 +233,7 @@ def test_the_dispatch_thread_outlives_a_failed_pass(svc, caplog):
         svc.add_webhook(target.url)
         svc.open_account(7)
         svc.recharge(7, 100)
-        with dispatching(dispatcher, 0.05):
+        with dispatcher.in_background(0.05):
             deadline = time.monotonic() + 10
             while not target.received and time.monotonic() < deadline:
                 time.sleep(0.02)

@@ -15,8 +15,8 @@ from balance_ledger import (
     DeliveryStatus,
     InvalidRequest,
     WebhookNotFound,
-    signatures,
 )
+from balance_ledger.outbox import signatures
 from tests.dispatching import NO_WAIT, drain
 from tests.receiver import Receiver, receiver
 

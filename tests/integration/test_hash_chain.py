@@ -14,7 +14,7 @@ from alembic import command
 from sqlalchemy import create_engine, insert, select, text, update
 
 from balance_ledger import BalanceService, JobBusy
-from balance_ledger.chain import GENESIS, Link, canonical, seal
+from balance_ledger.chain.rules import GENESIS, Link, canonical, seal
 from balance_ledger.db import hash_chain
 from balance_ledger.db.backfill import seal_unsealed_rows
 from balance_ledger.db.migrate import alembic_config

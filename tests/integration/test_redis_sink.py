@@ -22,8 +22,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from balance_ledger import DeliveryStatus, InvalidRequest, signatures
-from balance_ledger.sinks import REDIS_CLIENT_NAME, REDIS_MISSING
+from balance_ledger import DeliveryStatus, InvalidRequest
+from balance_ledger.outbox import signatures
+from balance_ledger.outbox.sinks import REDIS_CLIENT_NAME, REDIS_MISSING
 from tests.conftest import _required
 from tests.dispatching import NO_WAIT, drain
 

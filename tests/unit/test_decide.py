@@ -1,4 +1,4 @@
-"""The rules of one movement (movements._decide), without a database: every outcome of a
+"""The rules of one movement (money.rules.decide), without a database: every outcome of a
 charge, a recharge, a replay and a remembered refusal, as properties where arithmetic."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from balance_ledger.errors import (
 )
 from balance_ledger.idempotency import remembered
 from balance_ledger.models import KeyScope, Transaction
-from balance_ledger.movements import _decide, _movement
+from balance_ledger.money.requests import Charge
+from balance_ledger.money.rules import decide
 
 NOW = datetime(2026, 12, 4, tzinfo=UTC)
 
@@ -40,18 +41,10 @@ def account(balance: int, *, credit_limit: int = 0, held: int = 0, suspended: bo
 
 
 def charge(amount: int, *, key: str | None = None, overdraft: bool = False, currency=None):
-    return _movement(
-        TransactionType.CHARGE,
-        1,
-        amount,
-        service_type="vps",
-        description=None,
-        reference_model=None,
-        reference_id=None,
-        idempotency_key=key,
-        currency=currency,
-        allow_overdraft=overdraft,
+    request = Charge(
+        1, amount, "vps", idempotency_key=key, allow_overdraft=overdraft, currency=currency
     )
+    return request.movement()
 
 
 @given(
@@ -66,10 +59,10 @@ def test_a_charge_passes_exactly_when_available_covers_it(balance, credit_limit,
         return  # such an account is suspended; its own test below
     if amount > before.available:
         with pytest.raises(InsufficientBalance) as refused:
-            _decide(before, charge(amount), None, NOW)
+            decide(before, charge(amount), None, NOW)
         assert (refused.value.amount, refused.value.available) == (amount, before.available)
         return
-    decision = _decide(before, charge(amount), None, NOW)
+    decision = decide(before, charge(amount), None, NOW)
     assert decision.after is not None
     assert decision.row is not None
     assert decision.after.balance == balance - amount
@@ -82,7 +75,7 @@ def test_a_charge_passes_exactly_when_available_covers_it(balance, credit_limit,
 
 @given(amount=st.integers(1, 10_000))
 def test_an_overdraft_charge_always_passes_and_suspends_past_the_limit(amount):
-    decision = _decide(account(100), charge(amount, overdraft=True), None, NOW)
+    decision = decide(account(100), charge(amount, overdraft=True), None, NOW)
     assert decision.after is not None
     expected = AccountStatus.SUSPENDED if 100 - amount < 0 else AccountStatus.ACTIVE
     assert decision.after.status is expected
@@ -90,11 +83,11 @@ def test_an_overdraft_charge_always_passes_and_suspends_past_the_limit(amount):
 
 def test_refusals_in_their_order():
     with pytest.raises(AccountNotFound):
-        _decide(None, charge(1), None, NOW)
+        decide(None, charge(1), None, NOW)
     with pytest.raises(CurrencyMismatch):
-        _decide(account(100), charge(1, currency="USD"), None, NOW)
+        decide(account(100), charge(1, currency="USD"), None, NOW)
     with pytest.raises(AccountSuspended):
-        _decide(account(-5, suspended=True), charge(1), None, NOW)
+        decide(account(-5, suspended=True), charge(1), None, NOW)
 
 
 def written(amount: int) -> Transaction:
@@ -115,11 +108,11 @@ def written(amount: int) -> Transaction:
 
 
 def test_an_earlier_row_is_replayed_whatever_the_account_now_allows():
-    decision = _decide(account(0), charge(50, key="k"), written(50), NOW)
+    decision = decide(account(0), charge(50, key="k"), written(50), NOW)
     assert decision.replay == written(50)
     assert decision.after is None
     with pytest.raises(IdempotencyConflict, match="amount 50 != 60"):
-        _decide(account(0), charge(60, key="k"), written(50), NOW)
+        decide(account(0), charge(60, key="k"), written(50), NOW)
 
 
 def test_an_earlier_refusal_is_the_answer_even_when_the_money_is_there_now():
@@ -134,7 +127,7 @@ def test_an_earlier_refusal_is_the_answer_even_when_the_money_is_there_now():
     )
     assert refusal is not None
     with pytest.raises(InsufficientBalance) as again:
-        _decide(account(1_000), charge(50, key="k"), refusal, NOW)
+        decide(account(1_000), charge(50, key="k"), refusal, NOW)
     assert (again.value.replayed, again.value.available) == (True, 10)
     with pytest.raises(IdempotencyConflict):
-        _decide(account(1_000), charge(50, key="k", overdraft=True), refusal, NOW)
+        decide(account(1_000), charge(50, key="k", overdraft=True), refusal, NOW)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from balance_ledger import signatures
+from balance_ledger.outbox import signatures
 
 SECRET = "whsec_0123456789abcdef"
 BODY = b'{"id":1,"type":"balance.charged","amount":300}'

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from .. import clock
 from ..models import AccountPolicy, Balance, Hold, Transaction
+from ..money.requests import Charge
 from ..service import BalanceService
 from . import format as fmt
 
@@ -200,7 +201,7 @@ def charge(
 ) -> None:
     """Debit an account for a service; refused if the balance cannot cover it."""
     svc = _service(ctx)
-    tx = svc.charge_service(
+    request = Charge(
         user_id,
         amount,
         service_type,
@@ -210,6 +211,7 @@ def charge(
         idempotency_key=idempotency_key,
         allow_overdraft=allow_overdraft,
     )
+    tx = svc.charge(request)
     _print_transaction(svc, tx, as_json)
 
 

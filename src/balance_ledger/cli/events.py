@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from datetime import timedelta
@@ -132,11 +133,17 @@ def dispatch(
     """Deliver pending events to the webhooks until interrupted (any number may run)."""
     dispatcher = _service(ctx).dispatcher(lease=timedelta(seconds=lease), max_attempts=max_attempts)
     ctx.call_on_close(dispatcher.close)
+    # The first pass is outside the loop: a wrong database (unreachable, no schema) is
+    # said at once, with its exit code, instead of being retried for ever.
+    report = dispatcher.run_once()
     if once:
-        report = dispatcher.run_once()
         console.print(
             f"fanned out {report.fanned_out}, delivered {report.delivered}, "
             f"failed {report.failed}, dead {report.dead}"
         )
         return
+    # The loop logs a failed pass (an outage) and goes on: show those lines, -v or not.
+    loop_log = logging.getLogger(type(dispatcher).__module__)
+    if loop_log.getEffectiveLevel() > logging.ERROR:
+        loop_log.setLevel(logging.ERROR)
     dispatcher.run(threading.Event(), interval)

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from ..chain import ChainBreak
+from ..chain.rules import ChainBreak
 from ..models import AccountStatus, ApiKey, Balance, Statement, Transaction, scope_names
 from ..policy import reactivation_line, suspension_line
 from ..reconcile import ColumnChange, Discrepancy, SyncError, SyncReport, SyncRun

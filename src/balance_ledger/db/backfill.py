@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from ..chain import Link, following
+from ..chain.rules import Link, following
 from . import hash_chain
 
 PAGE = 5_000

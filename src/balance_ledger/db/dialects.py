@@ -55,9 +55,17 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from .. import clock
-from ..chain import SEALED_FIELDS
+from ..chain.rules import SEALED_FIELDS
 from ..errors import InvalidRequest, shown
 from .tables import balance_job_locks
+
+# The jobs one runner at a time does (job_lock), and on SQLite how long a runner that
+# crashed holding one blocks it: longer than the job's longest healthy run.
+JOB_LEASES = {
+    "verify-fix": timedelta(hours=6),
+    "rebuild": timedelta(hours=6),
+    "anchor-chains": timedelta(hours=1),
+}
 
 # Execution option a write transaction carries; SQLite's begin hook reads it.
 WRITE_OPTION = "balance_ledger_write"
@@ -201,15 +209,16 @@ class Backend:
         return None
 
     @contextmanager
-    def job_lock(self, engine: Engine, name: str, lease: timedelta) -> Iterator[bool]:
+    def job_lock(self, engine: Engine, name: str, lease: timedelta | None = None) -> Iterator[bool]:
         """Try, without waiting, to become the one runner of job ``name`` on any host.
 
         Yields True while held. PostgreSQL and MariaDB use session locks that the
-        server frees if this process dies; SQLite uses a lease row that expires.
+        server frees if this process dies; SQLite uses a lease row that expires after
+        the job's JOB_LEASES (``lease``: another, for a test).
         """
         key = f"balance_ledger:{name}"
         if self.name == "sqlite":
-            with _sqlite_lease(engine, key, lease) as held:
+            with _sqlite_lease(engine, key, lease or JOB_LEASES[name]) as held:
                 yield held
             return
         acquire, release = {

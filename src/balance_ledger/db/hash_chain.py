@@ -1,5 +1,5 @@
 """The SQL of the hash chain: walking and backfilling rows, checking hashes set-based,
-the daily digests and their anchors (chain.py and integrity.py hold the rules)."""
+the daily digests and their anchors (chain/rules.py and chain/anchors.py hold the rules)."""
 
 from __future__ import annotations
 

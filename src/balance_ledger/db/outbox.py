@@ -1,5 +1,5 @@
 """The SQL of the event outbox, its subscriptions (webhooks, sinks) and their deliveries
-(events.py builds the rows, dispatch.py delivers them)."""
+(outbox/events.py builds the rows, outbox/dispatch.py delivers them)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def mark_fanned_out(conn: Connection, event_ids: list[int]) -> None:
     conn.execute(update(events).where(events.c.id.in_(event_ids)).values(fanned_out=True))
 
 
-# -- webhooks and deliveries (dispatch.py) --------------------------------------------------
+# -- webhooks and deliveries (outbox/dispatch.py) --------------------------------------------------
 
 
 def _webhook(row: Mapping[Any, Any]) -> Webhook:

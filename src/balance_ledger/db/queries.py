@@ -28,7 +28,7 @@ from sqlalchemy import (
     update,
 )
 
-from ..chain import SEALED_FIELDS
+from ..chain.rules import SEALED_FIELDS
 from ..models import (
     EFFECTS,
     AccountPolicy,

@@ -174,7 +174,7 @@ def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -
     return list(conn.execute(stmt))
 
 
-def chain_breaks(conn: Connection, low: int, high: int, *, incremental: bool) -> list[Row[Any]]:
+def snapshot_breaks(conn: Connection, low: int, high: int, *, incremental: bool) -> list[Row[Any]]:
     """Ledger rows of accounts low..high whose snapshot does not follow the previous row.
 
     A row is broken when ``balance_after != balance_before ± amount`` or when its

@@ -136,7 +136,7 @@ user_balance_transactions = Table(
     # A refund's charge; an adjustment's author (migration 0003).
     Column("related_transaction_id", BigInteger),
     Column("actor", String(128)),
-    # SHA-256 over the previous row's hash and this row's fields (chain.py; 0006).
+    # SHA-256 over the previous row's hash and this row's fields (chain/rules.py; 0006).
     Column("row_hash", String(64)),
     CheckConstraint("amount > 0", name="amount_positive"),
     CheckConstraint(
@@ -314,7 +314,7 @@ balance_api_keys = Table(
 )
 
 # The outbox: one row per event, written in the transaction of the movement or status
-# change it announces, so an event exists iff what it announces committed (events.py).
+# change it announces, so an event exists iff what it announces committed (outbox/events.py).
 balance_events = Table(
     "balance_events",
     metadata,
@@ -323,7 +323,7 @@ balance_events = Table(
     Column("user_id", BigInteger),  # None for events of no one account
     Column("payload", Text, nullable=False),  # JSON
     Column("created_at", UtcDateTime, nullable=False),
-    # False until the dispatcher has made the event's deliveries (dispatch.py). A flag,
+    # False until the dispatcher has made the event's deliveries (outbox/dispatch.py). A flag,
     # not a cursor: ids commit out of order, and a cursor would step over a late one.
     Column("fanned_out", Boolean, nullable=False, server_default=false()),
     Index(None, "user_id", "id"),  # an account's events in order

@@ -37,6 +37,7 @@ from ..errors import (
 from .dialects import LOCK_WAIT_OPTION, WRITE_OPTION, Backend, backend_of, prepare_sqlite
 
 T = TypeVar("T")
+Work = Callable[[Connection], T]  # a unit of work: runs inside the transaction it is given
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,14 @@ class Database:
                 # Metrics are not worth a failed charge.
                 log.exception("lock-wait observer %r failed", observer)
 
-    def write(self, work: Callable[[Connection], T]) -> T:
+    def write(self, work: Work[T]) -> T:
         """Run ``work`` in a write transaction (SQLite: ``BEGIN IMMEDIATE``)."""
         return self._run(work, write=True)
 
-    def read(self, work: Callable[[Connection], T]) -> T:
+    def read(self, work: Work[T]) -> T:
         return self._run(work, write=False)
 
-    def _run(self, work: Callable[[Connection], T], *, write: bool) -> T:
+    def _run(self, work: Work[T], *, write: bool) -> T:
         for attempt in range(1, self.max_attempts + 1):
             progress = _Progress()
             try:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, Response
 
-from ..dispatch import Dispatcher
 from ..service import BalanceService
 from . import accounts, movements, problems, reconciliation, webhooks
 from .auth import KeyCache
@@ -101,46 +99,10 @@ def _lifespan(
         if dispatch_interval is None:
             yield
             return
-        with dispatching(service.dispatcher(), dispatch_interval):
+        with service.dispatcher().in_background(dispatch_interval):
             yield
 
     return lifespan
-
-
-@contextmanager
-def dispatching(dispatcher: Dispatcher, interval: float) -> Iterator[None]:
-    """Run ``dispatcher`` in a background thread until the block ends, then close it.
-
-    Leaving waits for the delivery in flight to settle (at most the dispatcher's HTTP
-    timeout); a process killed instead loses nothing, its leases run out.
-    """
-    stop = threading.Event()
-    # A daemon: a process exiting without its shutdown (a forced exit) must not hang on
-    # it; the delivery it had in flight is claimed again when its lease runs out.
-    thread = threading.Thread(
-        target=_dispatch_until,
-        args=(dispatcher, stop, interval),
-        name="balance-dispatch",
-        daemon=True,
-    )
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        dispatcher.close()
-
-
-def _dispatch_until(dispatcher: Dispatcher, stop: threading.Event, interval: float) -> None:
-    # A database outage must not end dispatching for the rest of the process's life
-    # (no supervisor restarts a thread, unlike a `balance dispatch` process).
-    while not stop.is_set():
-        try:
-            dispatcher.run(stop, interval)
-        except Exception:
-            log.exception("dispatching failed; trying again in %s s", interval)
-            stop.wait(interval)
 
 
 def app_from_environment() -> FastAPI:

@@ -8,13 +8,15 @@ core validates anyway (positive amounts, text widths) are checked there, once.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from fastapi import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
 
 from ..models import AccountPolicy, Balance, Hold, Transaction
+from ..money import requests
 from ..validation import MAX_GRACE_PERIOD
 
 MAX_BATCH_ITEMS = 1_000
@@ -22,6 +24,23 @@ MAX_BATCH_ITEMS = 1_000
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def body_of(request: type, name: str, *, without: frozenset[str] = frozenset()) -> type[_Body]:
+    """The strict body of a request dataclass (money/requests.py): its fields, types,
+    defaults and descriptions but ``without`` (those the path or a header carries), so
+    the request's fields are declared once and the OpenAPI schema still shows each."""
+    hints = typing.get_type_hints(request)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(request):
+        if field.name in without:
+            continue
+        default = ... if field.default is dataclasses.MISSING else field.default
+        described = Field(default, description=field.metadata.get("description"))
+        fields[field.name] = (hints[field.name], described)
+    config = ConfigDict(extra="forbid", strict=True)
+    model: type[_Body] = create_model(name, __config__=config, **fields)
+    return model
 
 
 class Policy(_Body):
@@ -54,22 +73,18 @@ class OpenAccount(_Body):
     policy: Policy | None = Field(default=None, description="Default: the service's.")
 
 
-class Recharge(_Body):
-    amount: StrictInt = Field(description="Minor units (cents; VND has none), positive.")
-    description: StrictStr | None = None
-    reference_model: StrictStr | None = None
-    reference_id: StrictStr | StrictInt | None = None
-    currency: StrictStr | None = Field(default=None, description="Asserts the account's.")
-
-
-class Charge(Recharge):
-    service_type: StrictStr = Field(description="What is charged: vps, bandwidth, api…")
-    allow_overdraft: StrictBool = False
-
-
-class BatchCharge(Charge):
-    user_id: StrictInt
-    idempotency_key: StrictStr | None = None
+# A movement's fields are its request's (money/requests.py): a route's body leaves out
+# the account (in the path) and the key (the Idempotency-Key header); a batch item is
+# the whole request.
+_IN_PATH_AND_HEADER = frozenset({"user_id", "idempotency_key"})
+if TYPE_CHECKING:  # to the type checker, a generated body is a _Body
+    Recharge: TypeAlias = _Body
+    Charge: TypeAlias = _Body
+    BatchCharge: TypeAlias = _Body
+else:
+    Recharge = body_of(requests.Recharge, "Recharge", without=_IN_PATH_AND_HEADER)
+    Charge = body_of(requests.Charge, "Charge", without=_IN_PATH_AND_HEADER)
+    BatchCharge = body_of(requests.Charge, "BatchCharge")
 
 
 class ChargeBatch(_Body):

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Path, Response
 
 from ..errors import BalanceError
 from ..models import ApiKey, Scope, Transaction
+from ..money.requests import Charge
 from . import bodies, problems
 from .auth import require
 from .deps import IdempotencyKey, Meter, Service, UserId, needs
@@ -50,9 +51,8 @@ def charge(
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     """Debit the account for a service; 402 when the balance cannot cover it."""
-    row = meter.movement(
-        "charge", svc.charge_service, user_id, idempotency_key=idempotency_key, **body.model_dump()
-    )
+    request = Charge(user_id=user_id, idempotency_key=idempotency_key, **body.model_dump())
+    row = meter.movement("charge", svc.charge, request)
     return bodies.posted(row, response)
 
 
@@ -66,7 +66,7 @@ def charge_batch(body: bodies.ChargeBatch, svc: Service, meter: Meter) -> dict[s
     ``all_or_nothing`` mode the first refused item refuses the whole request (its
     ``batch_item`` says which) and nothing else is written.
     """
-    items = [item.model_dump() for item in body.items]
+    items = [Charge(**item.model_dump()) for item in body.items]
     outcomes = meter.movement("charge_batch", svc.charge_many, items, mode=body.mode)
     for outcome in outcomes:
         meter.record("charge", outcome)

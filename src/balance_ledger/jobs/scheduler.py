@@ -124,7 +124,7 @@ def dispatch_events(svc: BalanceService) -> None:
     ``balance dispatch``: each delivery is claimed under a lease (SKIP LOCKED)."""
     dispatcher = svc.dispatcher()
     try:
-        while not (report := dispatcher.run_once()).idle:
+        if not (report := dispatcher.drain()).idle:
             log.info(
                 "dispatch: fanned out %d, delivered %d, failed %d, dead %d",
                 report.fanned_out,

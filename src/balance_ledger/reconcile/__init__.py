@@ -27,7 +27,6 @@ the SQL is db/sync_audit.py.
 
 from .reports import (
     CHUNK_SIZE,
-    JOB_LEASE,
     ColumnChange,
     Discrepancy,
     Progress,
@@ -42,7 +41,6 @@ from .runner import Reconciler
 
 __all__ = [
     "CHUNK_SIZE",
-    "JOB_LEASE",
     "ColumnChange",
     "Discrepancy",
     "Progress",

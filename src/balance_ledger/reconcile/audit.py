@@ -8,13 +8,14 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from .. import clock, events
+from .. import clock
 from ..db import outbox, sync_audit
 from ..db.dialects import Backend
 from ..models import (
     AccountStatus,
     StatusChange,
 )
+from ..outbox import events
 from .reports import Discrepancy, RebuildReport, SyncReport
 
 

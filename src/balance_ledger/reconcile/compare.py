@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from .. import integrity, policy
+from .. import policy
+from ..chain import anchors
 from ..db import sync_audit
 from ..db.dialects import Backend
 from ..models import (
@@ -118,7 +119,7 @@ def chain_errors(
 ) -> dict[int, SyncError]:
     """The first broken row of each account in the chunk (hashes too in full mode)."""
     first = {} if incremental else _hash_chain_errors(conn, backend, low, high)
-    for row in sync_audit.chain_breaks(conn, low, high, incremental=incremental):
+    for row in sync_audit.snapshot_breaks(conn, low, high, incremental=incremental):
         earlier = first.get(row.user_id)
         if earlier is not None and (earlier.transaction_id or 0) <= row.id:
             continue  # a hash break at or before this row is the one to report
@@ -145,7 +146,7 @@ def _hash_chain_errors(
 ) -> dict[int, SyncError]:
     return {
         user_id: SyncError(user_id, found.transaction_id, found.message)
-        for user_id, found in integrity.chain_breaks(conn, backend, low, high).items()
+        for user_id, found in anchors.chain_breaks(conn, backend, low, high).items()
     }
 
 

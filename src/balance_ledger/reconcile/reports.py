@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from ..models import (
     AccountPolicy,
@@ -14,7 +14,6 @@ from ..models import (
 
 CHUNK_SIZE = 1_000
 NO_POLICY = AccountPolicy()  # an orphan's ledger has no account, so no policy
-JOB_LEASE = timedelta(hours=6)  # SQLite only: how long a crashed runner blocks its job
 
 Progress = Callable[[int, int], object]  # (accounts done, accounts in all)
 

@@ -12,13 +12,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Row
 
-from .. import clock, events
+from .. import clock
 from ..db import queries, sync_audit
 from ..db.transactions import Database
 from ..errors import AccountNotFound, BalanceError, StorageError
 from ..models import (
     LedgerTotals,
 )
+from ..outbox import events
 from .audit import rebuild_counts, rewrite_cache, run_outcome, save_chunk, verify_counts
 from .compare import (
     actual_of_sums,
@@ -33,7 +34,6 @@ from .compare import (
 )
 from .reports import (
     CHUNK_SIZE,
-    JOB_LEASE,
     ColumnChange,
     Discrepancy,
     Progress,
@@ -451,7 +451,7 @@ class Reconciler:
         Returns None when another runner holds the job's lock or already ran the slot.
         """
         kind = {"verify-fix": "verify", "rebuild": "rebuild"}[job]
-        with self.db.backend.job_lock(self.db.engine, job, JOB_LEASE) as held:
+        with self.db.backend.job_lock(self.db.engine, job) as held:
             if not held:
                 log.info("%s skipped: another run holds the lock", job)
                 return None

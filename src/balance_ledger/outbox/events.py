@@ -16,8 +16,8 @@ import json
 from datetime import datetime
 from typing import Any, Protocol
 
-from . import policy
-from .models import (
+from .. import policy
+from ..models import (
     AccountStatus,
     Balance,
     EventType,

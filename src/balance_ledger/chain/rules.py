@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .models import Serialisable
+from ..models import Serialisable
 
 GENESIS = "0" * 64  # the "previous hash" of an account's first row
 ENCODING_VERSION = "v1"

@@ -22,20 +22,22 @@ repeat.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
 from sqlalchemy import Connection
 
-from . import clock
-from .db import outbox
-from .db.transactions import Database
-from .models import Delivery, DeliveryStatus, Event
+from .. import clock
+from ..db import outbox
+from ..db.transactions import Database
+from ..models import Delivery, DeliveryStatus, Event
 from .sinks import Callback, Sinks
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,10 @@ class DispatchReport:
     @property
     def idle(self) -> bool:
         return self == DispatchReport()
+
+    def __add__(self, other: DispatchReport) -> DispatchReport:
+        pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+        return DispatchReport(*(mine + theirs for mine, theirs in pairs))
 
 
 class Dispatcher:
@@ -88,10 +94,48 @@ class Dispatcher:
         self.sinks.close()
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Dispatch until ``stop`` is set, pausing ``interval`` seconds when idle."""
+        """Dispatch until ``stop`` is set, pausing ``interval`` seconds when idle.
+
+        The one dispatch loop (``balance dispatch``, ``balance serve --dispatch``). A pass
+        that fails (the database is down) is logged and tried again after ``interval``:
+        an outage must not end dispatching for the rest of the process's life.
+        """
         while not stop.is_set():
-            if self.run_once().idle:
+            try:
+                idle = self.run_once().idle
+            except Exception:
+                log.exception("dispatching failed; trying again in %s s", interval)
+                idle = True
+            if idle:
                 stop.wait(interval)
+
+    @contextmanager
+    def in_background(self, interval: float) -> Iterator[None]:
+        """Run ``run`` in a background thread until the block ends, then close.
+
+        Leaving waits for the delivery in flight to settle (at most the HTTP timeout);
+        a process killed instead loses nothing: its leases run out.
+        """
+        stop = threading.Event()
+        # A daemon: a process exiting without its shutdown (a forced exit) must not hang
+        # on it; the delivery it had in flight is claimed again when its lease runs out.
+        thread = threading.Thread(
+            target=self.run, args=(stop, interval), name="balance-dispatch", daemon=True
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.close()
+
+    def drain(self) -> DispatchReport:
+        """Pass after pass until nothing is due (the scheduler's job); the passes' sum."""
+        total = DispatchReport()
+        while not (report := self.run_once()).idle:
+            total += report
+        return total
 
     def run_once(self) -> DispatchReport:
         fanned = self.fan_out()

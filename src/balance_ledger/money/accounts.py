@@ -10,15 +10,18 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import events, policy
-from . import validation as valid
-from .db import outbox, queries
-from .models import (
+from .. import clock, policy
+from .. import validation as valid
+from ..db import outbox, queries
+from ..db.dialects import Backend
+from ..errors import AccountExists
+from ..models import (
     AccountPolicy,
     AccountStatus,
     Balance,
     StatusChange,
 )
+from ..outbox import events
 
 
 def save_settled(
@@ -71,3 +74,30 @@ def settle_again(
         rules = valid.account_policy(new_policy, account.credit_limit)
     after = policy.resettled(dataclasses.replace(account, policy=rules), now)
     return after, save_settled(conn, account, after, now, [])
+
+
+def open_account(
+    conn: Connection,
+    backend: Backend,
+    *,
+    user_id: int,
+    currency: str,
+    credit_limit: int,
+    rules: AccountPolicy,
+    policy_given: bool,
+) -> Balance:
+    """Insert the account if it is absent, then lock it: two racing opens of a new account
+    both succeed. AccountExists if it was opened with other settings (or another policy,
+    when one is given)."""
+    opened = new_account(user_id, currency, credit_limit, rules, clock.now())
+    queries.insert_balance(conn, backend, opened)
+    account = queries.lock_balance(conn, user_id)
+    assert account is not None
+    settings = (account.currency, account.credit_limit)
+    if settings != (currency, credit_limit) or (policy_given and account.policy != rules):
+        raise AccountExists(
+            user_id,
+            f"currency {account.currency}, credit limit {account.credit_limit}"
+            f" and {account.policy}",
+        )
+    return account

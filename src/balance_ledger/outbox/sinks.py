@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,9 +26,10 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 
+from .. import clock
+from ..errors import shown
+from ..models import Event
 from . import signatures
-from .errors import shown
-from .models import Event
 
 Callback = Callable[[Event], None]
 
@@ -78,7 +78,7 @@ class HttpSink:
             "Content-Type": "application/json",
             "Balance-Event-Id": str(event.id),
             "Balance-Event-Type": event.event_type.value,
-            signatures.HEADER: signatures.sign(secret, content, int(time.time())),
+            signatures.HEADER: signatures.sign(secret, content, int(clock.now().timestamp())),
         }
         try:
             answer = self.client.post(url, content=content, headers=headers)
@@ -159,7 +159,7 @@ class RedisSink:
             "id": str(event.id),
             "type": event.event_type.value,
             "payload": content,
-            "signature": signatures.sign(secret, content, int(time.time())),
+            "signature": signatures.sign(secret, content, int(clock.now().timestamp())),
         }
         try:
             self._client(redis, target.server).xadd(

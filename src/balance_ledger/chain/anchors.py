@@ -1,25 +1,23 @@
-"""Check the ledger's hash chain and anchor its heads in daily digests (see chain.py)."""
+"""Check the ledger's hash chain and anchor its heads in daily digests (see rules.py)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from . import clock
-from .chain import GENESIS, ChainBreak, ChainDigest, ChainReport, ChainWalk, digest_of
-from .db import hash_chain
-from .db.dialects import Backend
-from .db.transactions import Database
-from .errors import JobBusy
+from .. import clock
+from ..db import hash_chain
+from ..db.dialects import Backend
+from ..db.transactions import Database
+from ..errors import JobBusy
+from .rules import GENESIS, ChainBreak, ChainDigest, ChainReport, ChainWalk, digest_of
 
 log = logging.getLogger(__name__)
 
 ACCOUNTS_PER_CHUNK = 1_000
-JOB_LEASE = timedelta(hours=1)  # SQLite only: how long a crashed anchor run blocks the job
 
 
 def chain_breaks(conn: Connection, backend: Backend, low: int, high: int) -> dict[int, ChainBreak]:
@@ -120,7 +118,7 @@ def anchor_chains(db: Database) -> ChainDigest | None:
         return ChainDigest(id=digest_id, **values)
 
     # UNIQUE(previous_digest) would refuse a second racer anyway; the lock spares it.
-    with db.backend.job_lock(db.engine, "anchor-chains", JOB_LEASE) as held:
+    with db.backend.job_lock(db.engine, "anchor-chains") as held:
         if not held:
             raise JobBusy("anchor-chains")
         digest = db.write(work)

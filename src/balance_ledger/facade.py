@@ -1,0 +1,144 @@
+"""The core every BalanceService method stands on: its database, its callbacks, and the
+one way a write is run: ``_run`` (one transaction; the status callbacks after the COMMIT;
+a remembered refusal raised once it is kept).
+
+BalanceService (service.py: what a billing app calls) and Operations (operations.py:
+what operators and the scheduler run) are this class's methods, by capability.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Self, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+
+from .db import queries
+from .db.dialects import create_ledger_engine
+from .db.migrate import upgrade_to_head
+from .db.transactions import Database, Work
+from .models import AccountPolicy, AccountStatus, StatusChange
+from .money.rules import Refused
+from .outbox import sinks
+from .reconcile import Reconciler
+
+log = logging.getLogger("balance_ledger.service")
+
+StatusCallback = Callable[[StatusChange], object]
+R = TypeVar("R")
+
+
+class Facade:
+    """A ledger database, the status callbacks, and the transaction runner."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_attempts: int = 8,
+        on_suspend: StatusCallback | None = None,
+        on_reactivate: StatusCallback | None = None,
+        account_policy: AccountPolicy | None = None,
+    ) -> None:
+        """``max_attempts``: how often a transaction the server aborted is run before
+        ``RetriesExhausted``. ``account_policy``: what ``open_account`` gives an account
+        opened without one (default: the seed's rule, no low-balance alert)."""
+        self.account_policy = account_policy or AccountPolicy()
+        self._db = Database(engine, max_attempts=max_attempts)
+        self._reconciler = Reconciler(self._db)
+        self._on_suspend: list[StatusCallback] = [on_suspend] if on_suspend else []
+        self._on_reactivate: list[StatusCallback] = [on_reactivate] if on_reactivate else []
+        self._callbacks: dict[str, sinks.Callback] = {}  # add_callback's, by name
+
+    @property
+    def engine(self) -> Engine:
+        """The connection pool, to read with or to hand to tools. Money moves only through
+        the methods: they lock, check, retry and announce; a write through the engine does
+        none of that (the cache drifts, and only ``verify_and_fix_balance`` says so)."""
+        return self._db.engine
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | URL,
+        *,
+        max_attempts: int = 8,
+        on_suspend: StatusCallback | None = None,
+        on_reactivate: StatusCallback | None = None,
+        account_policy: AccountPolicy | None = None,
+        **engine_options: Any,
+    ) -> Self:
+        """Connect to ``sqlite:///…``, ``postgresql+psycopg://…`` or ``mysql+pymysql://…``.
+
+        ``engine_options`` go to SQLAlchemy's ``create_engine`` (``pool_size``, …).
+        """
+        return cls(
+            create_ledger_engine(url, **engine_options),
+            max_attempts=max_attempts,
+            on_suspend=on_suspend,
+            on_reactivate=on_reactivate,
+            account_policy=account_policy,
+        )
+
+    def create_schema(self) -> None:
+        """Apply every migration up to the newest (creates the tables if missing)."""
+        self._db.run_outside_transaction(upgrade_to_head)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- callbacks ---------------------------------------------------------------
+
+    def on_suspend(self, callback: StatusCallback) -> StatusCallback:
+        """Register ``callback(StatusChange)`` to run after a commit suspends an account."""
+        self._on_suspend.append(callback)
+        return callback
+
+    def on_reactivate(self, callback: StatusCallback) -> StatusCallback:
+        """Register ``callback(StatusChange)`` to run after a commit reactivates an account."""
+        self._on_reactivate.append(callback)
+        return callback
+
+    def on_lock_wait(self, callback: Callable[[float], object]) -> Callable[[float], object]:
+        """Register ``callback(seconds)``, told how long each account lock took to get.
+
+        PostgreSQL and MariaDB: each ``SELECT … FOR UPDATE`` of balance rows. SQLite: each
+        write transaction's wait for the database's write lock. Runs on the writing
+        thread, inside the transaction: keep it quick (a histogram's observe).
+        """
+        self._db.on_lock_wait(callback)
+        return callback
+
+    def ping(self) -> None:
+        """Raise StorageError (or SchemaMissing) unless the database answers."""
+        self._db.read(queries.ping)
+
+    def _run(self, work: Work[tuple[R | Refused, StatusChange | None]]) -> R:
+        """Run a unit of work in one transaction; after the commit, tell the callbacks
+        of the status change it made. A refusal it remembered under its key is raised
+        now (raising inside would have rolled the remembering back)."""
+        result, change = self._db.write(work)
+        if change is not None:
+            self._notify(change)
+        if isinstance(result, Refused):
+            raise result.error
+        return result
+
+    def _notify(self, change: StatusChange) -> None:
+        suspended = change.new_status is AccountStatus.SUSPENDED
+        callbacks = self._on_suspend if suspended else self._on_reactivate
+        for callback in callbacks:
+            try:
+                callback(change)
+            except Exception:
+                # The money already moved and committed; a broken hook must not hide that.
+                log.exception("status callback %r failed for account %s", callback, change.user_id)

@@ -1,0 +1,300 @@
+"""Where a charge happens: the locked read-check-write of every money movement.
+
+``post`` is one movement (a charge, recharge, refund, adjustment or a hold's capture):
+
+    lock the account's balance row            (SELECT … FOR UPDATE / BEGIN IMMEDIATE)
+    earlier answer under the idempotency key  (its row, or its remembered refusal)
+    decide: currency, replay, suspension, funds, the new figures  (rules.py, pure)
+    INSERT the ledger row, sealed onto the account's hash chain   (chain/rules.py)
+    UPDATE the cached balance, totals and status
+    append its events to the outbox           (outbox/events.py)
+
+``post_many`` is the same for a batch: every account locked once, each item decided in
+order by the same ``decide``, then set-based INSERTs and UPDATEs. These are the only
+writes of ledger rows. BalanceService (service.py) opens the transaction, runs them,
+commits, and runs the status callbacks after the commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row
+
+from .. import clock, idempotency, policy
+from ..chain.rules import Link, head_of, seal
+from ..db import outbox, queries, refusals
+from ..db.dialects import Backend
+from ..errors import BalanceError, RefundExceedsCharge
+from ..models import Balance, KeyScope, Refusal, StatusChange, Transaction, TransactionType
+from ..outbox import events
+from .requests import Movement
+from .rules import Refused, decide
+
+BATCH_ACCOUNTS = 1_000  # accounts per transaction in an independent batch
+
+Posted = tuple[Transaction | Refused, StatusChange | None]
+
+
+def post(conn: Connection, backend: Backend, movement: Movement) -> Posted:
+    """The locked read-check-write of one movement; runs inside the write transaction.
+
+    Returns the ledger row (a replay's earlier row, marked ``replayed``) and the status
+    change it made. A refusal of a keyed movement is remembered under the key and
+    returned as Refused; anything else is raised (rollback: nothing is written)."""
+    account = queries.lock_balance(conn, movement.user_id)
+    key = movement.idempotency_key
+    existing = None
+    if account is not None and key is not None:
+        existing = refusals.earlier_answer(conn, movement.user_id, key)
+    now = clock.now()
+    asked = movement
+    try:
+        if movement.transaction_type is TransactionType.REFUND and existing is None:
+            movement = _within_refundable(conn, movement)
+        decision = decide(account, movement, existing, now)
+    except BalanceError as error:
+        if key is None or existing is not None:
+            raise  # no key, or the key has its answer already: nothing to remember
+        refused = remembered(conn, error, asked.user_id, KeyScope.LEDGER, key, asked.request(), now)
+        return refused, None
+    if decision.replay is not None:
+        return dataclasses.replace(decision.replay, replayed=True), None
+    assert account is not None, "decide refuses a missing account"
+    assert decision.after is not None
+    assert decision.row is not None
+    head = _link(conn, movement.user_id, queries.chain_head(conn, movement.user_id))
+    row = _sealed(decision.row, previous=head)
+    transaction = queries.append_transaction(conn, backend, row, decision.after, now=now)
+    change = policy.status_change(account, decision.after, transaction.id)
+    outbox.append_events(conn, backend, _announced(transaction, account, decision.after, change))
+    return transaction, change
+
+
+def _sealed(row: dict[str, Any], *, previous: Link | None) -> dict[str, Any]:
+    """The row with its link in the account's hash chain (chain/rules.py)."""
+    return {**row, "row_hash": seal(previous, row)}
+
+
+def _link(conn: Connection, user_id: int, head: Row[Any] | None) -> Link | None:
+    """The link a new row of the account seals; run under the account's lock."""
+    if head is None:
+        return None
+    if head.row_hash is not None:
+        return Link(head.id, head.row_hash)
+    # The newest rows were written without a hash (by a writer older than migration
+    # 0006): chain onto the hashes the backfill will give them, so it agrees with us.
+    return head_of(queries.unsealed_tail(conn, user_id))
+
+
+def remembered(
+    conn: Connection,
+    error: BalanceError,
+    user_id: int,
+    scope: KeyScope,
+    key: str | None,
+    request: dict[str, Any],
+    now: datetime,
+) -> Refused:
+    """Keep a keyed request's refusal under its key (idempotency.py) and return it, to
+    be raised once this transaction commits; raise anything else (rollback)."""
+    refusal = idempotency.remembered(
+        error, user_id=user_id, scope=scope, key=key, request=request, now=now
+    )
+    if refusal is None:
+        raise error
+    refusals.insert_many(conn, [refusal])
+    return Refused(error)
+
+
+def _announced(
+    row: Transaction, before: Balance, after: Balance, change: StatusChange | None
+) -> list[dict[str, Any]]:
+    """The outbox rows of a ledger row just written: its movement, then the status
+    change and the alerts it caused, in that order (outbox/events.py)."""
+    at, cause = row.created_at, {"transaction_id": row.id}
+    return [
+        events.movement(row, before.currency),
+        *events.account_changes(before, after, change, at, **cause),
+    ]
+
+
+def by_account_groups(
+    indices: list[int], planned: list[Movement | BalanceError], size: int
+) -> list[list[int]]:
+    """Split items into groups whose accounts do not overlap, ``size`` accounts each."""
+    by_user: dict[int, list[int]] = {}
+    for i in indices:
+        movement = planned[i]
+        assert isinstance(movement, Movement)
+        by_user.setdefault(movement.user_id, []).append(i)
+    users = sorted(by_user)
+    return [
+        sorted(i for user in users[start : start + size] for i in by_user[user])
+        for start in range(0, len(users), size)
+    ]
+
+
+def post_many(
+    conn: Connection,
+    *,
+    movements: list[Movement | BalanceError],
+    indices: list[int],
+    atomic: bool,
+    backend: Backend,
+) -> tuple[dict[int, Transaction | BalanceError], list[StatusChange]]:
+    """The batch twin of post: lock every account once, decide each item in order with
+    the same rules, then write all rows and balances with set-based statements.
+
+    Refusals of keyed items are remembered, as by post. ``atomic``: the first refused
+    item is the only outcome (raised after the commit that remembers it), or raised at
+    once when it is not a refusal; nothing else is written."""
+    items = {i: m for i in indices if isinstance(m := movements[i], Movement)}
+    if atomic and (malformed := [i for i in indices if i not in items]):
+        first_malformed = malformed[0]
+    else:
+        first_malformed = None
+    accounts = queries.lock_balances_of(conn, [m.user_id for m in items.values()])
+    before = dict(accounts)
+    keyed: set[tuple[int, str]] = {
+        (m.user_id, m.idempotency_key) for m in items.values() if m.idempotency_key
+    }
+    earlier: dict[tuple[int, str], Transaction | Refusal] = {
+        **refusals.find_many(conn, KeyScope.LEDGER, keyed),
+        **queries.find_by_idempotency_keys(conn, keyed),
+    }
+    now = clock.now()
+    outcomes: dict[int, Transaction | BalanceError] = {}
+    appended: list[tuple[int, dict[str, Any]]] = []
+    settled: dict[int, tuple[Balance, Balance]] = {}  # item: its account before, after
+    # A key repeated within the batch: the item that answers it first, and its row as a
+    # draft or its refusal.
+    in_batch: dict[tuple[int, str], tuple[int, Transaction | Refusal]] = {}
+    same_as: dict[int, int] = {}
+    remembered: list[Refusal] = []
+    for i, movement in items.items():
+        if first_malformed is not None and first_malformed < i:
+            break  # an earlier item was malformed: it is the one to raise
+        pair = (movement.user_id, movement.idempotency_key or "")
+        first = in_batch.get(pair) if movement.idempotency_key else None
+        existing = first[1] if first else earlier.get(pair)
+        try:
+            decision = decide(accounts.get(movement.user_id), movement, existing, now)
+        except BalanceError as error:
+            refusal = None
+            if movement.idempotency_key is not None and existing is None:
+                refusal = idempotency.remembered(
+                    error,
+                    user_id=movement.user_id,
+                    scope=KeyScope.LEDGER,
+                    key=movement.idempotency_key,
+                    request=movement.request(),
+                    now=now,
+                )
+            if atomic:
+                error.batch_item = i
+                if refusal is None:
+                    raise
+                refusals.insert_many(conn, [refusal])
+                return {i: error}, []
+            if refusal is not None:
+                remembered.append(refusal)
+                in_batch[pair] = (i, refusal)
+            outcomes[i] = error
+            continue
+        if first is not None:
+            same_as[i] = first[0]
+        elif decision.replay is not None:
+            outcomes[i] = dataclasses.replace(decision.replay, replayed=True)
+        else:
+            assert decision.after is not None
+            assert decision.row is not None
+            settled[i] = (accounts[movement.user_id], decision.after)
+            accounts[movement.user_id] = decision.after
+            appended.append((i, decision.row))
+            if movement.idempotency_key:
+                kind = TransactionType(decision.row["transaction_type"])
+                draft = Transaction(**{**decision.row, "id": 0, "transaction_type": kind})
+                in_batch[pair] = (i, draft)
+    if first_malformed is not None:
+        malformed_item = movements[first_malformed]
+        assert isinstance(malformed_item, BalanceError)
+        malformed_item.batch_item = first_malformed
+        raise malformed_item
+    refusals.insert_many(conn, remembered)
+    outcomes.update(_insert_sealed(conn, backend, appended))
+    for i, answered_by in same_as.items():
+        written = outcomes[answered_by]
+        assert isinstance(written, Transaction)
+        outcomes[i] = dataclasses.replace(written, replayed=True)
+    moved = [accounts[u] for u in sorted(accounts) if accounts[u] is not before[u]]
+    queries.update_balances(conn, moved, now=now)
+    # Like single charges: each change names the row that crossed the limit, in order.
+    changes: list[StatusChange] = []
+    announced = []
+    for i, _ in appended:  # item order, which is each account's order
+        written_row = outcomes[i]
+        assert isinstance(written_row, Transaction)
+        previous, after = settled[i]
+        change = policy.status_change(previous, after, written_row.id)
+        changes += [change] if change else []
+        announced += _announced(written_row, previous, after, change)
+    outbox.append_events(conn, backend, announced)
+    return outcomes, changes
+
+
+def _insert_sealed(
+    conn: Connection, backend: Backend, appended: list[tuple[int, dict[str, Any]]]
+) -> dict[int, Transaction]:
+    """Insert a batch's rows, each sealed onto its account's previous row.
+
+    A row seals its predecessor's id. On PostgreSQL the ids are drawn from the sequence
+    first, so every row is sealed before one INSERT; elsewhere an id is known only once
+    its row is in, so rows go in rounds (the first new row of every account, then the
+    second, …), as many INSERTs as the busiest account has rows in the batch.
+    """
+    newest = queries.chain_heads(conn, [row["user_id"] for _, row in appended])
+    heads = {user: _link(conn, user, head) for user, head in newest.items()}
+    ids = queries.reserve_ledger_ids(conn, backend, len(appended))
+    if ids is not None:
+        rows = []
+        for (_, row), row_id in zip(appended, ids, strict=True):  # ascending in item order
+            rows.append(
+                sealed := _sealed({**row, "id": row_id}, previous=heads.get(row["user_id"]))
+            )
+            heads[row["user_id"]] = Link(row_id, sealed["row_hash"])
+        written = queries.insert_numbered_transactions(conn, backend, rows)
+        return {i: tx for (i, _), tx in zip(appended, written, strict=True)}
+    rounds: list[list[tuple[int, dict[str, Any]]]] = []
+    seen: dict[int, int] = {}
+    for item in appended:  # item order is each account's chain order
+        user = item[1]["user_id"]
+        seen[user] = seen.get(user, -1) + 1
+        if seen[user] == len(rounds):
+            rounds.append([])
+        rounds[seen[user]].append(item)
+    by_item: dict[int, Transaction] = {}
+    for batch in rounds:
+        rows = [_sealed(row, previous=heads.get(row["user_id"])) for _, row in batch]
+        for (i, _), transaction in zip(batch, queries.insert_transactions(conn, rows), strict=True):
+            by_item[i] = transaction
+            heads[transaction.user_id] = Link(transaction.id, transaction.row_hash or "")
+    return by_item
+
+
+def _within_refundable(conn: Connection, refund: Movement) -> Movement:
+    """The refund with its amount settled; never more than what is left of its charge.
+
+    Runs under the account's lock, which every refund of the charge takes too, so
+    racing refunds see each other and together never exceed the charge.
+    """
+    assert refund.related_transaction_id is not None
+    charge = queries.get_transaction(conn, refund.related_transaction_id)
+    assert charge is not None, "checked before the transaction began; the ledger only grows"
+    refundable = charge.amount - queries.refunded_amount(conn, charge.id)
+    amount = refundable if refund.amount is None else refund.amount
+    if refundable == 0 or amount > refundable:
+        raise RefundExceedsCharge(charge.id, amount or charge.amount, refundable)
+    return dataclasses.replace(refund, amount=amount)
