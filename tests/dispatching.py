@@ -13,7 +13,6 @@ def drain(svc: BalanceService, **options: object) -> None:
     """Dispatch until nothing is due, retrying failures at once."""
     dispatcher = svc.dispatcher(**{**NO_WAIT, **options})
     try:
-        while not dispatcher.run_once().idle:
-            pass
+        dispatcher.drain()
     finally:
         dispatcher.close()

@@ -7,11 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from balance_ledger import EventType, InsufficientBalance, InvalidRequest, StorageError
+from tests.events import kinds
 from tests.integration.test_atomicity import rewrite_statement
-
-
-def kinds(svc, **page):
-    return [e.event_type for e in svc.events(**page)]
 
 
 def test_a_charge_writes_its_event_with_the_row(svc, account_factory):

@@ -15,20 +15,17 @@ from balance_ledger import (
     EventType,
     InsufficientBalance,
 )
+from tests.events import events_of
 
 LOW = AccountPolicy(low_balance_threshold=500)
 ALERTS = (EventType.BALANCE_LOW, EventType.BALANCE_DEPLETED)
-
-
-def alerts(svc: BalanceService, user_id: int | None = None):
-    return [e for e in svc.events(limit=1_000, user_id=user_id) if e.event_type in ALERTS]
 
 
 def test_balance_low_fires_once_across_a_storm_of_small_charges(svc, account_factory):
     account = account_factory(balance=1_000, policy=LOW)
     rows = [svc.charge_service(account.user_id, 9, "api") for _ in range(100)]
 
-    (low,) = alerts(svc)
+    (low,) = events_of(svc, *ALERTS)
 
     crossing = next(tx for tx in rows if tx.balance_after < 500)
     assert low.event_type is EventType.BALANCE_LOW
@@ -49,7 +46,7 @@ def test_balance_low_fires_once_across_racing_charges(svc, account_factory, back
         list(pool.map(storm, range(8)))
 
     assert svc.get_balance(account.user_id).balance == 2_000
-    assert [e.event_type for e in alerts(svc)] == [EventType.BALANCE_LOW]
+    assert [e.event_type for e in events_of(svc, *ALERTS)] == [EventType.BALANCE_LOW]
 
 
 def test_balance_low_rearms_only_above_the_threshold(svc, account_factory):
@@ -60,7 +57,7 @@ def test_balance_low_rearms_only_above_the_threshold(svc, account_factory):
     svc.recharge(account.user_id, 100)  # 500: re-armed
     svc.charge_service(account.user_id, 1, "vps")  # 499: fires again
 
-    assert [e.payload["available"] for e in alerts(svc)] == [400, 499]
+    assert [e.payload["available"] for e in events_of(svc, *ALERTS)] == [400, 499]
 
 
 def test_a_batch_fires_balance_low_once_at_the_crossing_item(svc, account_factory):
@@ -69,7 +66,7 @@ def test_a_batch_fires_balance_low_once_at_the_crossing_item(svc, account_factor
 
     written = svc.charge_many(items)
 
-    (low,) = alerts(svc)
+    (low,) = events_of(svc, *ALERTS)
     assert low.payload["transaction_id"] == written[5].id  # 1,000 - 6 * 100 = 400
 
 
@@ -77,7 +74,7 @@ def test_balance_depleted_fires_when_available_reaches_zero(svc, account_factory
     account = account_factory(balance=300, credit_limit=200, currency="USD")
     charge = svc.charge_service(account.user_id, 500, "vps")
 
-    (depleted,) = alerts(svc)
+    (depleted,) = events_of(svc, *ALERTS)
 
     assert depleted.event_type is EventType.BALANCE_DEPLETED
     assert depleted.payload == {
@@ -115,7 +112,7 @@ def test_a_hold_that_reserves_below_the_threshold_fires_balance_low(svc, account
     svc.void(hold.id)  # 1,000 available again: re-armed
     again = svc.authorize(account.user_id, 700, "vps")
 
-    assert [(e.payload["hold_id"], e.payload["available"]) for e in alerts(svc)] == [
+    assert [(e.payload["hold_id"], e.payload["available"]) for e in events_of(svc, *ALERTS)] == [
         (hold.id, 400),
         (again.id, 300),
     ]
@@ -126,7 +123,7 @@ def test_capturing_a_hold_fires_nothing_new_when_its_reservation_already_did(svc
     hold = svc.authorize(account.user_id, 600, "vps")
     svc.capture(hold.id, 550)  # held 600 → charged 550: available 400 → 450
 
-    assert [e.payload["hold_id"] for e in alerts(svc)] == [hold.id]
+    assert [e.payload["hold_id"] for e in events_of(svc, *ALERTS)] == [hold.id]
 
 
 def test_a_refused_charge_fires_nothing(svc, account_factory):
@@ -135,7 +132,7 @@ def test_a_refused_charge_fires_nothing(svc, account_factory):
     with pytest.raises(InsufficientBalance):
         svc.charge_service(account.user_id, 700, "vps")
 
-    assert alerts(svc) == []
+    assert events_of(svc, *ALERTS) == []
 
 
 def test_a_new_empty_account_is_not_announced_as_depleted(svc, account_factory):
@@ -143,7 +140,7 @@ def test_a_new_empty_account_is_not_announced_as_depleted(svc, account_factory):
 
     svc.recharge(account.user_id, 100)  # still below 500: nothing crossed
 
-    assert alerts(svc) == []
+    assert events_of(svc, *ALERTS) == []
     assert svc.get_balance(account.user_id).low_balance_alerted
 
 
@@ -152,7 +149,7 @@ def test_a_threshold_set_above_the_available_balance_fires_at_once(svc, account_
 
     updated = svc.set_account_policy(account.user_id, LOW)
 
-    (low,) = alerts(svc)
+    (low,) = events_of(svc, *ALERTS)
     assert (low.payload["transaction_id"], low.payload["hold_id"]) == (None, None)
     assert updated.policy == LOW
     assert updated.low_balance_alerted
@@ -165,7 +162,7 @@ def test_the_services_default_policy_applies_to_new_accounts(database_url):
         svc.charge_service(1, 600, "vps")
 
         assert opened.policy == LOW
-        assert [e.event_type for e in alerts(svc)] == [EventType.BALANCE_LOW]
+        assert [e.event_type for e in events_of(svc, *ALERTS)] == [EventType.BALANCE_LOW]
 
 
 def test_an_account_opened_with_its_own_policy_keeps_it(svc):

@@ -20,13 +20,10 @@ from balance_ledger import (
     EventType,
     InvalidRequest,
 )
+from tests.events import events_of
 
 HOUR = timedelta(hours=1)
 STATUS_EVENTS = (EventType.ACCOUNT_SUSPENDED, EventType.ACCOUNT_REACTIVATED)
-
-
-def status_events(svc: BalanceService):
-    return [e for e in svc.events(limit=1_000) if e.event_type in STATUS_EVENTS]
 
 
 def overdraw(svc: BalanceService, user_id: int, amount: int):
@@ -39,7 +36,7 @@ def test_a_grace_amount_keeps_an_overdrawn_account_active_within_it(svc, account
     overdraw(svc, account.user_id, 150)
 
     assert svc.get_balance(account.user_id).status is AccountStatus.ACTIVE
-    assert status_events(svc) == []
+    assert events_of(svc, *STATUS_EVENTS) == []
 
 
 def test_below_the_grace_amount_the_account_is_suspended(svc, account_factory):
@@ -47,7 +44,7 @@ def test_below_the_grace_amount_the_account_is_suspended(svc, account_factory):
 
     charge = overdraw(svc, account.user_id, 151)
 
-    (suspended,) = status_events(svc)
+    (suspended,) = events_of(svc, *STATUS_EVENTS)
     assert suspended.payload["transaction_id"] == charge.id
     assert svc.get_balance(account.user_id).status is AccountStatus.SUSPENDED
 
@@ -61,7 +58,7 @@ def test_a_grace_period_delays_suspension_until_it_ends(svc, account_factory):
     assert waiting.status is AccountStatus.ACTIVE
     assert waiting.suspend_at == charge.created_at + HOUR
     assert svc.suspend_overdue(now=charge.created_at + HOUR - timedelta(seconds=1)) == 0
-    assert status_events(svc) == []
+    assert events_of(svc, *STATUS_EVENTS) == []
 
 
 def test_the_sweep_suspends_an_account_whose_grace_period_ended(svc, account_factory):
@@ -72,7 +69,7 @@ def test_the_sweep_suspends_an_account_whose_grace_period_ended(svc, account_fac
 
     assert svc.suspend_overdue(now=charge.created_at + HOUR) == 1
 
-    (suspended,) = status_events(svc)
+    (suspended,) = events_of(svc, *STATUS_EVENTS)
     assert (suspended.payload["transaction_id"], suspended.payload["balance"]) == (None, -200)
     after = svc.get_balance(account.user_id)
     assert (after.status, after.suspend_at) == (AccountStatus.SUSPENDED, None)
@@ -86,7 +83,7 @@ def test_a_recharge_during_the_grace_period_cancels_it(svc, account_factory):
 
     assert svc.get_balance(account.user_id).suspend_at is None
     assert svc.suspend_overdue(now=datetime.now(UTC) + 2 * HOUR) == 0
-    assert status_events(svc) == []
+    assert events_of(svc, *STATUS_EVENTS) == []
 
 
 def test_a_charge_after_the_grace_period_ended_suspends_without_the_sweep(svc, account_factory):
@@ -112,7 +109,7 @@ def test_reaching_the_reactivation_threshold_reactivates(svc, account_factory):
     overdraw(svc, account.user_id, 300)
     back = svc.recharge(account.user_id, 700)  # 500
 
-    _suspended, reactivated = status_events(svc)
+    _suspended, reactivated = events_of(svc, *STATUS_EVENTS)
     assert reactivated.event_type is EventType.ACCOUNT_REACTIVATED
     assert reactivated.payload["transaction_id"] == back.id
     assert svc.get_balance(account.user_id).status is AccountStatus.ACTIVE
@@ -153,7 +150,7 @@ def test_a_new_policy_applies_at_once(svc, account_factory):
     updated = svc.set_account_policy(account.user_id, AccountPolicy(grace_amount=100))
 
     assert updated.status is AccountStatus.ACTIVE
-    assert [e.event_type for e in status_events(svc)] == list(STATUS_EVENTS)
+    assert [e.event_type for e in events_of(svc, *STATUS_EVENTS)] == list(STATUS_EVENTS)
     assert [change.transaction_id for change in told] == [None]
 
 

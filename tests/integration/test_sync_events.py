@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from balance_ledger import BalanceService, EventType
+from balance_ledger import EventType
+from tests.events import events_of
 
 SYNC = (
     EventType.SYNC_DISCREPANCY_FOUND,
@@ -12,17 +13,13 @@ SYNC = (
 )
 
 
-def sync_events(svc: BalanceService):
-    return [e for e in svc.events(limit=1_000) if e.event_type in SYNC]
-
-
 def test_a_verify_run_announces_each_discrepancy_it_leaves(svc, account_factory, corrupt):
     account = account_factory(balance=1_000)
     corrupt(account.user_id, balance=1_500)
 
     report = svc.verify_and_fix_balance(full=True)
 
-    (found,) = sync_events(svc)
+    (found,) = events_of(svc, *SYNC)
     assert found.event_type is EventType.SYNC_DISCREPANCY_FOUND
     assert found.user_id == account.user_id
     assert found.payload["run_id"] == report.run_id
@@ -38,7 +35,7 @@ def test_a_fix_announces_the_discrepancy_and_the_fix_in_its_transaction(
 
     report = svc.verify_and_fix_balance(fix=True)
 
-    found, fixed = sync_events(svc)
+    found, fixed = events_of(svc, *SYNC)
     assert [found.event_type, fixed.event_type] == [
         EventType.SYNC_DISCREPANCY_FOUND,
         EventType.SYNC_FIXED,
@@ -53,7 +50,7 @@ def test_a_fix_that_changes_the_status_announces_it(svc, account_factory, corrup
 
     svc.verify_and_fix_balance(fix=True, full=True)
 
-    kinds = [e.event_type for e in sync_events(svc)]
+    kinds = [e.event_type for e in events_of(svc, *SYNC)]
     assert kinds == [
         EventType.SYNC_DISCREPANCY_FOUND,
         EventType.SYNC_FIXED,
@@ -68,7 +65,7 @@ def test_a_rebuild_announces_every_account_it_rewrites(svc, account_factory, cor
 
     svc.rebuild_all_balances()
 
-    fixed = [e.user_id for e in sync_events(svc) if e.event_type is EventType.SYNC_FIXED]
+    fixed = [e.user_id for e in events_of(svc, *SYNC) if e.event_type is EventType.SYNC_FIXED]
     assert fixed == [first.user_id, second.user_id]
 
 
@@ -80,4 +77,4 @@ def test_runs_that_find_nothing_or_write_nothing_announce_nothing(svc, account_f
     svc.get_balance_discrepancies()  # a read-only scan
     svc.rebuild_all_balances(dry_run=True)
 
-    assert sync_events(svc) == []
+    assert events_of(svc, *SYNC) == []
