@@ -20,8 +20,8 @@ item's figures are those it met within the batch. Refusals are kept at least
 ``DEFAULT_RETENTION`` (``purge_refusals``, scheduled hourly, deletes older ones; never
 less than ``MIN_RETENTION``); ledger rows keep their keys forever.
 
-Pure rules; the SQL is db/refusals.py, the units of work that use it movements.py
-and holds.py (captures), and service.authorize.
+Pure rules; the SQL is db/refusals.py, the units of work that use it money/post.py
+(movements, single and batch) and money/holds.py (authorizations and captures).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 and the HTTP service's admin routes run, as opposed to a billing app's calls (service.py).
 
 Reconciliation (verify, fix, rebuild and their audit: reconcile/), the hash chain's
-verification and anchors (anchors.py), the outbox's events, subscriptions and
-deliveries (outbox/subscriptions.py, outbox/dispatch.py), API keys (apikeys.py), and forgetting old
-refusals (idempotency.py); the sweeps that suspend overdue accounts and release expired
+verification and anchors (chain/anchors.py), the outbox's events, subscriptions and
+deliveries (outbox/), API keys (apikeys.py), and forgetting old refusals
+(idempotency.py); the sweeps that suspend overdue accounts and release expired
 holds. Like every facade method, each validates, runs one unit of work per transaction
 (facade.py) and returns; BalanceService inherits them.
 """

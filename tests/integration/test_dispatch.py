@@ -14,6 +14,7 @@ from balance_ledger import (
     BalanceService,
     DeliveryStatus,
     InvalidRequest,
+    SchemaMissing,
     WebhookNotFound,
 )
 from balance_ledger.outbox import signatures
@@ -206,3 +207,33 @@ def test_a_malformed_webhook_is_refused(svc, options):
     with pytest.raises(InvalidRequest):
         svc.add_webhook(options["url"], **rest)
     assert svc.list_webhooks() == []
+
+
+@pytest.mark.parametrize("error", [SchemaMissing("no tables"), ValueError("a bug")])
+def test_the_dispatch_loop_ends_on_what_waiting_cannot_cure(svc, error):
+    dispatcher = svc.dispatcher()
+
+    def fails() -> object:
+        raise error
+
+    dispatcher.run_once = fails
+    try:
+        with pytest.raises(type(error)):
+            dispatcher.run(threading.Event(), 0.01)
+    finally:
+        dispatcher.close()
+
+
+def test_a_drain_tells_each_pass_and_returns_their_sum(svc, hook, account_factory):
+    for amount in (100, 200):
+        account_factory(balance=amount)
+    told = []
+    dispatcher = svc.dispatcher(**NO_WAIT)
+    try:
+        total = dispatcher.drain(on_pass=told.append)
+    finally:
+        dispatcher.close()
+
+    assert told
+    assert total.delivered == sum(report.delivered for report in told) == 2
+    assert dispatcher.run_once().idle

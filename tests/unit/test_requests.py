@@ -4,6 +4,7 @@ validated, and the HTTP bodies derived from it; the one funds check (money/rules
 from __future__ import annotations
 
 import dataclasses
+import typing
 from datetime import UTC, datetime
 
 import pytest
@@ -21,7 +22,7 @@ from balance_ledger import (
     TransactionType,
 )
 from balance_ledger.http import bodies
-from balance_ledger.money.requests import Recharge, charge_item
+from balance_ledger.money.requests import ChargeOptions, Recharge, RechargeOptions, charge_item
 from balance_ledger.money.rules import check_funds
 
 NOW = datetime(2026, 12, 4, tzinfo=UTC)
@@ -130,3 +131,9 @@ def test_dispatch_reports_add_up():
     total = DispatchReport(fanned_out=1, delivered=2) + DispatchReport(delivered=1, dead=1)
     assert total == DispatchReport(fanned_out=1, delivered=3, failed=0, dead=1)
     assert (DispatchReport() + DispatchReport()).idle
+
+
+def test_the_keyword_options_are_the_requests_optional_fields():
+    for request, options in ((Charge, ChargeOptions), (Recharge, RechargeOptions)):
+        optional = {f.name for f in dataclasses.fields(request) if f.kw_only}
+        assert set(typing.get_type_hints(options)) == optional

@@ -216,9 +216,10 @@ class Backend:
         server frees if this process dies; SQLite uses a lease row that expires after
         the job's JOB_LEASES (``lease``: another, for a test).
         """
+        lease = JOB_LEASES[name] if lease is None else lease  # KeyError: not a job
         key = f"balance_ledger:{name}"
         if self.name == "sqlite":
-            with _sqlite_lease(engine, key, lease or JOB_LEASES[name]) as held:
+            with _sqlite_lease(engine, key, lease) as held:
                 yield held
             return
         acquire, release = {

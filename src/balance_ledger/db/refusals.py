@@ -17,7 +17,7 @@ from .tables import user_balance_transactions as ledger
 # Whatever an idempotency key of the ledger's namespace already answered: a row or a
 # refusal. One round trip when it is neither, the common case. Never both, except
 # where a writer older than migration 0010 wrote a row under a refused key: then the
-# row, as for a batch (movements._apply_many).
+# row, as for a batch (money.post.post_many).
 _EARLIER = union_all(
     select(literal(0).label("rank"), ledger.c.id).where(
         ledger.c.user_id == bindparam("user_id"), ledger.c.idempotency_key == bindparam("key")

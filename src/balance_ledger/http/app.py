@@ -11,7 +11,6 @@ delivers events to the webhooks from a background thread while it serves.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -30,8 +29,6 @@ from .supervision import watch_supervisor
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_KEY_CACHE_SECONDS = 5.0
 DISPATCH_INTERVAL_ENV = "BALANCE_DISPATCH_INTERVAL"
-
-log = logging.getLogger(__name__)
 
 
 def create_app(

@@ -26,20 +26,27 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Derived(_Body):
+    model_config = ConfigDict(strict=True)  # and extra="forbid", as every body
+
+
+_IN_PATH_AND_HEADER = frozenset({"user_id", "idempotency_key"})
+
+
 def body_of(request: type, name: str, *, without: frozenset[str] = frozenset()) -> type[_Body]:
     """The strict body of a request dataclass (money/requests.py): its fields, types,
     defaults and descriptions but ``without`` (those the path or a header carries), so
     the request's fields are declared once and the OpenAPI schema still shows each."""
     hints = typing.get_type_hints(request)
     fields: dict[str, Any] = {}
-    for field in dataclasses.fields(request):
+    # The fields the path and the header carry in a route come last in a batch item.
+    for field in sorted(dataclasses.fields(request), key=lambda f: f.name in _IN_PATH_AND_HEADER):
         if field.name in without:
             continue
         default = ... if field.default is dataclasses.MISSING else field.default
         described = Field(default, description=field.metadata.get("description"))
         fields[field.name] = (hints[field.name], described)
-    config = ConfigDict(extra="forbid", strict=True)
-    model: type[_Body] = create_model(name, __config__=config, **fields)
+    model: type[_Body] = create_model(name, __base__=_Derived, **fields)
     return model
 
 
@@ -76,7 +83,6 @@ class OpenAccount(_Body):
 # A movement's fields are its request's (money/requests.py): a route's body leaves out
 # the account (in the path) and the key (the Idempotency-Key header); a batch item is
 # the whole request.
-_IN_PATH_AND_HEADER = frozenset({"user_id", "idempotency_key"})
 if TYPE_CHECKING:  # to the type checker, a generated body is a _Body
     Recharge: TypeAlias = _Body
     Charge: TypeAlias = _Body

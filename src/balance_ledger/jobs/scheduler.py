@@ -20,6 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .. import clock
 from ..errors import InvalidRequest, JobBusy
+from ..outbox.dispatch import DispatchReport
 from ..service import BalanceService
 
 log = logging.getLogger(__name__)
@@ -124,18 +125,21 @@ def dispatch_events(svc: BalanceService) -> None:
     ``balance dispatch``: each delivery is claimed under a lease (SKIP LOCKED)."""
     dispatcher = svc.dispatcher()
     try:
-        if not (report := dispatcher.drain()).idle:
-            log.info(
-                "dispatch: fanned out %d, delivered %d, failed %d, dead %d",
-                report.fanned_out,
-                report.delivered,
-                report.failed,
-                report.dead,
-            )
+        dispatcher.drain(on_pass=_log_pass)
     except Exception:
         log.exception("dispatch failed")
     finally:
         dispatcher.close()
+
+
+def _log_pass(report: DispatchReport) -> None:
+    log.info(
+        "dispatch: fanned out %d, delivered %d, failed %d, dead %d",
+        report.fanned_out,
+        report.delivered,
+        report.failed,
+        report.dead,
+    )
 
 
 def build_scheduler(

@@ -9,7 +9,7 @@
 - ``holds``, ``accounts``, ``history``: the units of work of holds, of accounts written
   without a ledger row, and of reads of the ledger's past.
 
-A unit of work is ``fn(conn, …)``: it runs inside the transaction BalanceService
-(service.py) opens, and returns its result with the account's status change, if any, for
-the callbacks the facade runs after the commit.
+A unit of work is ``fn(conn, …)``: it runs inside the transaction BalanceService opens
+(facade.py) and never commits. One that may change an account's status returns its
+result with that change, for the callbacks the facade runs after the commit.
 """

@@ -37,6 +37,7 @@ from sqlalchemy import Connection
 from .. import clock
 from ..db import outbox
 from ..db.transactions import Database
+from ..errors import SchemaMissing, StorageError
 from ..models import Delivery, DeliveryStatus, Event
 from .sinks import Callback, Sinks
 
@@ -97,13 +98,16 @@ class Dispatcher:
         """Dispatch until ``stop`` is set, pausing ``interval`` seconds when idle.
 
         The one dispatch loop (``balance dispatch``, ``balance serve --dispatch``). A pass
-        that fails (the database is down) is logged and tried again after ``interval``:
-        an outage must not end dispatching for the rest of the process's life.
+        that fails because the database is unreachable or busy is logged and tried again
+        after ``interval``: an outage must not end dispatching for the rest of the
+        process's life. Anything else (no schema, a bug) is raised: waiting cures nothing.
         """
         while not stop.is_set():
             try:
                 idle = self.run_once().idle
-            except Exception:
+            except SchemaMissing:
+                raise
+            except StorageError:
                 log.exception("dispatching failed; trying again in %s s", interval)
                 idle = True
             if idle:
@@ -130,10 +134,14 @@ class Dispatcher:
             thread.join()
             self.close()
 
-    def drain(self) -> DispatchReport:
-        """Pass after pass until nothing is due (the scheduler's job); the passes' sum."""
+    def drain(self, on_pass: Callable[[DispatchReport], object] | None = None) -> DispatchReport:
+        """Pass after pass until nothing is due (the scheduler's job); the passes' sum.
+        ``on_pass`` is told each pass's report as it ends (so a failure later in the
+        drain does not hide what was delivered)."""
         total = DispatchReport()
         while not (report := self.run_once()).idle:
+            if on_pass is not None:
+                on_pass(report)
             total += report
         return total
 

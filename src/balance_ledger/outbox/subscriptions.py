@@ -1,7 +1,7 @@
 """Subscriptions to the outbox: webhooks, Redis streams and in-process callbacks.
 
-Units of work for BalanceService (service.py); the SQL is in db/outbox.py, delivery in
-dispatch.py and sinks.py.
+Units of work for the facade's operators' half (operations.py); the SQL is in
+db/outbox.py, delivery in dispatch.py and sinks.py.
 """
 
 from __future__ import annotations
