@@ -28,6 +28,7 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.sql.schema import SchemaItem
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
@@ -82,9 +83,21 @@ _MARIADB_TABLE: dict[str, Any] = {
     "mysql_collate": "utf8mb4_nopad_bin",
 }
 
-user_balances = Table(
+
+def _table(name: str, *items: SchemaItem) -> Table:
+    """A table of the ledger, with the options every table has on MariaDB."""
+    return Table(name, metadata, *items, **_MARIADB_TABLE)
+
+
+def _numbered(name: str, *items: SchemaItem) -> Table:
+    """A table whose rows are numbered by ``id``, and a number is never used twice
+    (AUTOINCREMENT on SQLite, whose rowids otherwise reuse a deleted maximum)."""
+    numbered = Column("id", RowId, primary_key=True, autoincrement=True)
+    return Table(name, metadata, numbered, *items, sqlite_autoincrement=True, **_MARIADB_TABLE)
+
+
+user_balances = _table(
     "user_balances",
-    metadata,
     Column("user_id", BigInteger, primary_key=True, autoincrement=False),
     Column("currency", String(3), nullable=False, server_default="VND"),
     Column("balance", BigInteger, nullable=False, server_default="0"),
@@ -110,13 +123,10 @@ user_balances = Table(
     CheckConstraint("grace_period_seconds >= 0", name="grace_period_not_negative"),
     # The sweep's search for grace periods that ran out (policy.py).
     Index(None, "suspend_at"),
-    **_MARIADB_TABLE,
 )
 
-user_balance_transactions = Table(
+user_balance_transactions = _numbered(
     "user_balance_transactions",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column(
         "user_id",
         BigInteger,
@@ -156,15 +166,11 @@ user_balance_transactions = Table(
     Index(None, "user_id", "id"),
     Index(None, "reference_model", "reference_id"),
     Index(None, "related_transaction_id"),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
 
 # Money reserved for usage that is metered while it runs: authorize → capture | void.
-balance_holds = Table(
+balance_holds = _numbered(
     "balance_holds",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column("user_id", BigInteger, ForeignKey("user_balances.user_id"), nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("service_type", String(64), nullable=False),
@@ -181,31 +187,24 @@ balance_holds = Table(
     UniqueConstraint("user_id", "idempotency_key"),
     Index(None, "user_id", "status"),
     Index(None, "status", "expires_at"),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
 
 # -- tamper evidence ------------------------------------------------------------------
 
 # A daily digest of every account head that moved since the one before; each digest
 # seals its predecessor, and UNIQUE(previous_digest) keeps the digests one line.
-balance_chain_digests = Table(
+balance_chain_digests = _numbered(
     "balance_chain_digests",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("accounts", BigInteger, nullable=False),
     Column("previous_digest", String(64), nullable=False),
     Column("digest", String(64), nullable=False),
     UniqueConstraint("previous_digest"),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
 
 # The heads a digest anchored: row ``transaction_id`` of the account had ``row_hash``.
-balance_chain_anchors = Table(
+balance_chain_anchors = _table(
     "balance_chain_anchors",
-    metadata,
     Column(
         "digest_id",
         BigInteger,
@@ -217,16 +216,13 @@ balance_chain_anchors = Table(
     Column("transaction_id", BigInteger, nullable=False),
     Column("row_hash", String(64), nullable=False),
     Index(None, "user_id", "transaction_id"),
-    **_MARIADB_TABLE,
 )
 
 # -- reconciliation ----------------------------------------------------------------
 
 # One row per verify / fix / rebuild run: the audit trail of layer 3.
-balance_sync_runs = Table(
+balance_sync_runs = _numbered(
     "balance_sync_runs",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column("kind", String(16), nullable=False),  # verify | rebuild
     Column("fix", Boolean, nullable=False),
     Column("full_scan", Boolean, nullable=False),
@@ -247,15 +243,11 @@ balance_sync_runs = Table(
     Column("message", String(1024)),
     UniqueConstraint("kind", "scheduled_for"),
     Index(None, "started_at"),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
 
 # One row per cache column a fix or rebuild rewrote.
-balance_sync_fixes = Table(
+balance_sync_fixes = _numbered(
     "balance_sync_fixes",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column("run_id", BigInteger, ForeignKey("balance_sync_runs.id"), nullable=False),
     Column("user_id", BigInteger, nullable=False),
     Column("column_name", String(32), nullable=False),
@@ -263,15 +255,12 @@ balance_sync_fixes = Table(
     Column("new_value", String(32), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Index(None, "user_id"),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
 
 # Per account: the ledger verified so far (up to last_transaction_id) and its sums,
 # so an incremental verify reads only the rows added since.
-balance_sync_checkpoints = Table(
+balance_sync_checkpoints = _table(
     "balance_sync_checkpoints",
-    metadata,
     Column("user_id", BigInteger, primary_key=True, autoincrement=False),
     Column("last_transaction_id", BigInteger, nullable=False),
     Column("last_balance_after", BigInteger, nullable=False),
@@ -280,27 +269,22 @@ balance_sync_checkpoints = Table(
     Column("total_spent", BigInteger, nullable=False),
     Column("row_count", BigInteger, nullable=False),
     Column("verified_at", UtcDateTime, nullable=False),
-    **_MARIADB_TABLE,
 )
 
 # Leases for scheduled jobs on SQLite, which has no advisory locks.
-balance_job_locks = Table(
+balance_job_locks = _table(
     "balance_job_locks",
-    metadata,
     Column("name", String(64), primary_key=True),
     Column("holder", String(128), nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
-    **_MARIADB_TABLE,
 )
 
 # -- API keys (the HTTP service) ----------------------------------------------------
 
 # One row per key: only its SHA-256 is stored (apikeys.py says why that hash), so a
 # copy of this table lets nobody call the API. Revoking sets revoked_at; rows are kept.
-balance_api_keys = Table(
+balance_api_keys = _numbered(
     "balance_api_keys",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column("name", String(128), nullable=False),
     Column("key_hash", String(64), nullable=False),  # hex SHA-256 of the whole key
     Column("prefix", String(16), nullable=False),  # shown in lists to tell keys apart
@@ -309,16 +293,12 @@ balance_api_keys = Table(
     Column("revoked_at", UtcDateTime),
     # Also the index of authentication's lookup by hash.
     UniqueConstraint("key_hash"),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
 
 # The outbox: one row per event, written in the transaction of the movement or status
 # change it announces, so an event exists iff what it announces committed (outbox/events.py).
-balance_events = Table(
+balance_events = _numbered(
     "balance_events",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column("event_type", String(64), nullable=False),
     Column("user_id", BigInteger),  # None for events of no one account
     Column("payload", Text, nullable=False),  # JSON
@@ -328,29 +308,21 @@ balance_events = Table(
     Column("fanned_out", Boolean, nullable=False, server_default=false()),
     Index(None, "user_id", "id"),  # an account's events in order
     Index(None, "fanned_out", "id"),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
 
-balance_webhooks = Table(
+balance_webhooks = _numbered(
     "balance_webhooks",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column("url", String(2048), nullable=False),
     # The HMAC key: kept as given, since signing needs it (unlike an API key's hash).
     Column("secret", String(256), nullable=False),
     Column("event_types", String(1024), nullable=False),  # comma-joined, or "*"
     Column("created_at", UtcDateTime, nullable=False),
     Column("removed_at", UtcDateTime),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
 
 # One row per (event, webhook): its delivery's state, attempts and schedule.
-balance_event_deliveries = Table(
+balance_event_deliveries = _numbered(
     "balance_event_deliveries",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column("event_id", BigInteger, nullable=False),
     Column("webhook_id", BigInteger, nullable=False),
     Column("user_id", BigInteger),  # the event's: deliveries of one account go in order
@@ -364,8 +336,6 @@ balance_event_deliveries = Table(
     UniqueConstraint("event_id", "webhook_id"),
     Index(None, "status", "next_attempt_at"),
     Index(None, "webhook_id", "user_id", "event_id"),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
 
 # -- idempotency ----------------------------------------------------------------------
@@ -374,10 +344,8 @@ balance_event_deliveries = Table(
 # later attempt with the key replays it instead of being decided again. ``key_scope``
 # is the key's namespace: ``ledger`` (movements and captures, whose rows carry their
 # key) or ``hold`` (authorizations). Purged after the retention (purge_refusals).
-balance_refusals = Table(
+balance_refusals = _numbered(
     "balance_refusals",
-    metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
     Column("user_id", BigInteger, nullable=False),
     Column("key_scope", String(8), nullable=False),
     Column("idempotency_key", String(255), nullable=False),
@@ -387,6 +355,4 @@ balance_refusals = Table(
     Column("created_at", UtcDateTime, nullable=False),
     UniqueConstraint("user_id", "key_scope", "idempotency_key"),
     Index(None, "created_at"),
-    sqlite_autoincrement=True,
-    **_MARIADB_TABLE,
 )
