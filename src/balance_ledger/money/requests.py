@@ -10,7 +10,6 @@ field is declared here and nowhere else but the CLI's options.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypedDict
@@ -39,8 +38,21 @@ class _Posting:
     )
     currency: str | None = field(default=None, metadata=_doc("Asserts the account's."))
 
-    def _fields(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def _movement(
+        self, kind: TransactionType, service_type: str | None, allow_overdraft: object = False
+    ) -> Movement:
+        return movement(
+            kind,
+            self.user_id,
+            self.amount,
+            service_type=service_type,
+            description=self.description,
+            reference_model=self.reference_model,
+            reference_id=self.reference_id,
+            idempotency_key=self.idempotency_key,
+            currency=self.currency,
+            allow_overdraft=allow_overdraft,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +61,7 @@ class Recharge(_Posting):
 
     def movement(self) -> Movement:
         """The validated movement; raises InvalidRequest or InvalidAmount."""
-        return movement(TransactionType.RECHARGE, service_type=None, **self._fields())
+        return self._movement(TransactionType.RECHARGE, service_type=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +77,8 @@ class Charge(_Posting):
 
     def movement(self) -> Movement:
         """The validated movement; raises InvalidRequest or InvalidAmount."""
-        asked = self._fields()
-        asked["service_type"] = valid.text("service_type", self.service_type, required=True)
-        return movement(TransactionType.CHARGE, **asked)
+        service_type = valid.text("service_type", self.service_type, required=True)
+        return self._movement(TransactionType.CHARGE, service_type, self.allow_overdraft)
 
 
 class RechargeOptions(TypedDict, total=False):
