@@ -33,10 +33,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _serve(url: str, port: int, workers: int) -> subprocess.Popen[bytes]:
+def _serve(url: str, port: int, workers: int, group_commit: bool) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-c", "from balance_ledger.cli import main; main()"]
+    options = ["--port", str(port), "--workers", str(workers)]
+    if not group_commit:
+        options.append("--no-group-commit")
     server = subprocess.Popen(
-        [*command, "--database-url", url, "serve", "--port", str(port), "--workers", str(workers)],
+        [*command, "--database-url", url, "serve", *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -80,11 +83,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=1, help="balance serve --workers")
+    parser.add_argument(
+        "--group-commit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="balance serve's group commit of concurrent charges (--no-group-commit: off)",
+    )
     args = parser.parse_args(argv)
     settings = ", ".join(f"{k}={v}" for k, v in server_settings(args.backend).items())
     print(
         f"{args.backend} ({settings}); {args.workload} over {args.accounts:,} accounts; "
-        f"balance serve --workers {args.workers}; {args.seconds:g} s per concurrency; "
+        f"balance serve --workers {args.workers}"
+        f"{'' if args.group_commit else ' --no-group-commit'}; {args.seconds:g} s per concurrency; "
         f"{os.cpu_count()} CPUs shared by load generator, server and database"
     )
     print(f"{'clients':>8}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'gen CPU %':>11}")
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             open_funded_accounts(svc, 1 if args.workload == "hot" else args.accounts)
             _, key = svc.create_api_key("bench", ["charge"])
         port = _free_port()
-        server = _serve(url, port, args.workers)
+        server = _serve(url, port, args.workers, args.group_commit)
         try:
             for clients in map(int, args.concurrency.split(",")):
                 make = _client(f"http://127.0.0.1:{port}", key, args.workload, args.accounts)

@@ -102,7 +102,10 @@ class ChargeCoalescer:
         Blocks until the charge's batch is committed; returns its row or raises its
         typed error. Malformed arguments are refused at once, before queueing.
         """
-        request = Charge(user_id, amount, service_type, **options)
+        return self.submit(Charge(user_id, amount, service_type, **options))
+
+    def submit(self, request: Charge) -> Transaction:
+        """``BalanceService.charge(request)``, committed together with concurrent charges."""
         request.movement()  # refuse a malformed charge now, not from the writer thread
         pending = _Pending(request)
         with self._closing:
@@ -111,16 +114,23 @@ class ChargeCoalescer:
             self._queue.put(pending)
         return pending.outcome.result()
 
-    def close(self) -> None:
-        """Write every queued charge, then stop the writer threads (idempotent)."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Write every queued charge, then stop the writer threads (idempotent).
+
+        ``timeout``: wait at most this many seconds (a server shutting down must not hang
+        on a writer stuck in the database; the writers are daemon threads, and a batch
+        cut off with its process is rolled back by the server). Returns whether every
+        writer has stopped.
+        """
         with self._closing:
-            if self._closed:
-                return
-            self._closed = True
-            for _ in self._writers:
-                self._queue.put(_STOP)
+            if not self._closed:
+                self._closed = True
+                for _ in self._writers:
+                    self._queue.put(_STOP)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for writer in self._writers:
-            writer.join()
+            writer.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(writer.is_alive() for writer in self._writers)
 
     def __enter__(self) -> Self:
         return self

@@ -13,6 +13,7 @@ from sqlalchemy import event
 
 from balance_ledger import (
     BalanceService,
+    Charge,
     ChargeCoalescer,
     CommitUnknown,
     InsufficientBalance,
@@ -159,6 +160,29 @@ def test_close_writes_every_queued_charge_first(svc, account_factory):
 
     assert all(isinstance(row, Transaction) for row in rows)
     assert svc.get_balance(account.user_id).balance == 992
+
+
+def test_close_with_a_timeout_does_not_wait_for_a_writer_stuck_in_the_database(
+    svc, account_factory, monkeypatch
+):
+    account = account_factory(balance=1_000)
+    stuck, charge = threading.Event(), svc.charge
+
+    def hangs(request):
+        stuck.wait(timeout=30)
+        return charge(request)
+
+    monkeypatch.setattr(svc, "charge", hangs)
+    coalescer = ChargeCoalescer(svc)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(coalescer.submit, Charge(account.user_id, 5, "api"))
+        time.sleep(0.1)  # the writer has it, and hangs
+        started = time.monotonic()
+        assert coalescer.close(timeout=0.2) is False
+        assert time.monotonic() - started < 5
+        stuck.set()  # the database answers: the charge is written and answered
+        assert pending.result(timeout=10).amount == 5
+    assert coalescer.close(timeout=5) is True
 
 
 def test_a_closed_coalescer_refuses_charges(svc, account_factory):

@@ -39,6 +39,13 @@ def serve(
     dispatch_interval: Annotated[
         float, typer.Option(help="Seconds between idle polls with --dispatch.", min=0.05)
     ] = 1.0,
+    group_commit: Annotated[
+        bool,
+        typer.Option(
+            help="Concurrent single charges share one transaction (ChargeCoalescer); each "
+            "still gets its own answer. A charge waits at most for the batch being written.",
+        ),
+    ] = True,
     shutdown_timeout: Annotated[
         int,
         typer.Option(
@@ -55,7 +62,7 @@ def serve(
     """
     import uvicorn  # only here: every other command starts without the web stack
 
-    from ..http.app import DISPATCH_INTERVAL_ENV
+    from ..http.app import DISPATCH_INTERVAL_ENV, GROUP_COMMIT_ENV
     from ..http.supervision import SUPERVISOR_PID_ENV, exit_zero_on_sigterm
 
     exit_zero_on_sigterm()  # and bounded: even with a request stuck in the database
@@ -69,6 +76,7 @@ def serve(
         os.environ[DISPATCH_INTERVAL_ENV] = str(dispatch_interval)
     else:  # the flag decides, not a variable left in the environment
         os.environ.pop(DISPATCH_INTERVAL_ENV, None)
+    os.environ[GROUP_COMMIT_ENV] = "1" if group_commit else "0"
     with _shared_metrics(workers):
         uvicorn.run(
             "balance_ledger.http.app:app_from_environment",

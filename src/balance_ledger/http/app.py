@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, ExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Response
 
+from ..coalescer import ChargeCoalescer
 from ..service import BalanceService
 from . import accounts, movements, problems, reconciliation, webhooks
 from .auth import KeyCache
@@ -29,6 +30,8 @@ from .supervision import watch_supervisor
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_KEY_CACHE_SECONDS = 5.0
 DISPATCH_INTERVAL_ENV = "BALANCE_DISPATCH_INTERVAL"
+GROUP_COMMIT_ENV = "BALANCE_GROUP_COMMIT"
+GROUP_COMMIT_DRAIN_SECONDS = 5.0  # at shutdown, the most the queued charges are waited for
 
 
 def create_app(
@@ -37,21 +40,25 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     key_cache_seconds: float = DEFAULT_KEY_CACHE_SECONDS,
     dispatch_interval: float | None = None,
+    group_commit: bool = False,
 ) -> FastAPI:
     """The app over ``service`` (which the caller owns and closes).
 
     ``key_cache_seconds``: how long an authenticated key is trusted without a database
     read, so also how long a revoked key may still work (0: check every request).
     ``dispatch_interval``: run a Dispatcher from startup to shutdown, polling this many
-    seconds apart when idle (None: no dispatching here).
+    seconds apart when idle (None: no dispatching here). ``group_commit``: from startup
+    to shutdown, single charges (``POST …/charges``) go through a ChargeCoalescer, so
+    concurrent ones share a transaction; each still gets its own answer.
     """
     app = FastAPI(
         title="balance-ledger",
         version="1",
         description="Prepaid balances: charge, recharge, hold, refund, reconcile.",
-        lifespan=_lifespan(service, dispatch_interval),
+        lifespan=_lifespan(service, dispatch_interval, group_commit),
     )
     app.state.service = service
+    app.state.charge = service.charge  # the coalescer's, while the app runs with group_commit
     app.state.keys = KeyCache(service, key_cache_seconds)
     app.state.metrics = metrics = Metrics(service)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
@@ -89,14 +96,20 @@ def create_app(
 
 
 def _lifespan(
-    service: BalanceService, dispatch_interval: float | None
+    service: BalanceService, dispatch_interval: float | None, group_commit: bool
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if dispatch_interval is None:
-            yield
-            return
-        with service.dispatcher().in_background(dispatch_interval):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with ExitStack() as running:
+            if dispatch_interval is not None:
+                running.enter_context(service.dispatcher().in_background(dispatch_interval))
+            if group_commit:
+                coalescer = ChargeCoalescer(service)
+                # At shutdown, first: what is queued is written (bounded: the database
+                # may be what hangs), after new charges go straight to the service.
+                running.callback(coalescer.close, GROUP_COMMIT_DRAIN_SECONDS)
+                running.callback(setattr, app.state, "charge", service.charge)
+                app.state.charge = coalescer.submit
             yield
 
     return lifespan
@@ -104,7 +117,8 @@ def _lifespan(
 
 def app_from_environment() -> FastAPI:
     """The app ``balance serve`` runs in each uvicorn worker (BALANCE_DATABASE_URL,
-    BALANCE_KEY_CACHE_SECONDS, BALANCE_DISPATCH_INTERVAL: set by --dispatch)."""
+    BALANCE_KEY_CACHE_SECONDS, BALANCE_DISPATCH_INTERVAL: set by --dispatch,
+    BALANCE_GROUP_COMMIT: 0 with --no-group-commit)."""
     url = os.environ.get("BALANCE_DATABASE_URL", "sqlite:///balance.db")
     cache = float(os.environ.get("BALANCE_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS))
     interval = os.environ.get(DISPATCH_INTERVAL_ENV)
@@ -113,4 +127,5 @@ def app_from_environment() -> FastAPI:
         BalanceService.from_url(url),
         key_cache_seconds=cache,
         dispatch_interval=None if interval is None else float(interval),
+        group_commit=os.environ.get(GROUP_COMMIT_ENV, "1") == "1",
     )

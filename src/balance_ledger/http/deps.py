@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
 from fastapi.params import Depends as Dependency
 
-from ..models import Scope
+from ..models import Scope, Transaction
+from ..money.requests import Charge
 from ..service import BalanceService
 from ..validation import MAX_PAGE
 from .auth import require
@@ -16,6 +18,10 @@ from .metrics import Metrics
 
 def service_of(request: Request) -> BalanceService:
     return request.app.state.service  # type: ignore[no-any-return]
+
+
+def charge_of(request: Request) -> Callable[[Charge], Transaction]:
+    return request.app.state.charge  # type: ignore[no-any-return]
 
 
 def metrics_of(request: Request) -> Metrics:
@@ -28,6 +34,8 @@ def needs(scope: Scope) -> list[Dependency]:
 
 
 Service = Annotated[BalanceService, Depends(service_of)]
+# BalanceService.charge, or a ChargeCoalescer's submit while the app has group commit.
+Charger = Annotated[Callable[[Charge], Transaction], Depends(charge_of)]
 Meter = Annotated[Metrics, Depends(metrics_of)]
 UserId = Annotated[int, Path(description="The account's user id.")]
 PageSize = Query(ge=1, le=MAX_PAGE, description="Rows per page.")

@@ -18,7 +18,7 @@ from ..models import ApiKey, Scope, Transaction
 from ..money.requests import Charge
 from . import bodies, problems
 from .auth import require
-from .deps import IdempotencyKey, Meter, Service, UserId, needs
+from .deps import Charger, IdempotencyKey, Meter, Service, UserId, needs
 
 router = APIRouter(prefix="/v1", tags=["movements"])
 
@@ -46,13 +46,17 @@ def charge(
     user_id: UserId,
     body: bodies.Charge,
     response: Response,
-    svc: Service,
+    charge: Charger,
     meter: Meter,
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
-    """Debit the account for a service; 402 when the balance cannot cover it."""
+    """Debit the account for a service; 402 when the balance cannot cover it.
+
+    Under ``balance serve`` concurrent charges share a transaction (group commit): a
+    charge waits at most for the batch being written, then is written with the ones
+    that queued meanwhile; each gets its own answer, as alone."""
     request = Charge(user_id=user_id, idempotency_key=idempotency_key, **body.model_dump())
-    row = meter.movement("charge", svc.charge, request)
+    row = meter.movement("charge", charge, request)
     return bodies.posted(row, response)
 
 
