@@ -110,11 +110,7 @@ class BalanceService(Operations):
         return account
 
     def get_balance(self, user_id: int) -> Balance:
-        user_id = valid.user_id(user_id)
-        balance = self._db.read(lambda conn: queries.get_balance(conn, user_id))
-        if balance is None:
-            raise AccountNotFound(user_id)
-        return balance
+        return self._db.read(partial(history.existing, user_id=valid.user_id(user_id)))
 
     def get_transactions(
         self, user_id: int, *, limit: int = 50, before_id: int | None = None

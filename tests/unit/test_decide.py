@@ -1,5 +1,6 @@
 """The rules of one movement (money.rules.decide), without a database: every outcome of a
-charge, a recharge, a replay and a remembered refusal, as properties where arithmetic."""
+charge, a recharge, a replay and a remembered refusal, as properties where arithmetic; and
+the one funds check charges and holds share (money.rules.check_funds)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from balance_ledger.errors import (
 from balance_ledger.idempotency import remembered
 from balance_ledger.models import KeyScope, Transaction
 from balance_ledger.money.requests import Charge
-from balance_ledger.money.rules import decide
+from balance_ledger.money.rules import check_funds, decide
 
 NOW = datetime(2026, 12, 4, tzinfo=UTC)
 
@@ -131,3 +132,12 @@ def test_an_earlier_refusal_is_the_answer_even_when_the_money_is_there_now():
     assert (again.value.replayed, again.value.available) == (True, 10)
     with pytest.raises(IdempotencyConflict):
         decide(account(1_000), charge(50, key="k", overdraft=True), refusal, NOW)
+
+
+def test_the_funds_check_counts_the_credit_limit_and_the_held_money():
+    check_funds(account(100, credit_limit=50, held=30), 120)  # available: exactly 120
+    with pytest.raises(InsufficientBalance) as refused:
+        check_funds(account(100, credit_limit=50, held=30), 121)
+    assert refused.value.available == 120
+    with pytest.raises(AccountSuspended):
+        check_funds(account(1_000, suspended=True), 1)

@@ -1,31 +1,23 @@
 """A request is declared once (money/requests.py): what each surface builds, how it is
-validated, and the HTTP bodies derived from it; the one funds check (money/rules.py)."""
+validated, and the HTTP bodies derived from it."""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
 from balance_ledger import (
-    AccountStatus,
-    AccountSuspended,
-    Balance,
     Charge,
     DispatchReport,
-    InsufficientBalance,
     InvalidAmount,
     InvalidRequest,
     TransactionType,
 )
 from balance_ledger.http import bodies
 from balance_ledger.money.requests import ChargeOptions, Recharge, RechargeOptions, charge_item
-from balance_ledger.money.rules import check_funds
-
-NOW = datetime(2026, 12, 4, tzinfo=UTC)
 
 
 def test_a_charge_reads_like_charge_service():
@@ -100,31 +92,6 @@ def test_the_http_bodies_have_the_requests_fields_and_descriptions():
 def test_a_derived_body_is_strict(body):
     with pytest.raises(ValidationError):
         bodies.Charge.model_validate(body)
-
-
-def account(balance: int, *, credit_limit: int = 0, held: int = 0, suspended: bool = False):
-    status = AccountStatus.SUSPENDED if suspended else AccountStatus.ACTIVE
-    return Balance(
-        user_id=1,
-        currency="VND",
-        balance=balance,
-        total_recharged=max(balance, 0),
-        total_spent=0,
-        credit_limit=credit_limit,
-        status=status,
-        created_at=NOW,
-        updated_at=NOW,
-        held=held,
-    )
-
-
-def test_the_funds_check_counts_the_credit_limit_and_the_held_money():
-    check_funds(account(100, credit_limit=50, held=30), 120)  # available: exactly 120
-    with pytest.raises(InsufficientBalance) as refused:
-        check_funds(account(100, credit_limit=50, held=30), 121)
-    assert refused.value.available == 120
-    with pytest.raises(AccountSuspended):
-        check_funds(account(1_000, suspended=True), 1)
 
 
 def test_dispatch_reports_add_up():
