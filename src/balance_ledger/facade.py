@@ -21,6 +21,7 @@ from .db.migrate import upgrade_to_head
 from .db.transactions import Database, Work
 from .models import AccountPolicy, AccountStatus, StatusChange
 from .money.rules import Refused
+from .money.snapshots import Snapshots
 from .outbox import sinks
 from .reconcile import Reconciler
 
@@ -51,6 +52,9 @@ class Facade:
         self._on_suspend: list[StatusCallback] = [on_suspend] if on_suspend else []
         self._on_reactivate: list[StatusCallback] = [on_reactivate] if on_reactivate else []
         self._callbacks: dict[str, sinks.Callback] = {}  # add_callback's, by name
+        # What single movements are decided on between writes (money/post.py:
+        # post_unchanged); where one statement can write them all: PostgreSQL.
+        self._snapshots = Snapshots() if self._db.backend.chains_writes else None
 
     @property
     def engine(self) -> Engine:

@@ -43,7 +43,7 @@ from .models import (
     Transaction,
 )
 from .money import accounts, history, holds, requests
-from .money.post import BATCH_ACCOUNTS, by_account_groups, post, post_many
+from .money.post import BATCH_ACCOUNTS, by_account_groups, post, post_many, post_unchanged
 from .money.requests import (
     Charge,
     ChargeOptions,
@@ -337,4 +337,18 @@ class BalanceService(Operations):
         return self.get_hold(hold_id).user_id
 
     def _post(self, request: Movement) -> Transaction:
-        return self._run(partial(post, backend=self._db.backend, movement=request))
+        """One movement: in one statement while its account is unchanged (PostgreSQL),
+        else, and for every refund, under the account's lock (money/post.py)."""
+        user_id, snapshots = request.user_id, self._snapshots
+        if snapshots is None:
+            return self._run(partial(post, backend=self._db.backend, movement=request))
+        if request.related_transaction_id is None:
+            work = partial(post_unchanged, movement=request, snapshots=snapshots)
+            written = self._db.write_alone(work)
+            if written is not None:
+                return written
+        try:
+            return self._run(partial(post, backend=self._db.backend, movement=request))
+        finally:
+            with snapshots.turn(user_id):
+                snapshots.forget(user_id)  # its version moved (unless nothing was written)

@@ -83,7 +83,9 @@ def test_a_keyed_refusal_keeps_only_its_answer(svc, account_factory, dump):
         svc.charge_service(account.user_id, 80, "vps", idempotency_key="k")
     after = dump()
     changed = {table for table in before if before[table] != after[table]}
-    assert changed == {"balance_refusals"}
+    # The refusal, and the account's version (guards.py): its figures are as they were.
+    assert changed == {"balance_refusals", "user_balances"}
+    assert svc.get_balance(account.user_id) == account
     with pytest.raises(InsufficientBalance):
         svc.charge_service(account.user_id, 80, "vps")  # no key: nothing at all is kept
     assert dump() == after

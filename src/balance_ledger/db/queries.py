@@ -75,7 +75,7 @@ _HEAD_IDS = select(
 _CHAIN_HEADS = select(ledger.c.user_id, ledger.c.id, ledger.c.row_hash).where(
     ledger.c.id.in_(_HEAD_IDS)
 )
-_UPDATE_BALANCE = (
+UPDATE_BALANCE = (
     update(balances)
     .where(balances.c.user_id == bindparam("account_id"))
     .values(
@@ -97,7 +97,7 @@ _NEW_ROW = (
     .returning(ledger.c.id)
     .cte("new_row")
 )
-_INSERT_AND_UPDATE = _UPDATE_BALANCE.add_cte(_NEW_ROW).returning(
+_INSERT_AND_UPDATE = UPDATE_BALANCE.add_cte(_NEW_ROW).returning(
     select(_NEW_ROW.c.id).scalar_subquery()
 )
 
@@ -124,8 +124,12 @@ POLICY_COLUMNS = (
 )
 
 
+# The columns of a balance row that are not a Balance's figures.
+_NOT_FIGURES = (*POLICY_COLUMNS, "version")
+
+
 def balance_of(row: Mapping[Any, Any]) -> Balance:
-    figures = {k: v for k, v in row.items() if k not in POLICY_COLUMNS}
+    figures = {k: v for k, v in row.items() if k not in _NOT_FIGURES}
     return Balance(
         **{
             **figures,
@@ -178,8 +182,8 @@ def insert_balance(conn: Connection, backend: Backend, account: Balance) -> None
 def save_account(conn: Connection, account: Balance, now: datetime) -> None:
     """Write an account's figures, state and policy in one statement (a movement's path
     writes only the first two: update_balances)."""
-    stmt = _UPDATE_BALANCE.values(**account.policy.columns())
-    conn.execute(stmt, _balance_params(account, now))
+    stmt = UPDATE_BALANCE.values(**account.policy.columns())
+    conn.execute(stmt, balance_params(account, now))
 
 
 def overdue_accounts(conn: Connection, now: datetime, limit: int) -> list[int]:
@@ -193,7 +197,7 @@ def overdue_accounts(conn: Connection, now: datetime, limit: int) -> list[int]:
     return list(conn.execute(stmt).scalars())
 
 
-def _balance_params(account: Balance, now: datetime) -> dict[str, Any]:
+def balance_params(account: Balance, now: datetime) -> dict[str, Any]:
     return {
         "account_id": account.user_id,
         "new_balance": account.balance,
@@ -211,7 +215,7 @@ def _balance_params(account: Balance, now: datetime) -> dict[str, Any]:
 def update_balances(conn: Connection, accounts: list[Balance], *, now: datetime) -> None:
     """Write many accounts' figures in one executemany."""
     if accounts:
-        conn.execute(_UPDATE_BALANCE, [_balance_params(a, now) for a in accounts])
+        conn.execute(UPDATE_BALANCE, [balance_params(a, now) for a in accounts])
 
 
 def lock_balances_of(conn: Connection, user_ids: list[int]) -> dict[int, Balance]:
@@ -281,7 +285,7 @@ def append_transaction(
     account's moved figures: one statement on PostgreSQL, two elsewhere."""
     if backend.chains_writes:
         params = {f"row_{name}": value for name, value in values.items()}
-        written = conn.execute(_INSERT_AND_UPDATE, {**params, **_balance_params(account, now)})
+        written = conn.execute(_INSERT_AND_UPDATE, {**params, **balance_params(account, now)})
         return transaction_of({**values, "id": written.scalar_one()})
     row_id = _new_id(conn.execute(_INSERT_TRANSACTION, values))
     update_balances(conn, [account], now=now)

@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, literal, select, union_all
+from sqlalchemy import Connection, bindparam, delete, insert, literal, select, union_all, update
 
 from ..models import KeyScope, Refusal, Transaction
 from . import queries
 from .tables import balance_refusals as refusals
 from .tables import user_balance_transactions as ledger
+from .tables import user_balances as balances
 
 # Whatever an idempotency key of the ledger's namespace already answered: a row or a
 # refusal. One round trip when it is neither, the common case. Never both, except
@@ -61,9 +62,15 @@ def find_many(
 
 
 def insert_many(conn: Connection, remembered: list[Refusal]) -> None:
-    """Remember refusals (their ``id`` is not written: the database gives one)."""
+    """Remember refusals (their ``id`` is not written: the database gives one).
+
+    Their accounts' rows are touched, which moves their versions (guards.py): a movement
+    decided on an account before a refusal was kept under its key is not written."""
     if remembered:
         conn.execute(insert(refusals), [_columns(refusal) for refusal in remembered])
+        accounts = sorted({refusal.user_id for refusal in remembered})
+        touch = update(balances).where(balances.c.user_id.in_(accounts))
+        conn.execute(touch.values(version=balances.c.version))
 
 
 def purge(conn: Connection, before: datetime, limit: int) -> int:

@@ -117,6 +117,10 @@ user_balances = _table(
     Column("low_balance_alerted", Boolean, nullable=False, server_default=false()),
     Column("depleted_alerted", Boolean, nullable=False, server_default=false()),
     Column("suspend_at", UtcDateTime),
+    # Bumped by every UPDATE of the row, by a trigger (guards.py, migration 0011): a
+    # movement decided on version N is written only while the row is still at N
+    # (money/post.py: post_unchanged).
+    Column("version", BigInteger, nullable=False, server_default="0"),
     CheckConstraint("credit_limit >= 0", name="credit_limit_not_negative"),
     CheckConstraint("status IN ('active', 'suspended')", name="status_known"),
     CheckConstraint("grace_amount >= 0", name="grace_amount_not_negative"),

@@ -71,6 +71,21 @@ def _note_progress(
         progress.ran = True
 
 
+def ran(conn: Connection) -> None:
+    """Say that a statement ran outside SQLAlchemy's execution (db/prepared.py)."""
+    progress = conn.get_execution_options().get(_PROGRESS)
+    if progress is not None:
+        progress.ran = True
+
+
+def committing(conn: Connection) -> None:
+    """Say that the next statement may commit: an autocommit write (Database.write_alone).
+    A connection lost while it runs is then CommitUnknown, never run again."""
+    progress = conn.get_execution_options().get(_PROGRESS)
+    if progress is not None:
+        progress.committing = True
+
+
 def _backoff(attempt: int) -> float:
     """Full jitter, 10 ms doubling per attempt, at most 1 s: racers spread out."""
     return random.uniform(0, min(1.0, 0.01 * 2**attempt))
@@ -111,14 +126,21 @@ class Database:
     def read(self, work: Work[T]) -> T:
         return self._run(work, write=False)
 
-    def _run(self, work: Work[T], *, write: bool) -> T:
+    def write_alone(self, work: Work[T]) -> T:
+        """Run ``work`` whose statements each commit on their own (autocommit): reads,
+        then at most one statement that writes, announced by ``committing(conn)``."""
+        return self._run(work, write=True, alone=True)
+
+    def _run(self, work: Work[T], *, write: bool, alone: bool = False) -> T:
         for attempt in range(1, self.max_attempts + 1):
             progress = _Progress()
             try:
                 with self._turn, self.engine.connect() as conn:
-                    options = {WRITE_OPTION: write, _PROGRESS: progress}
+                    options: dict[str, Any] = {WRITE_OPTION: write, _PROGRESS: progress}
                     if self._lock_wait_observers:
                         options[LOCK_WAIT_OPTION] = self._observe_lock_wait
+                    if alone:
+                        options["isolation_level"] = "AUTOCOMMIT"
                     conn = conn.execution_options(**options)
                     with conn.begin():
                         result = work(conn)

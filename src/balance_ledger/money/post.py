@@ -9,6 +9,14 @@
     UPDATE the cached balance, totals and status
     append its events to the outbox           (outbox/events.py)
 
+``post_unchanged`` is the common single movement in one statement, tried first on
+PostgreSQL: decided by the same ``decide`` on the account as this process last left it
+(or as read now, without a lock), then written in one autocommit statement only while
+the account's version is what it was decided on (db/unchanged.py); a version moves with
+every write of the balance row. When it cannot write (the account changed, the key is
+used, a refusal, a status change or an alert to announce, a refund), nothing is
+written and ``post`` runs.
+
 ``post_many`` is the same for a batch: every account locked once, each item decided in
 order by the same ``decide``, then set-based INSERTs and UPDATEs. These are the only
 writes of ledger rows. BalanceService (service.py) opens the transaction, runs them,
@@ -18,6 +26,7 @@ commits, and runs the status callbacks after the commit.
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import datetime
 from typing import Any
 
@@ -25,13 +34,14 @@ from sqlalchemy import Connection, Row
 
 from .. import clock, idempotency, policy
 from ..chain.rules import Link, head_of, seal
-from ..db import outbox, queries, refusals
+from ..db import outbox, queries, refusals, unchanged
 from ..db.dialects import Backend
 from ..errors import BalanceError, RefundExceedsCharge
 from ..models import Balance, KeyScope, Refusal, StatusChange, Transaction, TransactionType
 from ..outbox import events
 from .requests import Movement
 from .rules import Refused, decide
+from .snapshots import Snapshot, Snapshots
 
 BATCH_ACCOUNTS = 1_000  # accounts per transaction in an independent batch
 
@@ -71,6 +81,82 @@ def post(conn: Connection, backend: Backend, movement: Movement) -> Posted:
     change = policy.status_change(account, decision.after, transaction.id)
     outbox.append_events(conn, backend, _announced(transaction, account, decision.after, change))
     return transaction, change
+
+
+def post_unchanged(
+    conn: Connection, movement: Movement, snapshots: Snapshots
+) -> Transaction | None:
+    """The movement written in one statement if its account is unchanged since the
+    snapshot it is decided on; None if nothing was written (then ``post`` it).
+
+    Runs in autocommit (Database.write_alone); this process's movements of the account
+    take turns (Snapshots.turn), and the wait for its turn is the account's lock wait."""
+    user_id = movement.user_id
+    started = time.perf_counter()
+    with snapshots.turn(user_id):
+        return _post_unchanged(conn, movement, snapshots, time.perf_counter() - started)
+
+
+def _post_unchanged(
+    conn: Connection, movement: Movement, snapshots: Snapshots, waited: float
+) -> Transaction | None:
+    user_id = movement.user_id
+    snapshot = snapshots.get(user_id) or _snapshot(conn, user_id)
+    if snapshot is None:
+        return None
+    account = snapshot.account
+    now = clock.now()
+    try:
+        decision = decide(account, movement, None, now)
+    except BalanceError:
+        return None  # refused on what this snapshot knows: the locked path decides
+    assert decision.after is not None
+    assert decision.row is not None
+    after = decision.after
+    row = _sealed(decision.row, previous=snapshot.head)
+    draft = queries.transaction_of({**row, "id": 0})
+    announced = _announced(draft, account, after, policy.status_change(account, after, 0))
+    if len(announced) != 1:
+        return None  # a status change or an alert: the locked path names its row
+    event = announced[0]
+    written = unchanged.write_unchanged(
+        conn,
+        row,
+        after,
+        version=snapshot.version,
+        event=event,
+        id_at=_id_in(event),
+        now=now,
+        waited=waited,
+    )
+    if written is None:
+        snapshots.forget(user_id)
+        return None
+    snapshots.keep(user_id, Snapshot(after, snapshot.version + 1, Link(written, row["row_hash"])))
+    return dataclasses.replace(draft, id=written)
+
+
+_DRAFT_ID = '"transaction_id":0,'
+
+
+def _id_in(event: dict[str, Any]) -> int:
+    """Where the row's id goes in the payload of a draft row's event (its id is 0)."""
+    payload: str = event["payload"]
+    return payload.index(_DRAFT_ID) + len(_DRAFT_ID) - 2
+
+
+def _snapshot(conn: Connection, user_id: int) -> Snapshot | None:
+    """The account as it is now; None if there is none, or its newest row is unsealed
+    (written by a writer older than migration 0006: the locked path seals onto it)."""
+    found = unchanged.read_snapshot(conn, user_id)
+    if found is None:
+        return None
+    account, version, head_id, head_hash = found
+    if head_id is None:
+        return Snapshot(account, version, None)
+    if head_hash is None:
+        return None
+    return Snapshot(account, version, Link(head_id, head_hash))
 
 
 def _sealed(row: dict[str, Any], *, previous: Link | None) -> dict[str, Any]:
