@@ -4,9 +4,12 @@ One thread calls ``charge_service`` ``--charges`` times (spread over ``--account
 ``--keys``: each with its own idempotency key, as HTTP clients send them) on a fresh
 database, and prints per charge:
 
-- statements: what the driver sent (counted at the cursor, SQLAlchemy's
-  ``before_cursor_execute``) plus the COMMIT; on PostgreSQL psycopg also sends BEGIN
-  before the first statement, one more round trip, counted as ``+ BEGIN``;
+- statements: what the driver sent (counted at the cursor, the engine's
+  ``before_cursor_execute``, which the prepared statements of db/prepared.py run too)
+  plus each transaction's COMMIT; on PostgreSQL psycopg also sends a BEGIN before a
+  transaction's first statement, counted too. A movement written in one autocommit
+  statement (money/post.py: post_unchanged) sends neither: on PostgreSQL and MariaDB
+  each statement is a round trip;
 - client CPU: ``time.process_time()`` of this process over the charges, in µs (the
   database server's CPU is not in it; the server shares the machine's 2 CPUs);
 - wall time per charge, in µs.
@@ -43,9 +46,10 @@ def measure(backend: str, charges: int, accounts: int, keyed: bool) -> dict[str,
             nonlocal statements
             statements += 1
 
-        def committed(*_args: Any) -> None:
+        def committed(conn: Any) -> None:
             nonlocal commits
-            commits += 1
+            if backend != "postgresql" or not conn.connection.driver_connection.autocommit:
+                commits += 2 if backend == "postgresql" else 1  # psycopg: BEGIN too
 
         event.listen(svc.engine, "before_cursor_execute", sent)
         event.listen(svc.engine, "commit", committed)
@@ -77,7 +81,7 @@ def main(argv: list[str]) -> None:
     print(f"{'backend':<11}{'statements':>16}{'client CPU µs':>15}{'wall µs':>10}  server")
     for backend in args.backend.split(","):
         cost = measure(backend, args.charges, args.accounts, args.keys)
-        sent = f"{cost['statements']:.2f}" + (" + BEGIN" if backend == "postgresql" else "")
+        sent = f"{cost['statements']:.2f}"
         settings = ", ".join(f"{k}={v}" for k, v in server_settings(backend).items())
         print(
             f"{backend:<11}{sent:>16}{cost['cpu_us']:>15,.0f}{cost['wall_us']:>10,.0f}  {settings}"
