@@ -30,7 +30,7 @@ from balance_ledger import BalanceService, ChargeCoalescer, Transaction
 from balance_ledger.db.tables import user_balances
 
 from . import reference
-from .databases import bench_database, server_settings
+from .databases import ONE_STATEMENT, bench_database, server_settings
 from .measure import Figures, Workload, drive
 from .verify import seal_rows
 
@@ -159,7 +159,9 @@ def measure(backend: str, work: Workload, *, with_reference: bool = True) -> Mea
     """Ours, then the reference on the same fresh database (whose rows lack row_hash, which
     our path would have to walk back over: so never the other way round)."""
     with bench_database(backend) as url:
-        with BalanceService.from_url(url, pool_size=work.clients, max_overflow=0) as svc:
+        with BalanceService.from_url(
+            url, pool_size=work.clients, max_overflow=0, one_statement=ONE_STATEMENT
+        ) as svc:
             open_funded_accounts(svc, 1 if work.workload == "hot" else work.accounts)
             settle(url, backend, analyze=True)
             mine = ours(svc, work)

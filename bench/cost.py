@@ -31,11 +31,14 @@ from sqlalchemy import event
 from balance_ledger import BalanceService
 
 from .charges import SERVICE_TYPE, open_funded_accounts
-from .databases import bench_database, server_settings
+from .databases import ONE_STATEMENT, bench_database, server_settings
 
 
 def measure(backend: str, charges: int, accounts: int, keyed: bool) -> dict[str, float]:
-    with bench_database(backend) as url, BalanceService.from_url(url) as svc:
+    with (
+        bench_database(backend) as url,
+        BalanceService.from_url(url, one_statement=ONE_STATEMENT) as svc,
+    ):
         open_funded_accounts(svc, accounts)
         rng, run = random.Random(7), uuid.uuid4().hex[:8]
         for _ in range(min(charges, 200)):  # warm the pool and the statement caches

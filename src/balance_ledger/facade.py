@@ -19,6 +19,7 @@ from .db import queries
 from .db.dialects import create_ledger_engine
 from .db.migrate import upgrade_to_head
 from .db.transactions import Database, Work
+from .errors import InvalidRequest
 from .models import AccountPolicy, AccountStatus, StatusChange
 from .money.rules import Refused
 from .money.snapshots import Snapshots
@@ -42,10 +43,14 @@ class Facade:
         on_suspend: StatusCallback | None = None,
         on_reactivate: StatusCallback | None = None,
         account_policy: AccountPolicy | None = None,
+        one_statement: bool = False,
     ) -> None:
         """``max_attempts``: how often a transaction the server aborted is run before
         ``RetriesExhausted``. ``account_policy``: what ``open_account`` gives an account
-        opened without one (default: the seed's rule, no low-balance alert)."""
+        opened without one (default: the seed's rule, no low-balance alert).
+        ``one_statement``: on PostgreSQL, try each single movement in one statement
+        first (money/post.py: post_unchanged); off by default until its answers to a
+        connection lost mid-write match the locked path's (issue 17)."""
         self.account_policy = account_policy or AccountPolicy()
         self._db = Database(engine, max_attempts=max_attempts)
         self._reconciler = Reconciler(self._db)
@@ -54,7 +59,10 @@ class Facade:
         self._callbacks: dict[str, sinks.Callback] = {}  # add_callback's, by name
         # What single movements are decided on between writes (money/post.py:
         # post_unchanged); where one statement can write them all: PostgreSQL.
-        self._snapshots = Snapshots() if self._db.backend.chains_writes else None
+        if not isinstance(one_statement, bool):
+            raise InvalidRequest("one_statement must be a bool")
+        chains = self._db.backend.chains_writes
+        self._snapshots = Snapshots() if one_statement and chains else None
 
     @property
     def engine(self) -> Engine:
@@ -72,6 +80,7 @@ class Facade:
         on_suspend: StatusCallback | None = None,
         on_reactivate: StatusCallback | None = None,
         account_policy: AccountPolicy | None = None,
+        one_statement: bool = False,
         **engine_options: Any,
     ) -> Self:
         """Connect to ``sqlite:///…``, ``postgresql+psycopg://…`` or ``mysql+pymysql://…``.
@@ -84,6 +93,7 @@ class Facade:
             on_suspend=on_suspend,
             on_reactivate=on_reactivate,
             account_policy=account_policy,
+            one_statement=one_statement,
         )
 
     def create_schema(self) -> None:
