@@ -15,11 +15,11 @@ from typing import Any, Self, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
+from . import validation as valid
 from .db import queries
 from .db.dialects import create_ledger_engine
 from .db.migrate import upgrade_to_head
 from .db.transactions import Database, Work
-from .errors import InvalidRequest
 from .models import AccountPolicy, AccountStatus, StatusChange
 from .money.rules import Refused
 from .money.snapshots import Snapshots
@@ -59,8 +59,7 @@ class Facade:
         self._callbacks: dict[str, sinks.Callback] = {}  # add_callback's, by name
         # What single movements are decided on between writes (money/post.py:
         # post_unchanged); where one statement can write them all: PostgreSQL.
-        if not isinstance(one_statement, bool):
-            raise InvalidRequest("one_statement must be a bool")
+        one_statement = valid.flag(one_statement, "one_statement")
         chains = self._db.backend.chains_writes
         self._snapshots = Snapshots() if one_statement and chains else None
 

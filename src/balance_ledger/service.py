@@ -340,15 +340,16 @@ class BalanceService(Operations):
         """One movement: in one statement while its account is unchanged (PostgreSQL),
         else, and for every refund, under the account's lock (money/post.py)."""
         user_id, snapshots = request.user_id, self._snapshots
+        locked = partial(post, backend=self._db.backend, movement=request)
         if snapshots is None:
-            return self._run(partial(post, backend=self._db.backend, movement=request))
+            return self._run(locked)
         if request.related_transaction_id is None:
             work = partial(post_unchanged, movement=request, snapshots=snapshots)
             written = self._db.write_alone(work)
             if written is not None:
                 return written
         try:
-            return self._run(partial(post, backend=self._db.backend, movement=request))
+            return self._run(locked)
         finally:
             with snapshots.turn(user_id):
                 snapshots.forget(user_id)  # its version moved (unless nothing was written)

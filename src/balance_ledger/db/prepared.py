@@ -16,9 +16,10 @@ Parameters go to the driver as they are: ints, strs, bools and aware UTC datetim
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Executable
+from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import Select
@@ -28,40 +29,45 @@ from .transactions import ran
 Processor = Callable[[Any], Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    fixed: dict[str, Any]  # the values the statement carries itself (literals compared to)
+    names: list[str]  # of the columns it returns
+    processors: list[Processor]  # their types' result processing
+
+
 class Prepared:
-    """One statement, compiled on first use for the dialect it is run on."""
+    """One statement that returns rows, compiled on first use for the dialect it is run on."""
 
-    def __init__(self, statement: Executable) -> None:
+    def __init__(self, statement: Select[Any]) -> None:
         self._statement = statement
-        self._compiled: dict[str, tuple[str, dict[str, Any], list[str], list[Processor]]] = {}
+        self._compiled: dict[str, _Compiled] = {}
 
-    def _for(self, dialect: Dialect) -> tuple[str, dict[str, Any], list[str], list[Processor]]:
+    def _for(self, dialect: Dialect) -> _Compiled:
         found = self._compiled.get(dialect.name)
         if found is None:
-            compiled = self._statement.compile(dialect=dialect)  # type: ignore[attr-defined]
-            names: list[str] = []
-            processors: list[Processor] = []
-            if isinstance(self._statement, Select):
-                for column in self._statement.selected_columns:
-                    names.append(str(column.key))
-                    processors.append(column.type.result_processor(dialect, None))
-            # The values the statement carries itself (literals compared against).
-            fixed = {k: v for k, v in compiled.params.items() if v is not None}
-            found = (str(compiled), fixed, names, processors)
+            compiled = self._statement.compile(dialect=dialect)
+            columns = self._statement.selected_columns
+            processors: list[Processor] = [c.type.result_processor(dialect, None) for c in columns]
+            found = _Compiled(
+                sql=str(compiled),
+                fixed={k: v for k, v in compiled.params.items() if v is not None},
+                names=[str(column.key) for column in columns],
+                processors=processors,
+            )
             self._compiled[dialect.name] = found
         return found
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Run it (a statement that returns rows); its first row by column name, or None."""
-        sql, fixed, names, processors = self._for(conn.dialect)
-        row = _execute(conn, sql, {**fixed, **params})
+        """Run it; its first row by column name, or None."""
+        compiled = self._for(conn.dialect)
+        row = _execute(conn, compiled.sql, {**compiled.fixed, **params})
         if row is None:
             return None
-        if not names:
-            return {str(i): value for i, value in enumerate(row)}
         return {
             name: value if process is None else process(value)
-            for name, value, process in zip(names, row, processors, strict=True)
+            for name, value, process in zip(compiled.names, row, compiled.processors, strict=True)
         }
 
 

@@ -71,18 +71,21 @@ def _note_progress(
         progress.ran = True
 
 
+def _progress(conn: Connection) -> _Progress | None:
+    progress: _Progress | None = conn.get_execution_options().get(_PROGRESS)
+    return progress
+
+
 def ran(conn: Connection) -> None:
     """Say that a statement ran outside SQLAlchemy's execution (db/prepared.py)."""
-    progress = conn.get_execution_options().get(_PROGRESS)
-    if progress is not None:
+    if (progress := _progress(conn)) is not None:
         progress.ran = True
 
 
 def committing(conn: Connection) -> None:
     """Say that the next statement may commit: an autocommit write (Database.write_alone).
     A connection lost while it runs is then CommitUnknown, never run again."""
-    progress = conn.get_execution_options().get(_PROGRESS)
-    if progress is not None:
+    if (progress := _progress(conn)) is not None:
         progress.committing = True
 
 
