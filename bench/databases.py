@@ -16,9 +16,9 @@ from tests.databases import recreate_database, server_url
 from balance_ledger import BalanceService
 
 BENCH_DATABASE = "balance_ledger_bench"
-# BALANCE_BENCH_ONE_STATEMENT=1: services of `charges` and `cost` try each single movement
-# in one statement first (BalanceService(one_statement=True); PostgreSQL).
-ONE_STATEMENT = os.environ.get("BALANCE_BENCH_ONE_STATEMENT") == "1"
+# BALANCE_BENCH_ONE_STATEMENT=0: the services of `charges` and `cost` post every single
+# movement under the account's lock (BalanceService(one_statement=False)), for comparison.
+ONE_STATEMENT = os.environ.get("BALANCE_BENCH_ONE_STATEMENT", "1") != "0"
 
 # What decides the cost of a commit on each server (all are read, none is changed).
 _SETTINGS = {

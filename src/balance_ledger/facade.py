@@ -43,14 +43,13 @@ class Facade:
         on_suspend: StatusCallback | None = None,
         on_reactivate: StatusCallback | None = None,
         account_policy: AccountPolicy | None = None,
-        one_statement: bool = False,
+        one_statement: bool = True,
     ) -> None:
         """``max_attempts``: how often a transaction the server aborted is run before
         ``RetriesExhausted``. ``account_policy``: what ``open_account`` gives an account
         opened without one (default: the seed's rule, no low-balance alert).
         ``one_statement``: on PostgreSQL, try each single movement in one statement
-        first (money/post.py: post_unchanged); off by default until its answers to a
-        connection lost mid-write match the locked path's (issue 17)."""
+        first (money/post.py: post_unchanged); False: always under the account's lock."""
         self.account_policy = account_policy or AccountPolicy()
         self._db = Database(engine, max_attempts=max_attempts)
         self._reconciler = Reconciler(self._db)
@@ -79,7 +78,7 @@ class Facade:
         on_suspend: StatusCallback | None = None,
         on_reactivate: StatusCallback | None = None,
         account_policy: AccountPolicy | None = None,
-        one_statement: bool = False,
+        one_statement: bool = True,
         **engine_options: Any,
     ) -> Self:
         """Connect to ``sqlite:///…``, ``postgresql+psycopg://…`` or ``mysql+pymysql://…``.

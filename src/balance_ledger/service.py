@@ -43,7 +43,15 @@ from .models import (
     Transaction,
 )
 from .money import accounts, history, holds, requests
-from .money.post import BATCH_ACCOUNTS, by_account_groups, post, post_many, post_unchanged
+from .money.post import (
+    BATCH_ACCOUNTS,
+    Sent,
+    by_account_groups,
+    post,
+    post_many,
+    post_unchanged,
+    written_before,
+)
 from .money.requests import (
     Charge,
     ChargeOptions,
@@ -344,8 +352,9 @@ class BalanceService(Operations):
         if snapshots is None:
             return self._run(locked)
         if request.related_transaction_id is None:
-            work = partial(post_unchanged, movement=request, snapshots=snapshots)
-            written = self._db.write_alone(work)
+            sent = Sent()  # what a write whose session ended is looked up by
+            work = partial(post_unchanged, movement=request, snapshots=snapshots, sent=sent)
+            written = self._db.write_alone(work, settle=partial(written_before, sent=sent))
             if written is not None:
                 return written
         try:

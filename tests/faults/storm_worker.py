@@ -7,8 +7,10 @@ Only after a charge returns does it append "key transaction_id user_id amount" t
 ACK_FILE and fsync it, so every line is a charge its caller was told about.
 
 ``--die in-transaction:N`` SIGKILLs the process during charge N after the balance UPDATE
-(both writes done, COMMIT not sent); ``--die before-ack:N`` right after charge N returned
-(committed, not acknowledged). Random kills rarely land on exactly those moments.
+(both writes done, COMMIT not sent): a moment of the locked path, which that worker
+uses (``one_statement=False``; every other worker writes a charge in one statement
+when it can); ``--die before-ack:N`` right after charge N returned (committed, not
+acknowledged). Random kills rarely land on exactly those moments.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def main() -> None:
     fate, _, fated_charge = (args.die or "").partition(":")
     fated = int(fated_charge) if fated_charge else 0
 
-    svc = BalanceService.from_url(args.url, pool_size=1, max_overflow=0)
+    one_statement = fate != "in-transaction"
+    svc = BalanceService.from_url(
+        args.url, pool_size=1, max_overflow=0, one_statement=one_statement
+    )
     charge_number = 0
 
     def after_cursor_execute(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:

@@ -41,7 +41,9 @@ def through_commit_cutting_proxy(db: FaultDatabase) -> Iterator[Ambiguous]:
     if db.backend == "postgresql":
         proxied = proxied.update_query_dict({"sslmode": "disable"})  # COMMIT must be visible
     try:
-        with BalanceService.from_url(proxied) as svc:
+        # The locked path: the proxy knows a COMMIT by its bytes, and a charge in one
+        # statement sends none (its lost answer is the driver-error case).
+        with BalanceService.from_url(proxied, one_statement=False) as svc:
             yield Ambiguous(svc, proxy.shot)
     finally:
         proxy.close()

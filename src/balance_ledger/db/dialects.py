@@ -79,6 +79,7 @@ _PG_RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, 
 # MariaDB error numbers: lock wait timeout, deadlock.
 _MARIADB_RETRYABLE = {1205, 1213}
 _PG_UNDEFINED_TABLE = "42P01"
+_PG_ENDED = {"57P01", "57P02"}  # admin shutdown (pg_terminate_backend), crash shutdown
 _MARIADB_NO_SUCH_TABLE = 1146
 
 
@@ -94,6 +95,15 @@ class Backend:
         """True where one statement may insert into one table and update another (a
         data-modifying CTE): PostgreSQL. Saves a round trip per movement."""
         return self.name == "postgresql"
+
+    def ended_by_server(self, error: DBAPIError) -> bool:
+        """True when the server ended the session (terminated, or shutting down): whatever
+        it was running is committed or rolled back for good, nothing of it runs on."""
+        return self.name == "postgresql" and getattr(error.orig, "sqlstate", None) in _PG_ENDED
+
+    def is_lock_busy(self, error: DBAPIError) -> bool:
+        """True when a NOWAIT lock found the row locked by another session."""
+        return self.name == "postgresql" and getattr(error.orig, "sqlstate", None) == "55P03"
 
     def is_retryable(self, error: DBAPIError) -> bool:
         """True when the server aborted the transaction and running it again is safe."""

@@ -89,6 +89,11 @@ def committing(conn: Connection) -> None:
         progress.committing = True
 
 
+class _SessionEnded(Exception):
+    """The server ended the session while an autocommit write was in flight: it
+    committed or it did not, for good, and a read on another connection tells which."""
+
+
 def _backoff(attempt: int) -> float:
     """Full jitter, 10 ms doubling per attempt, at most 1 s: racers spread out."""
     return random.uniform(0, min(1.0, 0.01 * 2**attempt))
@@ -129,10 +134,17 @@ class Database:
     def read(self, work: Work[T]) -> T:
         return self._run(work, write=False)
 
-    def write_alone(self, work: Work[T]) -> T:
+    def write_alone(self, work: Work[T], settle: Work[T]) -> T:
         """Run ``work`` whose statements each commit on their own (autocommit): reads,
-        then at most one statement that writes, announced by ``committing(conn)``."""
-        return self._run(work, write=True, alone=True)
+        then at most one statement that writes, announced by ``committing(conn)``.
+
+        If the server ends the session while that write is in flight (terminated, shut
+        down), ``settle`` reads what became of it on another connection and answers
+        instead; any other connection lost mid-write is CommitUnknown."""
+        try:
+            return self._run(work, write=True, alone=True)
+        except _SessionEnded:
+            return self.read(settle)
 
     def _run(self, work: Work[T], *, write: bool, alone: bool = False) -> T:
         for attempt in range(1, self.max_attempts + 1):
@@ -151,6 +163,8 @@ class Database:
                     return result
             except DBAPIError as error:
                 if progress.committing and not self.backend.is_retryable(error):
+                    if alone and self.backend.ended_by_server(error):
+                        raise _SessionEnded from error
                     raise CommitUnknown(_one_line(error.orig)) from error
                 stale = error.connection_invalidated and not progress.ran
                 if stale and attempt < self.max_attempts:

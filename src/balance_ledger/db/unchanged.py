@@ -16,10 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Text, bindparam, cast, exists, not_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..models import Balance, KeyScope
-from .dialects import LOCK_WAIT_OPTION
+from .dialects import LOCK_WAIT_OPTION, backend_of
 from .prepared import Prepared
 from .queries import UPDATE_BALANCE, balance_of, balance_params
 from .tables import balance_events as events
@@ -57,9 +57,23 @@ _KEY_REFUSED = exists().where(
     refusals.c.idempotency_key == _KEY,
 )
 _LEDGER_COLUMNS = [c.name for c in ledger.c if c.name != "id"]
+# The row is locked only if nobody holds it (NOWAIT) and it is still at the version the
+# movement was decided on: the statement never waits for another session's lock, so a
+# process that dies mid-call leaves nothing that commits later (the locked path waits).
+_LOCKED = (
+    select(balances.c.user_id)
+    .where(
+        balances.c.user_id == bindparam("account_id"),
+        balances.c.version == bindparam("decided_on"),
+    )
+    .with_for_update(nowait=True)
+    .cte("locked")
+)
 _MOVED = (
     UPDATE_BALANCE.where(
-        balances.c.version == bindparam("decided_on"), not_(_KEY_ANSWERED), not_(_KEY_REFUSED)
+        balances.c.user_id.in_(select(_LOCKED.c.user_id)),
+        not_(_KEY_ANSWERED),
+        not_(_KEY_REFUSED),
     )
     .returning(balances.c.user_id)
     .cte("moved")
@@ -93,6 +107,21 @@ _ANNOUNCED = (
     .cte("announced")
 )
 _WRITE = Prepared(select(_NEW_ROW.c.id).add_cte(_ANNOUNCED))
+
+
+_SENT = select(ledger.c.id).where(
+    ledger.c.user_id == bindparam("user_id"),
+    ledger.c.id > bindparam("after_id"),
+    ledger.c.row_hash == bindparam("row_hash"),
+)
+
+
+def written_row_id(conn: Connection, user_id: int, after_id: int, row_hash: str) -> int | None:
+    """The id of the account's row sealed ``row_hash`` after row ``after_id``, if it was
+    written: what became of a write whose session the server ended."""
+    params = {"user_id": user_id, "after_id": after_id, "row_hash": row_hash}
+    found: int | None = conn.execute(_SENT, params).scalar()
+    return found
 
 
 Snapshot = tuple[Balance, int, int | None, str | None]
@@ -148,4 +177,8 @@ def write_unchanged(
         # The key's row went in after this statement began, by a writer that moved no
         # balance row (none does today): the locked path answers the key.
         return None
+    except DBAPIError as error:
+        if backend_of(conn.engine).is_lock_busy(error):
+            return None  # another session holds the account: the locked path waits for it
+        raise
     return None if row is None else int(row["id"])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -83,22 +84,46 @@ def post(conn: Connection, backend: Backend, movement: Movement) -> Posted:
     return transaction, change
 
 
+@dataclass(slots=True)
+class Sent:
+    """The row post_unchanged sent last (id 0) and the id of the row it sealed onto."""
+
+    draft: Transaction | None = None
+    after_id: int = 0
+
+
 def post_unchanged(
-    conn: Connection, movement: Movement, snapshots: Snapshots
+    conn: Connection, movement: Movement, snapshots: Snapshots, sent: Sent
 ) -> Transaction | None:
     """The movement written in one statement if its account is unchanged since the
     snapshot it is decided on; None if nothing was written (then ``post`` it).
 
     Runs in autocommit (Database.write_alone); this process's movements of the account
-    take turns (Snapshots.turn), and the wait for its turn is the account's lock wait."""
+    take turns (Snapshots.turn), and the wait for its turn is the account's lock wait.
+    ``sent`` tells ``written_before`` what to look for if the session ends mid-write."""
     user_id = movement.user_id
     started = time.perf_counter()
     with snapshots.turn(user_id):
-        return _post_unchanged(conn, movement, snapshots, time.perf_counter() - started)
+        try:
+            return _post_unchanged(conn, movement, snapshots, sent, time.perf_counter() - started)
+        except BaseException:
+            snapshots.forget(user_id)  # whatever became of the write
+            raise
+
+
+def written_before(conn: Connection, sent: Sent) -> Transaction | None:
+    """The row post_unchanged sent, if it committed before the server ended its session
+    (Database.write_alone's settle); None if it did not (then ``post`` it)."""
+    draft = sent.draft
+    if draft is None:
+        return None
+    assert draft.row_hash is not None
+    found = unchanged.written_row_id(conn, draft.user_id, sent.after_id, draft.row_hash)
+    return None if found is None else dataclasses.replace(draft, id=found)
 
 
 def _post_unchanged(
-    conn: Connection, movement: Movement, snapshots: Snapshots, waited: float
+    conn: Connection, movement: Movement, snapshots: Snapshots, sent: Sent, waited: float
 ) -> Transaction | None:
     user_id = movement.user_id
     snapshot = snapshots.get(user_id) or _snapshot(conn, user_id)
@@ -119,6 +144,7 @@ def _post_unchanged(
     if len(announced) != 1:
         return None  # a status change or an alert: the locked path names its row
     event = announced[0]
+    sent.draft, sent.after_id = draft, snapshot.head.id if snapshot.head else 0
     written = unchanged.write_unchanged(
         conn,
         row,
