@@ -395,6 +395,20 @@ def _sqlite_begin(connection: Any) -> None:
         observe(time.perf_counter() - started)
 
 
+@contextmanager
+def autocommit(conn: Connection) -> Iterator[None]:
+    """The driver's connection in autocommit for the block: each statement commits on its
+    own. Switched on the psycopg connection itself: SQLAlchemy's isolation-level option
+    costs more client CPU than the one statement it is for (PostgreSQL only)."""
+    driver = conn.connection.driver_connection
+    driver.autocommit = True  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if not (driver.closed or driver.broken):  # type: ignore[union-attr]
+            driver.autocommit = False  # type: ignore[union-attr]
+
+
 def execute_locking(
     conn: Connection, statement: Executable, params: Mapping[str, Any]
 ) -> CursorResult[Any]:

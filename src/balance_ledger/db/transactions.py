@@ -34,7 +34,14 @@ from ..errors import (
     SchemaMissing,
     StorageError,
 )
-from .dialects import LOCK_WAIT_OPTION, WRITE_OPTION, Backend, backend_of, prepare_sqlite
+from .dialects import (
+    LOCK_WAIT_OPTION,
+    WRITE_OPTION,
+    Backend,
+    autocommit,
+    backend_of,
+    prepare_sqlite,
+)
 
 T = TypeVar("T")
 Work = Callable[[Connection], T]  # a unit of work: runs inside the transaction it is given
@@ -154,9 +161,10 @@ class Database:
                     options: dict[str, Any] = {WRITE_OPTION: write, _PROGRESS: progress}
                     if self._lock_wait_observers:
                         options[LOCK_WAIT_OPTION] = self._observe_lock_wait
-                    if alone:
-                        options["isolation_level"] = "AUTOCOMMIT"
                     conn = conn.execution_options(**options)
+                    if alone:
+                        with autocommit(conn):
+                            return work(conn)
                     with conn.begin():
                         result = work(conn)
                         progress.committing = True  # leaving the block sends COMMIT
