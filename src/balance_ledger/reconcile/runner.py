@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
@@ -67,6 +68,22 @@ class Reconciler:
         ):
             yield ids
             after = ids[-1]
+
+    def _scanned_ahead(
+        self, chunks: Iterator[list[int]], scan: Callable[[list[int]], R]
+    ) -> Iterator[R]:
+        """Each chunk's scan, in order. The next chunk is scanned on another connection
+        while the caller judges and writes this one: the server reads while Python works,
+        where one connection left one of them idle at a time."""
+        with ThreadPoolExecutor(1, thread_name_prefix="balance-verify-ahead") as ahead:
+            ids = next(chunks, None)
+            pending = ahead.submit(scan, ids) if ids is not None else None
+            while ids is not None and pending is not None:
+                following = next(chunks, None)
+                scanned = pending.result()
+                pending = ahead.submit(scan, following) if following is not None else None
+                yield scanned
+                ids = following
 
     def _total(self, user_id: int | None) -> int:
         return 1 if user_id is not None else self.db.read(sync_audit.count_accounts)
@@ -143,10 +160,8 @@ class Reconciler:
         progress: Progress | None,
     ) -> None:
         total = self._total(user_id)
-        for ids in self._chunks(user_id):
-            scans, unreadable = self._chunk_or_each(
-                ids, partial(self._scan, incremental=incremental)
-            )
+        scan = partial(self._chunk_or_each, run=partial(self._scan, incremental=incremental))
+        for scans, unreadable in self._scanned_ahead(self._chunks(user_id), scan):
             now = clock.now()
             checkpoints: list[dict[str, Any]] = []
             dropped: list[int] = []
