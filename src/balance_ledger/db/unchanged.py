@@ -2,8 +2,9 @@
 (money/post.py: post_unchanged), PostgreSQL's data-modifying CTEs.
 
 ``read_snapshot`` reads an account as it is, with its version and its chain head, in
-one plain statement (no lock). ``write_unchanged`` is one autocommit statement: UPDATE
-the balance row only while it is at that version and no row or refusal holds the key,
+one plain statement (no lock). ``write_unchanged`` is one autocommit statement: lock
+the balance row if nobody holds it, UPDATE it only while it is at that version and no row
+or refusal holds the key,
 INSERT the ledger row and its event only if it did, return the row's id. Every UPDATE
 of a balance row moves its version (a trigger: guards.py), so a write seen by none of
 these conditions cannot have happened in between.
@@ -153,8 +154,8 @@ def write_unchanged(
     row's id, or None if nothing was written. The event's payload names the row by the
     draft id 0 at ``id_at``: the statement puts the new id there. Runs in autocommit:
     this statement is the commit. The lock-wait observer is told ``waited`` (for the
-    account's turn in this process) plus this statement's time: it waits there for a
-    lock another process holds."""
+    account's turn in this process) plus this statement's time; the statement itself
+    never waits for another session's lock (NOWAIT: then None, and the locked path)."""
     payload = event["payload"]
     params = {
         **{f"row_{name}": value for name, value in values.items()},
