@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import Connection, Engine, bindparam, event, text
 from sqlalchemy.exc import DBAPIError
 
 GONE_SECONDS = 10  # how long a killed session may take to disappear
@@ -138,6 +138,30 @@ def driver_error_after_commit(engine: Engine) -> Iterator[OneShot]:
         yield shot
     finally:
         del dialect.do_commit
+
+
+# What the statement of a movement written in one statement starts with (money/post.py:
+# post_unchanged, db/unchanged.py; PostgreSQL).
+ONE_STATEMENT = "WITH locked AS"
+
+
+@contextmanager
+def driver_error_after_one_statement(engine: Engine) -> Iterator[OneShot]:
+    """Once armed, the next movement written in one autocommit statement really commits,
+    then the connection closes and the driver raises a lost connection: the lost answer
+    of a write that is its own commit."""
+    shot = OneShot()
+
+    def lose_the_answer(_conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if ONE_STATEMENT in statement and shot.take():
+            cursor.connection.close()
+            raise lost_connection_error(engine)
+
+    event.listen(engine, "after_cursor_execute", lose_the_answer)
+    try:
+        yield shot
+    finally:
+        event.remove(engine, "after_cursor_execute", lose_the_answer)
 
 
 class CommitCuttingProxy:

@@ -19,10 +19,17 @@ from sqlalchemy import make_url
 from balance_ledger import BalanceService, CommitUnknown
 from tests.faults.conftest import BACKENDS, SERVER_BACKENDS, FaultDatabase, FaultDatabases
 from tests.faults.ledger import charges, ledger_rows
-from tests.faults.sabotage import CommitCuttingProxy, OneShot, driver_error_after_commit
+from tests.faults.sabotage import (
+    CommitCuttingProxy,
+    OneShot,
+    driver_error_after_commit,
+    driver_error_after_one_statement,
+)
 
-CASES = [(backend, "driver-error") for backend in BACKENDS] + [
-    (backend, "connection-cut") for backend in SERVER_BACKENDS
+CASES = [
+    *[(backend, "driver-error") for backend in BACKENDS],
+    *[(backend, "connection-cut") for backend in SERVER_BACKENDS],
+    ("postgresql", "one-statement-answer-lost"),
 ]
 
 
@@ -51,9 +58,18 @@ def through_commit_cutting_proxy(db: FaultDatabase) -> Iterator[Ambiguous]:
 
 @contextmanager
 def with_driver_error_after_commit(db: FaultDatabase) -> Iterator[Ambiguous]:
+    with (  # the locked path: its writes end with a COMMIT
+        BalanceService.from_url(db.url, one_statement=False) as svc,
+        driver_error_after_commit(svc.engine) as shot,
+    ):
+        yield Ambiguous(svc, shot)
+
+
+@contextmanager
+def with_answer_lost_after_one_statement(db: FaultDatabase) -> Iterator[Ambiguous]:
     with (
         BalanceService.from_url(db.url) as svc,
-        driver_error_after_commit(svc.engine) as shot,
+        driver_error_after_one_statement(svc.engine) as shot,
     ):
         yield Ambiguous(svc, shot)
 
@@ -64,11 +80,11 @@ def ambiguous(
 ) -> Iterator[Ambiguous]:
     backend, how = request.param
     db = fault_databases.get(backend)
-    sabotage: AbstractContextManager[Ambiguous] = (
-        through_commit_cutting_proxy(db)
-        if how == "connection-cut"
-        else with_driver_error_after_commit(db)
-    )
+    sabotage: AbstractContextManager[Ambiguous] = {
+        "connection-cut": through_commit_cutting_proxy,
+        "driver-error": with_driver_error_after_commit,
+        "one-statement-answer-lost": with_answer_lost_after_one_statement,
+    }[how](db)
     with sabotage as case:
         yield case
 

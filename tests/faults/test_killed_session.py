@@ -19,7 +19,7 @@ from sqlalchemy import event
 from balance_ledger import BalanceService, StorageError
 from tests.faults.conftest import FaultDatabase
 from tests.faults.ledger import charges, dump, ledger_rows
-from tests.faults.sabotage import OneShot, kill_sessions, session_id
+from tests.faults.sabotage import ONE_STATEMENT, OneShot, kill_sessions, session_id
 
 # What the statement to kill after contains. On PostgreSQL both are one statement (the
 # INSERT in a CTE of the UPDATE): both cases then kill after it.
@@ -94,8 +94,6 @@ def test_retry_with_the_same_key_after_a_killed_session_charges_exactly_once(
 
 
 # -- a charge in one statement (money/post.py: post_unchanged, PostgreSQL) --------------
-
-ONE_STATEMENT = "WITH locked AS"
 
 
 @pytest.fixture
