@@ -105,6 +105,14 @@ class Backend:
         """True when a NOWAIT lock found the row locked by another session."""
         return self.name == "postgresql" and getattr(error.orig, "sqlstate", None) == "55P03"
 
+    def commit_without_waiting(self, conn: Connection) -> None:
+        """Let this transaction's COMMIT return before its WAL reaches the disk (PostgreSQL's
+        ``synchronous_commit = off``, for this transaction only): a crash may lose it
+        whole, never part of it. Only for writes the ledger can lose and redo, such as
+        verify's checkpoints; nothing happens on the other backends."""
+        if self.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
     def is_retryable(self, error: DBAPIError) -> bool:
         """True when the server aborted the transaction and running it again is safe."""
         original = error.orig

@@ -1,4 +1,4 @@
-"""The SQL of reconciliation: the set-based comparison of cache and ledger, checkpoints,
+"""The SQL of reconciliation beside the scan (db/scan.py): chunks, checkpoints,
 the audit of runs and fixes (reconcile/ holds the rules)."""
 
 from __future__ import annotations
@@ -10,25 +10,16 @@ from sqlalchemy import (
     Connection,
     Row,
     RowMapping,
-    Subquery,
-    and_,
     delete,
     func,
     insert,
-    literal,
-    null,
     or_,
     select,
-    union_all,
     update,
 )
 
-from ..models import (
-    HoldStatus,
-)
 from .dialects import Backend, execute_locking
-from .queries import POLICY_COLUMNS, effect_on, insert_one, ledger_sums
-from .tables import balance_holds as holds
+from .queries import insert_one, ledger_sums
 from .tables import balance_sync_checkpoints as checkpoints
 from .tables import balance_sync_fixes as sync_fixes
 from .tables import balance_sync_runs as sync_runs
@@ -67,140 +58,6 @@ def lock_balances(conn: Connection, low: int, high: int) -> None:
         .with_for_update()
     )
     execute_locking(conn, stmt, {}).all()
-
-
-_ROW_COLUMNS = ("id", "user_id", "transaction_type", "amount", "balance_before", "balance_after")
-
-
-def _rows_to_verify(low: int, high: int, incremental: bool) -> Subquery:
-    """Ledger rows of accounts low..high still to verify, with the balance they start from.
-
-    Full mode: every row, starting from 0. Incremental mode: the rows after each
-    account's checkpoint, starting from its last verified balance; accounts without a
-    checkpoint contribute every row.
-    """
-    columns = [ledger.c[name] for name in _ROW_COLUMNS]
-    if not incremental:
-        in_chunk = ledger.c.user_id.between(low, high)
-        return select(*columns, literal(0).label("start_after")).where(in_chunk).subquery("rows")
-    # Driven from the chunk's checkpoints, so each account is one (user_id, id) index
-    # seek past its checkpoint: rows verified before are not read at all.
-    after_checkpoint = (
-        select(*columns, checkpoints.c.last_balance_after.label("start_after"))
-        .select_from(checkpoints.join(ledger, ledger.c.user_id == checkpoints.c.user_id))
-        .where(
-            checkpoints.c.user_id.between(low, high),
-            ledger.c.id > checkpoints.c.last_transaction_id,
-        )
-    )
-    chunk_checkpoints = and_(
-        checkpoints.c.user_id == balances.c.user_id, checkpoints.c.user_id.between(low, high)
-    )
-    never_verified = (
-        select(balances.c.user_id)
-        .outerjoin(checkpoints, chunk_checkpoints)
-        .where(balances.c.user_id.between(low, high), checkpoints.c.user_id.is_(None))
-    )
-    from_start = select(*columns, literal(0).label("start_after")).where(
-        ledger.c.user_id.between(low, high), ledger.c.user_id.in_(never_verified)
-    )
-    return union_all(after_checkpoint, from_start).subquery("rows")
-
-
-def compare_chunk(conn: Connection, low: int, high: int, *, incremental: bool) -> list[Row[Any]]:
-    """Cache, checkpoint and new-row sums of accounts low..high, in ONE statement.
-
-    One statement reads one snapshot, so a charge committing mid-scan moves the cache
-    and the ledger sums together and is never mistaken for a discrepancy.
-    """
-    rows = _rows_to_verify(low, high, incremental)
-    new = select(rows.c.user_id, *ledger_sums(rows)).group_by(rows.c.user_id).subquery("new")
-    checkpoint_columns: list[Any] = [
-        checkpoints.c.last_transaction_id.label("cp_last_transaction_id"),
-        checkpoints.c.last_balance_after.label("cp_last_balance_after"),
-        checkpoints.c.balance.label("cp_balance"),
-        checkpoints.c.total_recharged.label("cp_total_recharged"),
-        checkpoints.c.total_spent.label("cp_total_spent"),
-        checkpoints.c.row_count.label("cp_row_count"),
-    ]
-    active = (
-        select(holds.c.user_id, func.sum(holds.c.amount).label("held"))
-        .where(holds.c.status == HoldStatus.ACTIVE.value, holds.c.user_id.between(low, high))
-        .group_by(holds.c.user_id)
-        .subquery("active_holds")
-    )
-    joined = balances.outerjoin(new, new.c.user_id == balances.c.user_id).outerjoin(
-        active, active.c.user_id == balances.c.user_id
-    )
-    if incremental:
-        # The row the checkpoint ended at, to check it is still there as verified.
-        anchor = ledger.alias("anchor")
-        joined = joined.outerjoin(
-            checkpoints, checkpoints.c.user_id == balances.c.user_id
-        ).outerjoin(
-            anchor,
-            and_(
-                anchor.c.id == checkpoints.c.last_transaction_id,
-                anchor.c.user_id == checkpoints.c.user_id,
-            ),
-        )
-        checkpoint_columns.append(anchor.c.balance_after.label("anchor_balance_after"))
-    else:
-        checkpoint_columns.append(null().label("anchor_balance_after"))
-        checkpoint_columns = [null().label(column.name) for column in checkpoint_columns]
-    stmt = (
-        select(
-            balances.c.user_id,
-            balances.c.balance.label("cached_balance"),
-            balances.c.total_recharged.label("cached_total_recharged"),
-            balances.c.total_spent.label("cached_total_spent"),
-            balances.c.credit_limit,
-            *(balances.c[name] for name in POLICY_COLUMNS),
-            balances.c.suspend_at,
-            balances.c.status.label("cached_status"),
-            balances.c.held.label("cached_held"),
-            func.coalesce(active.c.held, 0).label("actual_held"),
-            new.c.row_count,
-            new.c.balance,
-            new.c.total_recharged,
-            new.c.total_spent,
-            new.c.last_transaction_id,
-            *checkpoint_columns,
-        )
-        .select_from(joined)
-        .where(balances.c.user_id.between(low, high))
-        .order_by(balances.c.user_id)
-    )
-    return list(conn.execute(stmt))
-
-
-def snapshot_breaks(conn: Connection, low: int, high: int, *, incremental: bool) -> list[Row[Any]]:
-    """Ledger rows of accounts low..high whose snapshot does not follow the previous row.
-
-    A row is broken when ``balance_after != balance_before ± amount`` or when its
-    ``balance_before`` is not the previous row's ``balance_after`` (0 before the first
-    row; the checkpoint's last balance before the first unverified row).
-    """
-    rows = _rows_to_verify(low, high, incremental)
-    previous_after = func.lag(rows.c.balance_after).over(
-        partition_by=rows.c.user_id, order_by=rows.c.id
-    )
-    walk = select(
-        *[rows.c[name] for name in _ROW_COLUMNS],
-        effect_on("balance", rows).label("effect"),
-        func.coalesce(previous_after, rows.c.start_after).label("previous_after"),
-    ).subquery("walk")
-    stmt = (
-        select(walk)
-        .where(
-            or_(
-                walk.c.balance_after != walk.c.balance_before + walk.c.effect,
-                walk.c.balance_before != walk.c.previous_after,
-            )
-        )
-        .order_by(walk.c.user_id, walk.c.id)
-    )
-    return list(conn.execute(stmt))
 
 
 def orphan_ledger_accounts(conn: Connection, user_id: int | None = None) -> list[Row[Any]]:

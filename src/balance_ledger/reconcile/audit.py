@@ -16,7 +16,7 @@ from ..models import (
     StatusChange,
 )
 from ..outbox import events
-from .reports import Discrepancy, RebuildReport, SyncReport
+from .reports import Discrepancy, RebuildReport, SyncReport, UserSync
 
 
 def save_chunk(
@@ -77,6 +77,14 @@ def run_outcome(report: SyncReport) -> str:
     if not report.in_sync:
         return "out_of_sync"
     return "fixed" if report.fixed else "in_sync"
+
+
+def count_passed(report: SyncReport, passed: int, asked_for: int | None) -> None:
+    """Accounts the scan itself found in sync: checked and in sync, nothing to judge."""
+    report.checked += passed
+    report.synced += passed
+    if asked_for is not None and passed:
+        report.details.append(UserSync(asked_for, "in_sync"))
 
 
 def verify_counts(report: SyncReport) -> dict[str, int]:

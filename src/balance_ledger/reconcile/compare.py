@@ -10,8 +10,9 @@ from sqlalchemy import Connection, Row
 
 from .. import policy
 from ..chain import anchors
-from ..db import sync_audit
+from ..db import scan
 from ..db.dialects import Backend
+from ..db.scan import ChunkScan
 from ..models import (
     AccountPolicy,
     Balance,
@@ -101,7 +102,7 @@ def stored_of_account(account: Balance) -> Stored:
 
 
 def scanned_discrepancy(row: Row[Any], actual: LedgerTotals | None = None) -> Discrepancy | None:
-    """A compare_chunk row's discrepancy (cache against checkpoint + new rows and holds)."""
+    """A scanned row's discrepancy (cache against checkpoint + new rows and holds)."""
     totals = ledger_figures(row) if actual is None else actual
     return discrepancy_of(
         row.user_id,
@@ -114,12 +115,43 @@ def scanned_discrepancy(row: Row[Any], actual: LedgerTotals | None = None) -> Di
     )
 
 
+def scanned_chunk(
+    conn: Connection,
+    backend: Backend,
+    low: int,
+    high: int,
+    *,
+    incremental: bool,
+    passing: bool = False,
+    checkpoint_at: datetime | None = None,
+) -> tuple[ChunkScan, dict[int, SyncError]]:
+    """The chunk's scan (see db/scan.py), and the first broken row of each account whose
+    chain the scan found broken: looked for only in those accounts, where the hashes
+    were checked in SQL; in every account of the chunk where they were not (SQLite)."""
+    found = scan.scan_chunk(
+        conn,
+        backend,
+        low,
+        high,
+        incremental=incremental,
+        passing=passing,
+        checkpoint_at=checkpoint_at,
+    )
+    if not incremental and not found.hashes_checked:
+        return found, chain_errors(conn, backend, low, high, incremental)
+    breaks: dict[int, SyncError] = {}
+    for row in found.rows:
+        if row.broken:
+            breaks.update(chain_errors(conn, backend, row.user_id, row.user_id, incremental))
+    return found, breaks
+
+
 def chain_errors(
     conn: Connection, backend: Backend, low: int, high: int, incremental: bool
 ) -> dict[int, SyncError]:
-    """The first broken row of each account in the chunk (hashes too in full mode)."""
+    """The first broken row of each account low..high (hashes too in full mode)."""
     first = {} if incremental else _hash_chain_errors(conn, backend, low, high)
-    for row in sync_audit.snapshot_breaks(conn, low, high, incremental=incremental):
+    for row in scan.snapshot_breaks(conn, low, high, incremental=incremental):
         earlier = first.get(row.user_id)
         if earlier is not None and (earlier.transaction_id or 0) <= row.id:
             continue  # a hash break at or before this row is the one to report
@@ -168,7 +200,7 @@ def checkpoint_of(row: Row[Any], actual: LedgerTotals, now: datetime) -> dict[st
 
 def stale_checkpoint(row: Row[Any]) -> SyncError | None:
     """The checkpoint's last row must still be there, ending where the checkpoint says."""
-    if row.cp_last_transaction_id is None or row.anchor_balance_after == row.cp_last_balance_after:
+    if row.cp_last_transaction_id is None or row.cp_row_balance_after == row.cp_last_balance_after:
         return None
     return SyncError(
         row.user_id,

@@ -4,8 +4,9 @@ discrepancy scan, the audit trail and the scheduled slots, chunk by chunk."""
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
@@ -15,20 +16,28 @@ from sqlalchemy import Connection, Row
 
 from .. import clock
 from ..db import queries, sync_audit
+from ..db.scan import ChunkScan, scan_chunk
 from ..db.transactions import Database
 from ..errors import AccountNotFound, BalanceError, StorageError
 from ..models import (
     LedgerTotals,
 )
 from ..outbox import events
-from .audit import rebuild_counts, rewrite_cache, run_outcome, save_chunk, verify_counts
+from .audit import (
+    count_passed,
+    rebuild_counts,
+    rewrite_cache,
+    run_outcome,
+    save_chunk,
+    verify_counts,
+)
 from .compare import (
     actual_of_sums,
-    chain_errors,
     checkpoint_of,
     discrepancy_of,
     history_changed,
     ledger_figures,
+    scanned_chunk,
     scanned_discrepancy,
     stale_checkpoint,
     stored_of_account,
@@ -49,13 +58,20 @@ from .reports import (
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
+# Chunks scanned at once, each on its own connection, ahead of the one being judged.
+SCANNERS = 2
+_CHUNKS_PER_READ = 16
+
 
 class Reconciler:
     """Verify, fix and rebuild over a Database; BalanceService delegates here."""
 
-    def __init__(self, db: Database, *, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(
+        self, db: Database, *, chunk_size: int = CHUNK_SIZE, scanners: int = SCANNERS
+    ) -> None:
         self.db = db
         self.chunk_size = chunk_size
+        self.scanners = 1 if db.backend.single_connection else scanners
 
     def _chunks(self, user_id: int | None) -> Iterator[list[int]]:
         """The account ids of each chunk, read with keyset pagination."""
@@ -63,27 +79,29 @@ class Reconciler:
             yield [user_id]
             return
         after = 0
+        size = self.chunk_size
+        # The ids of several chunks per read: a read per chunk kept the scanners waiting.
         while ids := self.db.read(
-            partial(sync_audit.next_user_ids, after=after, limit=self.chunk_size)
+            partial(sync_audit.next_user_ids, after=after, limit=size * _CHUNKS_PER_READ)
         ):
-            yield ids
+            for start in range(0, len(ids), size):
+                yield ids[start : start + size]
             after = ids[-1]
 
     def _scanned_ahead(
         self, chunks: Iterator[list[int]], scan: Callable[[list[int]], R]
     ) -> Iterator[R]:
-        """Each chunk's scan, in order. The next chunk is scanned on another connection
-        while the caller judges and writes this one: the server reads while Python works,
-        where one connection left one of them idle at a time."""
-        with ThreadPoolExecutor(1, thread_name_prefix="balance-verify-ahead") as ahead:
-            ids = next(chunks, None)
-            pending = ahead.submit(scan, ids) if ids is not None else None
-            while ids is not None and pending is not None:
-                following = next(chunks, None)
-                scanned = pending.result()
-                pending = ahead.submit(scan, following) if following is not None else None
-                yield scanned
-                ids = following
+        """Each chunk's scan, in order, with the next ``scanners`` chunks scanned meanwhile,
+        each on its own connection: the scan is the server's work, which one connection
+        would leave to one of its cores while the caller judges and writes."""
+        with ThreadPoolExecutor(self.scanners, thread_name_prefix="balance-verify-scan") as pool:
+            pending: deque[Future[R]] = deque()
+            for ids in chunks:
+                pending.append(pool.submit(scan, ids))
+                if len(pending) > self.scanners:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def _total(self, user_id: int | None) -> int:
         return 1 if user_id is not None else self.db.read(sync_audit.count_accounts)
@@ -160,14 +178,17 @@ class Reconciler:
         progress: Progress | None,
     ) -> None:
         total = self._total(user_id)
-        scan = partial(self._chunk_or_each, run=partial(self._scan, incremental=incremental))
+        scan = partial(
+            self._chunk_or_each, run=partial(self._scan, incremental=incremental, record=record)
+        )
         for scans, unreadable in self._scanned_ahead(self._chunks(user_id), scan):
             now = clock.now()
             checkpoints: list[dict[str, Any]] = []
             dropped: list[int] = []
             unfixed: list[Discrepancy] = []
-            for rows, breaks in scans:
-                for row in rows:
+            for scanned, breaks in scans:
+                count_passed(report, scanned.passed, user_id)
+                for row in scanned.rows:
                     actual = ledger_figures(row)
                     found, problem = self._judge(row, actual, breaks.get(row.user_id), incremental)
                     if problem is not None:
@@ -197,13 +218,15 @@ class Reconciler:
             self._check_orphans(report, user_id)
 
     def _scan(
-        self, low: int, high: int, *, incremental: bool
-    ) -> tuple[list[Row[Any]], dict[int, SyncError]]:
-        def work(conn: Connection) -> tuple[list[Row[Any]], dict[int, SyncError]]:
-            rows = sync_audit.compare_chunk(conn, low, high, incremental=incremental)
-            return rows, chain_errors(conn, self.db.backend, low, high, incremental)
-
-        return self.db.read(work)
+        self, low: int, high: int, *, incremental: bool, record: bool
+    ) -> tuple[ChunkScan, dict[int, SyncError]]:
+        """The chunk's scan. Where the statement can write (PostgreSQL), the accounts it
+        finds plainly in sync are counted and, in a recorded run, checkpointed by it."""
+        writes = record and self.db.backend.chains_writes
+        at = clock.now() if writes else None
+        scan = partial(scanned_chunk, backend=self.db.backend, low=low, high=high)
+        scan = partial(scan, incremental=incremental, passing=True, checkpoint_at=at)
+        return self.db.write(scan) if writes else self.db.read(scan)
 
     def _judge(
         self, row: Row[Any], actual: LedgerTotals, broken: SyncError | None, incremental: bool
@@ -223,8 +246,9 @@ class Reconciler:
         If the whole ledger agrees with the cache, the checkpoint's sums are what is
         wrong: history before it changed since it was verified.
         """
+        user_id = row.user_id
         full = self.db.read(
-            partial(sync_audit.compare_chunk, low=row.user_id, high=row.user_id, incremental=False)
+            lambda conn: scan_chunk(conn, self.db.backend, user_id, user_id, incremental=False).rows
         )
         if not full:
             return None, None  # the account is gone
@@ -375,9 +399,9 @@ class Reconciler:
         def work(conn: Connection) -> tuple[list[ColumnChange], list[SyncError]]:
             if run_id is not None:
                 sync_audit.lock_balances(conn, low, high)
-            broken = chain_errors(conn, self.db.backend, low, high, incremental=False)
+            scanned, broken = scanned_chunk(conn, self.db.backend, low, high, incremental=False)
             changes: list[ColumnChange] = []
-            for row in sync_audit.compare_chunk(conn, low, high, incremental=False):
+            for row in scanned.rows:
                 if row.user_id in broken:
                     continue
                 found = scanned_discrepancy(row)
