@@ -26,6 +26,8 @@ of the batch gets the error, to settle with a keyed retry, as for a single charg
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import queue
 import threading
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self, Unpack
 
-from .errors import BalanceError, CommitUnknown, InvalidRequest, StorageError
+from .errors import CommitUnknown, InvalidRequest, StorageError
 from .models import Transaction
 from .money.post import BATCH_ACCOUNTS
 from .money.requests import Charge, ChargeOptions
@@ -47,8 +49,32 @@ DEFAULT_MAX_BATCH = 500
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
+    """A queued charge and where its outcome goes: a thread's Future, or an event loop's
+    future, settled on its loop (no Future and lock per request for an async caller)."""
+
     request: Charge
-    outcome: Future[Transaction] = field(default_factory=Future)
+    outcome: Future[Transaction] | asyncio.Future[Transaction] = field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def answer(self, outcome: Transaction | BaseException) -> None:
+        if self.loop is None:
+            _settle(self.outcome, outcome)
+        else:
+            # A closed loop (RuntimeError) has nobody awaiting the answer any more.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(_settle, self.outcome, outcome)
+
+
+def _settle(
+    future: Future[Transaction] | asyncio.Future[Transaction],
+    outcome: Transaction | BaseException,
+) -> None:
+    if future.cancelled():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 _STOP = object()  # tells a writer thread to finish
@@ -106,13 +132,25 @@ class ChargeCoalescer:
 
     def submit(self, request: Charge) -> Transaction:
         """``BalanceService.charge(request)``, committed together with concurrent charges."""
-        request.movement()  # refuse a malformed charge now, not from the writer thread
-        pending = _Pending(request)
+        future: Future[Transaction] = Future()
+        self._enqueue(_Pending(request, future))
+        return future.result()
+
+    async def submit_async(self, request: Charge) -> Transaction:
+        """``submit`` for an event loop: awaits the charge's batch instead of blocking a
+        thread, so an async server needs no thread per waiting request. Cancelling the
+        await does not take the charge back: it is written with its batch."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Transaction] = loop.create_future()
+        self._enqueue(_Pending(request, future, loop))
+        return await asyncio.shield(future)
+
+    def _enqueue(self, pending: _Pending) -> None:
+        pending.request.movement()  # refuse a malformed charge now, not from the writer
         with self._closing:
             if self._closed:
                 raise InvalidRequest("the charge coalescer is closed")
             self._queue.put(pending)
-        return pending.outcome.result()
 
     def close(self, timeout: float | None = None) -> bool:
         """Write every queued charge, then stop the writer threads (idempotent).
@@ -177,7 +215,7 @@ class ChargeCoalescer:
             results = self._service.charge_many([pending.request for pending in batch])
         except CommitUnknown as error:
             for pending in batch:  # may have committed: re-running could charge twice
-                pending.outcome.set_exception(copy.copy(error))
+                pending.answer(copy.copy(error))
             return
         except StorageError:
             for pending in batch:  # rolled back as a whole: each on its own now
@@ -185,20 +223,17 @@ class ChargeCoalescer:
             return
         except BaseException as error:  # a bug: tell every caller, keep the writer alive
             for pending in batch:
-                pending.outcome.set_exception(copy.copy(error))
+                pending.answer(copy.copy(error))
             return
         for pending, result in zip(batch, results, strict=True):
-            if isinstance(result, BalanceError):
-                pending.outcome.set_exception(result)
-            else:
-                pending.outcome.set_result(result)
+            pending.answer(result)
 
     def _write_alone(self, pending: _Pending) -> None:
         """One charge in its own transaction: the single-movement path, fewer statements."""
         try:
-            pending.outcome.set_result(self._service.charge(pending.request))
+            pending.answer(self._service.charge(pending.request))
         except BaseException as error:  # its typed error, or a bug: the caller gets it
-            pending.outcome.set_exception(error)
+            pending.answer(error)
 
 
 def _whole(value: object) -> bool:

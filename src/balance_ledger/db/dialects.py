@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -35,6 +36,7 @@ from sqlalchemy import (
     Engine,
     Executable,
     FromClause,
+    Select,
     Table,
     Text,
     bindparam,
@@ -81,6 +83,15 @@ _MARIADB_RETRYABLE = {1205, 1213}
 _PG_UNDEFINED_TABLE = "42P01"
 _PG_ENDED = {"57P01", "57P02"}  # admin shutdown (pg_terminate_backend), crash shutdown
 _MARIADB_NO_SUCH_TABLE = 1146
+
+
+@cache
+def _drawing_ids(table: Table) -> Select[Any]:
+    """PostgreSQL: ``:count`` fresh ids of ``table``, as one array (fetching a thousand
+    rows cost more than drawing them); built once."""
+    sequence = func.pg_get_serial_sequence(table.name, "id")
+    drawn = func.array_agg(func.nextval(sequence))
+    return select(drawn).select_from(func.generate_series(1, bindparam("count")))
 
 
 @dataclass(frozen=True)
@@ -162,11 +173,8 @@ class Backend:
         where the backend has no sequence to draw them from (MariaDB, SQLite)."""
         if self.name != "postgresql":
             return None
-        sequence = func.pg_get_serial_sequence(table.name, "id")
-        # One array, not a row per id: fetching a thousand rows cost more than drawing them.
-        drawn = func.array_agg(func.nextval(sequence))
-        stmt = select(drawn).select_from(func.generate_series(1, count))
-        return sorted(conn.execute(stmt).scalar_one() or [])  # array_agg of none is NULL
+        stmt = _drawing_ids(table)
+        return sorted(conn.execute(stmt, {"count": count}).scalar_one() or [])
 
     def insert_rows(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows``, all with the same columns of ``table`` (one left out takes its

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     FromClause,
     Row,
     RowMapping,
+    Select,
     Table,
     bindparam,
     case,
@@ -237,22 +239,29 @@ def find_by_idempotency_keys(
 
 
 def keyed_rows(
-    conn: Connection, table: Table, pairs: set[tuple[int, str]], *where: ColumnElement[bool]
+    conn: Connection, table: Table, pairs: set[tuple[int, str]], key_scope: str | None = None
 ) -> Iterator[tuple[tuple[int, str], RowMapping]]:
-    """The rows of ``table`` (also matching ``where``) whose (user_id, idempotency_key)
-    is one of ``pairs``, by pair; in bounded IN lists."""
+    """The rows of ``table`` (of ``key_scope``, where the table has scopes) whose
+    (user_id, idempotency_key) is one of ``pairs``, by pair; in bounded IN lists."""
+    stmt = _keyed_rows(table, key_scope)
     listed = sorted(pairs)
     for start in range(0, len(listed), 1_000):
         part = listed[start : start + 1_000]
-        stmt = select(table).where(
-            *where,
-            table.c.user_id.in_({u for u, _ in part}),
-            table.c.idempotency_key.in_({k for _, k in part}),
-        )
-        for row in conn.execute(stmt).mappings():
+        users, keys = {u for u, _ in part}, {k for _, k in part}
+        for row in conn.execute(stmt, {"users": users, "keys": keys}).mappings():
             pair = (row["user_id"], row["idempotency_key"])
             if pair in pairs:
                 yield pair, row
+
+
+@cache
+def _keyed_rows(table: Table, key_scope: str | None) -> Select[Any]:
+    """keyed_rows' statement, built once (a batch's writer ran it twice per batch)."""
+    stmt = select(table).where(
+        table.c.user_id.in_(bindparam("users", expanding=True)),
+        table.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+    )
+    return stmt if key_scope is None else stmt.where(table.c.key_scope == key_scope)
 
 
 def reserve_ledger_ids(conn: Connection, backend: Backend, count: int) -> list[int] | None:

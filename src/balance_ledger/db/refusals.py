@@ -57,8 +57,8 @@ def find_many(
     conn: Connection, scope: KeyScope, pairs: set[tuple[int, str]]
 ) -> dict[tuple[int, str], Refusal]:
     """The refusals remembered under any of these (user_id, key) pairs."""
-    scoped = refusals.c.key_scope == scope.value
-    return {pair: _refusal(row) for pair, row in queries.keyed_rows(conn, refusals, pairs, scoped)}
+    found = queries.keyed_rows(conn, refusals, pairs, scope.value)
+    return {pair: _refusal(row) for pair, row in found}
 
 
 def insert_many(conn: Connection, remembered: list[Refusal]) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..models import ApiKey, Scope
@@ -45,16 +46,26 @@ class KeyCache:
         self._entries: dict[str, tuple[float, ApiKey]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, secret: str) -> ApiKey | None:
+        """The key, if it authenticated less than ``seconds`` ago: no database read."""
+        if self.seconds <= 0:
+            return None
+        with self._lock:
+            cached = self._entries.get(_digest(secret))
+        if cached is not None and self.clock() < cached[0]:
+            return cached[1]
+        return None
+
     def authenticate(self, secret: str) -> ApiKey | None:
+        """The key, from the cache or else read (and then cached); None: unknown or revoked."""
         if self.seconds <= 0:
             return self.service.authenticate_api_key(secret)
-        digest = hashlib.sha256(secret.encode()).hexdigest()
         now = self.clock()
-        with self._lock:
-            cached = self._entries.get(digest)
-        if cached is not None and now < cached[0]:
-            return cached[1]
+        found = self.cached(secret)
+        if found is not None:
+            return found
         key = self.service.authenticate_api_key(secret)
+        digest = _digest(secret)
         with self._lock:
             if key is None:
                 self._entries.pop(digest, None)
@@ -65,17 +76,23 @@ class KeyCache:
         return key
 
 
-def require(scope: Scope) -> Callable[..., ApiKey]:
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def require(scope: Scope) -> Callable[..., Awaitable[ApiKey]]:
     """A dependency that lets the request through with a key allowed ``scope``."""
 
-    def authorised(
+    async def authorised(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ApiKey:
         if credentials is None:
             raise HTTPException(401, "send an API key: Authorization: Bearer <key>", _CHALLENGE)
         keys: KeyCache = request.app.state.keys
-        key = keys.authenticate(credentials.credentials)
+        secret = credentials.credentials
+        # On the event loop when cached; a read of the database goes to a worker thread.
+        key = keys.cached(secret) or await run_in_threadpool(keys.authenticate, secret)
         if key is None:
             raise HTTPException(401, "the API key is unknown or revoked", _CHALLENGE)
         if not key.allows(scope):

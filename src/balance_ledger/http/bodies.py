@@ -12,6 +12,7 @@ import typing
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+import orjson
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
 
@@ -141,6 +142,17 @@ def posted(row: Transaction, response: Response) -> dict[str, Any]:
     return replayable(row.replayed, response, transaction(row))
 
 
+def posted_response(row: Transaction) -> Response:
+    """``posted``'s answer, encoded by orjson, where FastAPI would validate and encode the
+    dict itself: the same JSON for a fraction of the CPU."""
+    return Response(
+        orjson.dumps(transaction(row), option=orjson.OPT_UTC_Z),
+        status_code=200 if row.replayed else 201,
+        headers={"Idempotent-Replayed": "true"} if row.replayed else None,
+        media_type="application/json",
+    )
+
+
 def replayable(replayed: bool, response: Response, body: dict[str, Any]) -> dict[str, Any]:
     if replayed:
         response.status_code = 200
@@ -157,10 +169,15 @@ def hold(reserved: Hold) -> dict[str, Any]:
     return _without_replayed(reserved)
 
 
+# Their fields are flat: no need of asdict's deep copy (a tenth of the charge route's CPU).
+_COLUMNS = {
+    kind: tuple(f.name for f in dataclasses.fields(kind) if f.name != "replayed")
+    for kind in (Transaction, Hold)
+}
+
+
 def _without_replayed(value: Transaction | Hold) -> dict[str, Any]:
-    columns = dataclasses.asdict(value)
-    del columns["replayed"]
-    return columns  # FastAPI encodes the enums and the datetimes
+    return {name: getattr(value, name) for name in _COLUMNS[type(value)]}
 
 
 def balance(card: Balance) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
@@ -15,16 +15,19 @@ from ..validation import MAX_PAGE
 from .auth import require
 from .metrics import Metrics
 
+# Dependencies are coroutines wherever they do no I/O: FastAPI runs a plain function
+# on a worker thread, a hop each that a request pays for nothing.
 
-def service_of(request: Request) -> BalanceService:
+
+async def service_of(request: Request) -> BalanceService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-def charge_of(request: Request) -> Callable[[Charge], Transaction]:
+async def charge_of(request: Request) -> Callable[[Charge], Awaitable[Transaction]]:
     return request.app.state.charge  # type: ignore[no-any-return]
 
 
-def metrics_of(request: Request) -> Metrics:
+async def metrics_of(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
@@ -34,8 +37,9 @@ def needs(scope: Scope) -> list[Dependency]:
 
 
 Service = Annotated[BalanceService, Depends(service_of)]
-# BalanceService.charge, or a ChargeCoalescer's submit while the app has group commit.
-Charger = Annotated[Callable[[Charge], Transaction], Depends(charge_of)]
+# BalanceService.charge on a worker thread, or a ChargeCoalescer's submit_async while the
+# app has group commit: awaited either way.
+Charger = Annotated[Callable[[Charge], Awaitable[Transaction]], Depends(charge_of)]
 Meter = Annotated[Metrics, Depends(metrics_of)]
 UserId = Annotated[int, Path(description="The account's user id.")]
 PageSize = Query(ge=1, le=MAX_PAGE, description="Rows per page.")

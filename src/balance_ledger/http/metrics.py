@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 from prometheus_client import (
@@ -91,16 +92,31 @@ class Metrics:
 
     def movement(self, kind: str, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``call(*args, **kwargs)``, counted by its outcome and timed."""
+        with self._counted(kind):
+            result = call(*args, **kwargs)
+        self.record(kind, result)
+        return result
+
+    async def awaited(
+        self, kind: str, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``movement`` of a coroutine function: ``await call(*args, **kwargs)``."""
+        with self._counted(kind):
+            result = await call(*args, **kwargs)
+        self.record(kind, result)
+        return result
+
+    @contextmanager
+    def _counted(self, kind: str) -> Iterator[None]:
+        """Time the call; count a typed error it raises (its result is the caller's)."""
         started = time.perf_counter()
         try:
-            result = call(*args, **kwargs)
+            yield
         except BalanceError as error:
             self.record(kind, error)
             raise
         finally:
             self.movement_seconds.labels(kind).observe(time.perf_counter() - started)
-        self.record(kind, result)
-        return result
 
     def record(self, kind: str, outcome: object) -> None:
         """Count one outcome: a typed error's problem code, else created or replayed."""

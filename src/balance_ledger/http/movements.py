@@ -41,23 +41,28 @@ def recharge(
     return bodies.posted(row, response)
 
 
-@router.post("/accounts/{user_id}/charges", status_code=201, dependencies=needs(Scope.CHARGE))
-def charge(
+@router.post(
+    "/accounts/{user_id}/charges",
+    status_code=201,
+    dependencies=needs(Scope.CHARGE),
+    response_model=dict[str, Any],
+)
+async def charge(
     user_id: UserId,
     body: bodies.Charge,
-    response: Response,
     charge: Charger,
     meter: Meter,
     idempotency_key: IdempotencyKey = None,
-) -> dict[str, Any]:
+) -> Response:
     """Debit the account for a service; 402 when the balance cannot cover it.
 
     Under ``balance serve`` concurrent charges share a transaction (group commit): a
     charge waits at most for the batch being written, then is written with the ones
     that queued meanwhile; each gets its own answer, as alone."""
+    # The hottest route: on the event loop, awaiting its charge, answered by orjson.
     request = Charge(user_id=user_id, idempotency_key=idempotency_key, **body.model_dump())
-    row = meter.movement("charge", charge, request)
-    return bodies.posted(row, response)
+    row = await meter.awaited("charge", charge, request)
+    return bodies.posted_response(row)
 
 
 @router.post("/charges:batch", dependencies=needs(Scope.CHARGE))
