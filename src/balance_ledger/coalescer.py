@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self, Unpack
 
@@ -50,10 +50,10 @@ DEFAULT_MAX_BATCH = 500
 @dataclass(frozen=True, slots=True)
 class _Pending:
     """A queued charge and where its outcome goes: a thread's Future, or an event loop's
-    future, settled on its loop (no Future and lock per request for an async caller)."""
+    future, settled on its loop (an async caller needs no thread-safe Future)."""
 
     request: Charge
-    outcome: Future[Transaction] | asyncio.Future[Transaction] = field(default_factory=Future)
+    outcome: Future[Transaction] | asyncio.Future[Transaction]
     loop: asyncio.AbstractEventLoop | None = None
 
     def answer(self, outcome: Transaction | BaseException) -> None:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -25,6 +27,7 @@ VOLATILE = {"id", "user_id", "created_at", "row_hash", "request_id", "instance"}
 @pytest.fixture
 def apps(svc: BalanceService) -> Iterator[dict[bool, TestClient]]:
     _, secret = svc.create_api_key("both", ["charge", "read"])
+    _, READ_ONLY["secret"] = svc.create_api_key("reader", ["read"])
     clients = {}
     for fast in (True, False):
         client = TestClient(create_app(svc, fast_charges=fast), raise_server_exceptions=False)
@@ -107,17 +110,34 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("a long key", {"json": {"amount": 1, "service_type": "vps"}, "key": "k" * 300}),
     ("a client's request id", {"json": {"amount": 1, "service_type": "vps"},
                                "headers": {"X-Request-Id": "abc-1"}}),
+    ("a key without the scope", {"json": {"amount": 1, "service_type": "vps"}, "auth": "read"}),
+    ("two keys", {"json": {"amount": 1, "service_type": "vps"}, "twice": "Idempotency-Key"}),
 ]  # fmt: skip
 
 
+READ_ONLY: dict[str, str] = {}  # the secret of a key allowed to read only
+
+
 def _send(client: TestClient, user_id: int, case: dict[str, Any]) -> Any:
-    headers = dict(case.get("headers", {}))
+    headers: list[tuple[str, str]] = list(case.get("headers", {}).items())
     if "key" in case:
-        headers["Idempotency-Key"] = case["key"]
+        headers.append(("Idempotency-Key", case["key"]))
+    if "twice" in case:
+        headers += [(case["twice"], "k-9"), (case["twice"], "k-10")]
     if "auth" in case:
-        headers["Authorization"] = case["auth"] or ""
-    body = {"json": case["json"]} if "json" in case else {"content": case["content"]}
-    return client.post(f"/v1/accounts/{user_id}/charges", headers=headers, **body)
+        auth = case["auth"]
+        headers.append(
+            ("Authorization", f"Bearer {READ_ONLY['secret']}" if auth == "read" else auth or "")
+        )
+    else:
+        headers.append(("Authorization", client.headers["Authorization"]))
+    body = case.get("json")
+    content = orjson.dumps(body) if body is not None else case["content"]
+    if body is not None:
+        headers.append(("Content-Type", "application/json"))
+    return client.post(
+        f"/v1/accounts/{user_id}/charges", headers=httpx.Headers(headers), content=content
+    )
 
 
 # The requests the fast path hands on to the route: it answers every other one itself.
@@ -133,6 +153,8 @@ HANDED_ON = {
     "no key",
     "an unknown key",
     "another scheme",
+    "a key without the scope",
+    "two keys",
 }
 
 
@@ -156,6 +178,8 @@ def test_the_fast_path_answers_every_request_as_the_route(
         fast = _send(apps[True], 1, case)
         plain = _send(apps[False], 2, case)
         assert _answer(fast) == _answer(plain), name
+        if name == "a client's request id":
+            assert fast.headers["X-Request-Id"] == plain.headers["X-Request-Id"] == "abc-1"
         if len(handed_on) > before:
             taken_by_route.add(name)
     assert taken_by_route == HANDED_ON
@@ -180,3 +204,21 @@ def test_the_fast_path_is_counted_under_the_route(
     counted = 'balance_http_requests_total{method="POST",route="/v1/accounts/{user_id}/charges",'
     assert f'{counted}status="201"}} 2.0' in scrape
     assert 'route="unmatched"' not in scrape
+
+
+def test_a_body_sent_in_chunks_past_the_limit_is_413_either_way(svc: BalanceService) -> None:
+    """No Content-Length to refuse it by: the limit stops it while it is read, in the
+    fast path or in the route (where FastAPI made any error reading a body a 400)."""
+    svc.open_account(1)
+    _, secret = svc.create_api_key("chunks", ["charge"])
+    for fast in (True, False):
+        app = create_app(svc, fast_charges=fast, max_body_bytes=100)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            client.headers["Authorization"] = f"Bearer {secret}"
+            for _ in range(2):  # the first caches the key: the second may go the fast way
+                answer = client.post(
+                    "/v1/accounts/1/charges",
+                    content=iter([b'{"amount": 1, "service_type": "', b"v" * 200, b'"}']),
+                    headers={"Content-Type": "application/json"},
+                )
+                assert (answer.status_code, answer.json()["code"]) == (413, "body-too-large")

@@ -70,7 +70,7 @@ def serve(
     """
     import uvicorn  # only here: every other command starts without the web stack
 
-    from ..http.app import DISPATCH_INTERVAL_ENV, GROUP_COMMIT_ENV
+    from ..http.app import DISPATCH_INTERVAL_ENV, GROUP_COMMIT_ENV, WORKER_ENV
     from ..http.supervision import SUPERVISOR_PID_ENV, exit_zero_on_sigterm
 
     exit_zero_on_sigterm()  # and bounded: even with a request stuck in the database
@@ -85,6 +85,7 @@ def serve(
     else:  # the flag decides, not a variable left in the environment
         os.environ.pop(DISPATCH_INTERVAL_ENV, None)
     os.environ[GROUP_COMMIT_ENV] = "1" if group_commit else "0"
+    os.environ[WORKER_ENV] = "1"
     with _shared_metrics(workers):
         uvicorn.run(
             "balance_ledger.http.app:app_from_environment",

@@ -1,13 +1,13 @@
 """The verifier's scan: ONE statement per chunk of accounts reads each ledger row once.
 
 Per account it returns the cache beside the ledger's figures (the checkpoint's sums
-plus the rows after it, or every row in full mode), the active holds, and whether the
-account's chain holds: every row's ``balance_before`` is the previous row's
-``balance_after`` and its ``balance_after`` is ``balance_before ± amount``; in full
-mode also every row's hash, recomputed by the server where it can.
+plus the rows after it, or every row in full mode), the active holds, and whether a
+row is ``broken``: a snapshot break (its ``balance_before`` is not the previous row's
+``balance_after``, or its ``balance_after`` is not ``balance_before ± amount``) or, in
+full mode, a chain break (its hash, recomputed by the server where it can, differs).
 
 Where one statement can also write (PostgreSQL), it can *pass* the accounts that are
-plainly in sync — figures, holds and chain agree, and the status needs no rule to
+plainly in sync — figures and holds agree, no break, and the status needs no rule to
 judge — write their checkpoints itself, and return only the others, which Python
 judges with the rules of reconcile/. One statement reads one snapshot, so a charge
 committing mid-scan moves the cache and the ledger together and is never mistaken
@@ -135,8 +135,8 @@ def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
 
 
 def _account_sums(backend: Backend, incremental: bool) -> tuple[Subquery, bool]:
-    """Per account: the sums of its rows to verify and whether its chain breaks; and
-    whether the hashes were checked."""
+    """Per account: the sums of its rows to verify and whether one is broken (a snapshot
+    or chain break); and whether the hashes were checked."""
     rows = rows_to_verify(_LOW, _HIGH, incremental)
     c = rows.c
     order = {"partition_by": c.user_id, "order_by": c.id}
@@ -214,12 +214,13 @@ def scan_chunk(
     return ChunkScan([row for row in result if row.user_id is not None], passed, hashes_checked)
 
 
-_compiled_sql: dict[tuple[int, str], tuple[str, dict[str, Any]]] = {}
+_compiled_sql: dict[tuple[int, str, str], tuple[str, dict[str, Any]]] = {}
 
 
 def _compiled(stmt: Select[Any], dialect: Dialect) -> tuple[str, dict[str, Any]]:
     """``stmt``'s SQL for ``dialect`` and the values of its own literals."""
-    key = (id(stmt), dialect.name)  # stmt is one of _statement's, which live for good
+    # stmt is one of _statement's, which live for good; the SQL is the driver's.
+    key = (id(stmt), dialect.name, dialect.driver)
     found = _compiled_sql.get(key)
     if found is None:
         compiled = stmt.compile(dialect=dialect)

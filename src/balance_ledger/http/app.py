@@ -36,6 +36,8 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_KEY_CACHE_SECONDS = 5.0
 DISPATCH_INTERVAL_ENV = "BALANCE_DISPATCH_INTERVAL"
 GROUP_COMMIT_ENV = "BALANCE_GROUP_COMMIT"
+# Set by `balance serve` for its workers: the process does nothing but serve.
+WORKER_ENV = "BALANCE_SERVE_WORKER"
 GROUP_COMMIT_DRAIN_SECONDS = 5.0  # at shutdown, the most the queued charges are waited for
 
 
@@ -114,7 +116,7 @@ def _lifespan(
             if dispatch_interval is not None:
                 running.enter_context(service.dispatcher().in_background(dispatch_interval))
             if group_commit:
-                coalescer = ChargeCoalescer(service, writers=int(os.environ.get("XW", "1")))
+                coalescer = ChargeCoalescer(service)
                 # At shutdown, first: what is queued is written (bounded: the database
                 # may be what hangs), after new charges go straight to the service.
                 running.callback(coalescer.close, GROUP_COMMIT_DRAIN_SECONDS)
@@ -137,7 +139,8 @@ def _on_a_thread(service: BalanceService) -> Callable[[Charge], Awaitable[Transa
 def app_from_environment() -> FastAPI:
     """The app ``balance serve`` runs in each uvicorn worker (BALANCE_DATABASE_URL,
     BALANCE_KEY_CACHE_SECONDS, BALANCE_DISPATCH_INTERVAL: set by --dispatch,
-    BALANCE_GROUP_COMMIT: 0 with --no-group-commit)."""
+    BALANCE_GROUP_COMMIT: 0 with --no-group-commit; BALANCE_SERVE_WORKER: 1 when started
+    by `balance serve`, which then tunes the process's cycle collector)."""
     url = os.environ.get("BALANCE_DATABASE_URL", "sqlite:///balance.db")
     cache = float(os.environ.get("BALANCE_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS))
     interval = os.environ.get(DISPATCH_INTERVAL_ENV)
@@ -148,7 +151,8 @@ def app_from_environment() -> FastAPI:
         dispatch_interval=None if interval is None else float(interval),
         group_commit=os.environ.get(GROUP_COMMIT_ENV, "1") == "1",
     )
-    _spare_the_collector()
+    if os.environ.get(WORKER_ENV) == "1":
+        _spare_the_collector()  # a process of its own: not a test's, nor an embedder's
     return app
 
 

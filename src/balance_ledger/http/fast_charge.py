@@ -54,10 +54,10 @@ class FastCharges:
         if headers is None or self._key(headers) is None:
             await self.app(scope, receive, send)
             return
-        body = await _body(receive)
-        request = _charge(int(matched.group(1)), headers, body)
-        if request is None:  # the route answers it, from the same body
-            await self.app(scope, _replaying(body, receive), send)
+        received, body = await _body(receive)
+        request = None if body is None else _charge(int(matched.group(1)), headers, body)
+        if request is None:  # the route answers it, from the same messages
+            await self.app(scope, _replaying(received, receive), send)
             return
         scope["route"] = self.route
         state = self.api.state
@@ -90,16 +90,17 @@ def _headers(scope: Scope) -> dict[bytes, bytes] | None:
     return found if kind == b"application/json" else None
 
 
-async def _body(receive: Receive) -> bytes:
-    chunks = []
+async def _body(receive: Receive) -> tuple[list[Message], bytes | None]:
+    """The messages received, and the whole body; None if the client left before it
+    was sent whole (the route then meets the disconnect, as it would have)."""
+    received: list[Message] = []
     while True:
         message = await receive()
-        if message["type"] != "http.request":  # the client left: the route sees it too
-            break
-        chunks.append(message.get("body", b""))
+        received.append(message)
+        if message["type"] != "http.request":
+            return received, None
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return received, b"".join(m.get("body", b"") for m in received)
 
 
 def _charge(user_id: int, headers: dict[bytes, bytes], body: bytes) -> Charge | None:
@@ -118,15 +119,11 @@ def _charge(user_id: int, headers: dict[bytes, bytes], body: bytes) -> Charge | 
     )
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that first hands out the body already read."""
-    pending = True
+def _replaying(received: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first hands out the messages already received, in order."""
+    pending = list(received)
 
     async def replay() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        return pending.pop(0) if pending else await receive()
 
     return replay

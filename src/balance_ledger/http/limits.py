@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .problems import problem
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from ``receive`` once the body passes the limit. An HTTPException, so a
+    FastAPI route reading its body lets it through (any other error there becomes a
+    400) and the app answers the same 413 problem as this middleware does."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, too_large(max_bytes))
+
+
+def too_large(max_bytes: int) -> str:
+    return f"the request body is larger than {max_bytes} bytes"
 
 
 class BodySizeLimit:
@@ -36,7 +46,7 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
+                raise _TooLarge(self.max_bytes)
             return message
 
         started = False
@@ -53,5 +63,4 @@ class BodySizeLimit:
                 await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"the request body is larger than {self.max_bytes} bytes"
-        await problem(413, "body-too-large", detail)(scope, receive, send)
+        await problem(413, "body-too-large", too_large(self.max_bytes))(scope, receive, send)

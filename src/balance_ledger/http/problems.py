@@ -166,7 +166,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        code = {401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed"}
+        code = {
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not-found",
+            405: "method-not-allowed",
+            413: "body-too-large",  # limits.py, raised while a route reads its body
+        }
         detail = error.detail if isinstance(error.detail, str) else "refused"
         headers = dict(error.headers) if error.headers else None
         status = error.status_code

@@ -7,6 +7,7 @@ client quoting it to support leads straight to the cause in the log.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from contextvars import ContextVar
@@ -19,9 +20,11 @@ HEADER = "X-Request-Id"
 # Ids echoed into headers and logs: short, and nothing that could split a line or a header.
 _WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _STATE_KEY = "request_id"
-# Seeded from os.urandom when the process starts (uvicorn's workers are spawned, so
-# each has its own); ids need to be unique, not secret.
-_random_bits = random.Random().getrandbits
+# Seeded from os.urandom when the process starts, and again in a forked child, so no
+# two processes share a stream; ids need to be unique, not secret.
+_random = random.Random()
+_random_bits = _random.getrandbits
+os.register_at_fork(after_in_child=_random.seed)
 _current: ContextVar[str | None] = ContextVar("balance_request_id", default=None)
 
 

@@ -4,9 +4,7 @@ discrepancy scan, the audit trail and the scheduled slots, chunk by chunk."""
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
@@ -31,6 +29,7 @@ from .audit import (
     save_chunk,
     verify_counts,
 )
+from .chunks import SCANNERS, chunks_of_accounts, scanned_ahead
 from .compare import (
     actual_of_sums,
     checkpoint_of,
@@ -58,10 +57,6 @@ from .reports import (
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
-# Chunks scanned at once, each on its own connection, ahead of the one being judged.
-SCANNERS = 2
-_CHUNKS_PER_READ = 16
-
 
 class Reconciler:
     """Verify, fix and rebuild over a Database; BalanceService delegates here."""
@@ -74,34 +69,9 @@ class Reconciler:
         self.scanners = 1 if db.backend.single_connection else scanners
 
     def _chunks(self, user_id: int | None) -> Iterator[list[int]]:
-        """The account ids of each chunk, read with keyset pagination."""
         if user_id is not None:
-            yield [user_id]
-            return
-        after = 0
-        size = self.chunk_size
-        # The ids of several chunks per read: a read per chunk kept the scanners waiting.
-        while ids := self.db.read(
-            partial(sync_audit.next_user_ids, after=after, limit=size * _CHUNKS_PER_READ)
-        ):
-            for start in range(0, len(ids), size):
-                yield ids[start : start + size]
-            after = ids[-1]
-
-    def _scanned_ahead(
-        self, chunks: Iterator[list[int]], scan: Callable[[list[int]], R]
-    ) -> Iterator[R]:
-        """Each chunk's scan, in order, with the next ``scanners`` chunks scanned meanwhile,
-        each on its own connection: the scan is the server's work, which one connection
-        would leave to one of its cores while the caller judges and writes."""
-        with ThreadPoolExecutor(self.scanners, thread_name_prefix="balance-verify-scan") as pool:
-            pending: deque[Future[R]] = deque()
-            for ids in chunks:
-                pending.append(pool.submit(scan, ids))
-                if len(pending) > self.scanners:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            return iter([[user_id]])
+        return chunks_of_accounts(self.db, self.chunk_size)
 
     def _total(self, user_id: int | None) -> int:
         return 1 if user_id is not None else self.db.read(sync_audit.count_accounts)
@@ -181,7 +151,7 @@ class Reconciler:
         scan = partial(
             self._chunk_or_each, run=partial(self._scan, incremental=incremental, record=record)
         )
-        for scans, unreadable in self._scanned_ahead(self._chunks(user_id), scan):
+        for scans, unreadable in scanned_ahead(self._chunks(user_id), scan, self.scanners):
             now = clock.now()
             checkpoints: list[dict[str, Any]] = []
             dropped: list[int] = []
