@@ -108,25 +108,28 @@ def snapshot_breaks(conn: Connection, low: int, high: int, *, incremental: bool)
     row; the checkpoint's last balance before the first unverified row).
     """
     rows = rows_to_verify(low, high, incremental)
-    previous_after = func.lag(rows.c.balance_after).over(
-        partition_by=rows.c.user_id, order_by=rows.c.id
-    )
+    effect, previous_after, broken = _snapshot_walk(rows)
     walk = select(
         *[rows.c[name] for name in _ROW_COLUMNS],
-        effect_on("balance", rows).label("effect"),
-        func.coalesce(previous_after, rows.c.start_after).label("previous_after"),
+        effect.label("effect"),
+        previous_after.label("previous_after"),
+        _flag(broken).label("broken"),
     ).subquery("walk")
-    stmt = (
-        select(walk)
-        .where(
-            or_(
-                walk.c.balance_after != walk.c.balance_before + walk.c.effect,
-                walk.c.balance_before != walk.c.previous_after,
-            )
-        )
-        .order_by(walk.c.user_id, walk.c.id)
-    )
+    stmt = select(walk).where(walk.c.broken == 1).order_by(walk.c.user_id, walk.c.id)
     return list(conn.execute(stmt))
+
+
+def _snapshot_walk(rows: Subquery) -> tuple[Any, Any, ColumnElement[bool]]:
+    """Over ``rows`` (rows_to_verify): each row's effect on the balance, the balance it
+    must start from (the previous row's ``balance_after``; ``start_after`` before the
+    first), and whether it is a snapshot break. One definition for the scan and for
+    snapshot_breaks, which names the broken row."""
+    c = rows.c
+    previous = func.lag(c.balance_after).over(partition_by=c.user_id, order_by=c.id)
+    previous_after = func.coalesce(previous, c.start_after)
+    effect = effect_on("balance", rows)
+    broken = or_(c.balance_after != c.balance_before + effect, c.balance_before != previous_after)
+    return effect, previous_after, broken
 
 
 def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
@@ -140,9 +143,7 @@ def _account_sums(backend: Backend, incremental: bool) -> tuple[Subquery, bool]:
     rows = rows_to_verify(_LOW, _HIGH, incremental)
     c = rows.c
     order = {"partition_by": c.user_id, "order_by": c.id}
-    previous_after = func.coalesce(func.lag(c.balance_after).over(**order), c.start_after)  # type: ignore[arg-type]
-    effect = effect_on("balance", rows)
-    broken = or_(c.balance_after != c.balance_before + effect, c.balance_before != previous_after)
+    effect, _, broken = _snapshot_walk(rows)
     flags = [broken]
     hashes_checked = False
     if not incremental:

@@ -194,8 +194,15 @@ class Reconciler:
         finds plainly in sync are counted and, in a recorded run, checkpointed by it."""
         writes = record and self.db.backend.chains_writes
         at = clock.now() if writes else None
-        scan = partial(scanned_chunk, backend=self.db.backend, low=low, high=high)
-        scan = partial(scan, incremental=incremental, passing=True, checkpoint_at=at)
+        scan = partial(
+            scanned_chunk,
+            backend=self.db.backend,
+            low=low,
+            high=high,
+            incremental=incremental,
+            passing=True,
+            checkpoint_at=at,
+        )
         return self.db.write(scan) if writes else self.db.read(scan)
 
     def _judge(
