@@ -153,6 +153,18 @@ class Database:
         except _SessionEnded:
             return self.read(settle)
 
+    def _alone(self, work: Work[T], conn: Connection) -> T:
+        """``work`` in autocommit. A connection whose session the server ended is
+        invalidated here, before it goes back to the pool: the server may still be
+        ending it, so the pool's reset can pass and hand it to the next caller (the
+        settling read), whose statement would then meet a dead session."""
+        try:
+            return work(conn)
+        except DBAPIError as error:
+            if self.backend.ended_by_server(error) and not conn.invalidated:
+                conn.invalidate(error)
+            raise
+
     def _run(self, work: Work[T], *, write: bool, alone: bool = False) -> T:
         for attempt in range(1, self.max_attempts + 1):
             progress = _Progress()
@@ -164,7 +176,7 @@ class Database:
                     conn = conn.execution_options(**options)
                     if alone:
                         with autocommit(conn):
-                            return work(conn)
+                            return self._alone(work, conn)
                     with conn.begin():
                         result = work(conn)
                         progress.committing = True  # leaving the block sends COMMIT
