@@ -8,6 +8,7 @@ snapshots, so one's snapshot goes stale when the other writes.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +97,49 @@ def test_a_key_answered_by_another_process_replays_its_row(svc, other, account_f
     assert again.replayed
     assert again.id == first.id
     assert svc.get_balance(account.user_id).balance == 70
+
+
+def test_a_retry_on_an_unchanged_account_replays_its_row_and_writes_nothing(svc, account_factory):
+    """The retry is decided on the snapshot its first attempt left: the one statement
+    meets the key in the ledger's unique constraint, and the locked path answers it."""
+    account = account_factory(balance=100)
+    announced = select(events.c.id).where(events.c.user_id == account.user_id)
+    first = svc.charge_service(account.user_id, 20, "vps", idempotency_key="k")
+    with svc.engine.connect() as conn:
+        written = conn.execute(announced).all()
+    again = svc.charge_service(account.user_id, 20, "vps", idempotency_key="k")
+    assert again.replayed
+    assert again.id == first.id
+    assert svc.get_balance(account.user_id).balance == 80
+    with svc.engine.connect() as conn:
+        assert conn.execute(announced).all() == written
+    assert svc.charge_service(account.user_id, 5, "vps").balance_after == 75
+
+
+def test_the_one_statement_reads_no_ledger_row(svc):
+    """Its plan is cached by the server: a plan made while the ledger was small could
+    read a key through the (user_id, id) index and filter every row of the account.
+    The statement leaves the key to the unique constraint and reads no ledger row."""
+    if svc.engine.dialect.name != "postgresql":
+        pytest.skip("the one statement is PostgreSQL's")
+    from balance_ledger.db.unchanged import _WRITE
+
+    sql = _WRITE.sql_for(svc.engine.dialect)
+    names: list[str] = []
+
+    def numbered(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    with svc.engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql("PREPARE one_statement AS " + re.sub(r"%\((\w+)\)s", numbered, sql))
+        nulls = ", ".join("NULL" for _ in names)
+        plan = "\n".join(conn.exec_driver_sql(f"EXPLAIN EXECUTE one_statement({nulls})").scalars())
+    scans = [line for line in plan.splitlines() if "Scan" in line and ledger.name in line]
+    assert scans == [], plan
+    assert f"Insert on {ledger.name}" in plan
 
 
 RACERS = 8

@@ -3,11 +3,18 @@
 
 ``read_snapshot`` reads an account as it is, with its version and its chain head, in
 one plain statement (no lock). ``write_unchanged`` is one autocommit statement: lock
-the balance row if nobody holds it, UPDATE it only while it is at that version and no row
-or refusal holds the key,
-INSERT the ledger row and its event only if it did, return the row's id. Every UPDATE
-of a balance row moves its version (a trigger: guards.py), so a write seen by none of
-these conditions cannot have happened in between.
+the balance row if nobody holds it, UPDATE it only while it is at that version and no
+refusal holds the key, INSERT the ledger row and its event only if it did, return the
+row's id. Every UPDATE of a balance row moves its version (a trigger: guards.py), so a
+write seen by none of these conditions cannot have happened in between.
+
+A key that already has its ledger row is refused by the ledger's unique (user_id,
+idempotency_key) constraint: the INSERT fails, and with it the whole statement. The
+statement does not look the key up itself: the server caches its plan, and a plan made
+while the ledger was small may read the key through the (user_id, id) index and filter
+every row of the account, a cost that grows with each row of a hot account (measured:
+0.7 ms per charge after 4,000 rows of one account, 2 ms after 20,000). The constraint's
+own check always goes through its index.
 """
 
 from __future__ import annotations
@@ -49,9 +56,6 @@ _SNAPSHOT = Prepared(
 )
 
 _KEY: Any = bindparam("row_idempotency_key", type_=ledger.c.idempotency_key.type)
-_KEY_ANSWERED = exists().where(
-    ledger.c.user_id == balances.c.user_id, ledger.c.idempotency_key == _KEY
-)
 _KEY_REFUSED = exists().where(
     refusals.c.user_id == balances.c.user_id,
     refusals.c.key_scope == KeyScope.LEDGER.value,
@@ -73,7 +77,6 @@ _LOCKED = (
 _MOVED = (
     UPDATE_BALANCE.where(
         balances.c.user_id.in_(select(_LOCKED.c.user_id)),
-        not_(_KEY_ANSWERED),
         not_(_KEY_REFUSED),
     )
     .returning(balances.c.user_id)
@@ -150,7 +153,7 @@ def write_unchanged(
     waited: float,
 ) -> int | None:
     """Write the ledger row ``values`` (every column but id), the account's figures and
-    the event, if the account is still at ``version`` and the key is unused; the new
+    the event, if the account is still at ``version`` and the key is unused (module doc); the new
     row's id, or None if nothing was written. The event's payload names the row by the
     draft id 0 at ``id_at``: the statement puts the new id there. Runs in autocommit:
     this statement is the commit. The lock-wait observer is told ``waited`` (for the
@@ -175,8 +178,7 @@ def write_unchanged(
         if observe is not None:
             observe(waited + time.perf_counter() - started)
     except IntegrityError:
-        # The key's row went in after this statement began, by a writer that moved no
-        # balance row (none does today): the locked path answers the key.
+        # The key has its row already (a retry): the locked path answers the key.
         return None
     except DBAPIError as error:
         if backend_of(conn.engine).is_lock_busy(error):
