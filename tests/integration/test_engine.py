@@ -17,3 +17,31 @@ def test_sessions_read_committed(svc, backend):
         pytest.skip("SQLite serialises writers with BEGIN IMMEDIATE instead")
     with svc.engine.connect() as conn:
         assert conn.get_isolation_level() == "READ COMMITTED"
+
+
+def test_postgresql_keeps_no_plan_of_a_key_lookup(svc, backend, account_factory):
+    """psycopg prepares a statement on its fifth run, and the server keeps the plan it
+    made for the tables as they were then: a key lookup planned while the ledger was
+    small read every row of a hot account later. Key lookups are planned on each run;
+    the statement run as often beside them is kept, so the check can tell."""
+    if backend != "postgresql":
+        pytest.skip("plans kept by the server are PostgreSQL's")
+    from sqlalchemy import select
+
+    from balance_ledger.db import queries, refusals
+    from balance_ledger.db.tables import user_balance_transactions as ledger
+
+    user_id = account_factory(balance=100).user_id
+    newest = select(ledger.c.id).where(ledger.c.user_id == user_id)
+    with svc.engine.connect() as conn:
+        for n in range(8):
+            key = f"k{n}"
+            assert refusals.earlier_answer(conn, user_id, key) is None
+            assert list(queries.keyed_rows(conn, ledger, {(user_id, key)})) == []
+            assert queries.find_hold_by_key(conn, user_id, key) is None
+            conn.execute(newest).all()
+        kept = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars()
+        kept = list(kept)
+    assert any("FROM user_balance_transactions" in sql for sql in kept), kept
+    lookups = ("user_balance_transactions.idempotency_key", "balance_holds.idempotency_key")
+    assert not [sql for sql in kept if any(lookup in sql for lookup in lookups)], kept

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, literal, select, u
 
 from ..models import KeyScope, Refusal, Transaction
 from . import queries
+from .dialects import planned_each_run
 from .tables import balance_refusals as refusals
 from .tables import user_balance_transactions as ledger
 from .tables import user_balances as balances
@@ -39,7 +40,8 @@ _FIND = select(refusals).where(
 def earlier_answer(conn: Connection, user_id: int, key: str) -> Transaction | Refusal | None:
     """The ledger row or the refusal an earlier attempt with ``key`` left, if any.
     Run it under the account's lock: every answer for a key is written under it."""
-    found = conn.execute(_EARLIER, {"user_id": user_id, "key": key}).first()
+    with planned_each_run(conn):
+        found = conn.execute(_EARLIER, {"user_id": user_id, "key": key}).first()
     if found is None:
         return None
     if found.rank == 0:
