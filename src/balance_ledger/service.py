@@ -45,6 +45,7 @@ from .models import (
 from .money import accounts, history, holds, requests
 from .money.post import (
     BATCH_ACCOUNTS,
+    KeysAnswered,
     Sent,
     by_account_groups,
     post,
@@ -215,15 +216,16 @@ class BalanceService(Operations):
         # held for the whole of a huge batch.
         everything = list(range(len(planned)))
         groups = [everything] if atomic else by_account_groups(todo, planned, BATCH_ACCOUNTS)
-        for group in groups:
+        backend = self._db.backend
+        for group in groups:  # keys left to the unique constraint as by _post_locked
             work = partial(
-                post_many,
-                movements=planned,
-                indices=group,
-                atomic=atomic,
-                backend=self._db.backend,
+                post_many, movements=planned, indices=group, atomic=atomic, backend=backend
             )
-            outcomes, changes = self._db.write(work)
+            try:
+                look_up_keys = not backend.keys_by_constraint
+                outcomes, changes = self._db.write(partial(work, look_up_keys=look_up_keys))
+            except KeysAnswered:  # a retried key: rolled back; again, reading keys first
+                outcomes, changes = self._db.write(work)
             for i, outcome in outcomes.items():
                 results[i] = outcome
             for change in changes:
@@ -348,9 +350,8 @@ class BalanceService(Operations):
         """One movement: in one statement while its account is unchanged (PostgreSQL),
         else, and for every refund, under the account's lock (money/post.py)."""
         user_id, snapshots = request.user_id, self._snapshots
-        locked = partial(post, backend=self._db.backend, movement=request)
         if snapshots is None:
-            return self._run(locked)
+            return self._post_locked(request)
         if request.related_transaction_id is None:
             sent = Sent()  # what a write whose session ended is looked up by
             work = partial(post_unchanged, movement=request, snapshots=snapshots, sent=sent)
@@ -358,7 +359,17 @@ class BalanceService(Operations):
             if written is not None:
                 return written
         try:
-            return self._run(locked)
+            return self._post_locked(request)
         finally:
             with snapshots.turn(user_id):
                 snapshots.forget(user_id)  # its version moved (unless nothing was written)
+
+    def _post_locked(self, request: Movement) -> Transaction:
+        """``post``; its key left to the ledger's unique constraint where it can tell
+        (dialects.py: keys_by_constraint), read first once that says it is used."""
+        backend = self._db.backend
+        locked = partial(post, backend=backend, movement=request)
+        try:
+            return self._run(partial(locked, look_up_keys=not backend.keys_by_constraint))
+        except KeysAnswered:  # a retried key: rolled back; again, reading the key first
+            return self._run(locked)

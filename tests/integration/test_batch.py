@@ -104,6 +104,32 @@ def test_batch_items_are_idempotent_with_their_keys(svc, account_factory):
     assert svc.charge_many([{**item, "amount": 50, "idempotency_key": "hour-2"}]) == [results[1]]
 
 
+@pytest.mark.parametrize("mode", ["independent", "all_or_nothing"])
+def test_a_used_key_the_balance_could_not_pay_again_replays_its_row(
+    svc, account_factory, dump, mode
+):
+    """A retried item is its first answer even where deciding it anew would refuse it
+    (PostgreSQL decides a batch before it reads its keys: the refusal is not kept)."""
+    account = account_factory(balance=100)
+    first = svc.charge_service(account.user_id, 80, "vps", idempotency_key="hour-1")
+    item = {"user_id": account.user_id, "service_type": "vps"}
+    before = dump()
+    results = svc.charge_many([{**item, "amount": 80, "idempotency_key": "hour-1"}], mode=mode)
+    assert results == [first]
+    assert results[0].replayed
+    assert dump() == before
+    fresh = svc.charge_many(
+        [
+            {**item, "amount": 80, "idempotency_key": "hour-1"},
+            {**item, "amount": 15, "idempotency_key": "hour-2"},
+        ],
+        mode=mode,
+    )
+    assert fresh[0] == first
+    assert isinstance(fresh[1], Transaction)
+    assert fresh[1].balance_after == 5
+
+
 def test_batch_overdraft_suspends_and_calls_back_after_commit(svc, account_factory):
     account = account_factory(balance=10)
     seen = []

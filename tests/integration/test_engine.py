@@ -21,9 +21,10 @@ def test_sessions_read_committed(svc, backend):
 
 def test_postgresql_keeps_no_plan_of_a_key_lookup(svc, backend, account_factory):
     """psycopg prepares a statement on its fifth run, and the server keeps the plan it
-    made for the tables as they were then: a key lookup planned while the ledger was
-    small read every row of a hot account later. Key lookups are planned on each run;
-    the statement run as often beside them is kept, so the check can tell."""
+    made for the tables as they were then: a key lookup or a chain head planned while
+    the ledger was small read every row of a hot account, or the whole ledger, later.
+    They are planned on each run; the statement run as often beside them is kept, so
+    the check can tell."""
     if backend != "postgresql":
         pytest.skip("plans kept by the server are PostgreSQL's")
     from sqlalchemy import select
@@ -39,9 +40,16 @@ def test_postgresql_keeps_no_plan_of_a_key_lookup(svc, backend, account_factory)
             assert refusals.earlier_answer(conn, user_id, key) is None
             assert list(queries.keyed_rows(conn, ledger, {(user_id, key)})) == []
             assert queries.find_hold_by_key(conn, user_id, key) is None
+            assert queries.chain_head(conn, user_id) is not None
+            assert list(queries.chain_heads(conn, [user_id])) == [user_id]
             conn.execute(newest).all()
         kept = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars()
         kept = list(kept)
     assert any("FROM user_balance_transactions" in sql for sql in kept), kept
-    lookups = ("user_balance_transactions.idempotency_key", "balance_holds.idempotency_key")
+    lookups = (
+        "user_balance_transactions.idempotency_key",
+        "balance_holds.idempotency_key",
+        "ORDER BY user_balance_transactions.id DESC",  # an account's chain head
+        "max(newer.id)",  # the chain heads of a batch's accounts
+    )
     assert not [sql for sql in kept if any(lookup in sql for lookup in lookups)], kept

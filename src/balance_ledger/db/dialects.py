@@ -83,6 +83,7 @@ _MARIADB_RETRYABLE = {1205, 1213}
 _PG_UNDEFINED_TABLE = "42P01"
 _PG_ENDED = {"57P01", "57P02"}  # admin shutdown (pg_terminate_backend), crash shutdown
 _MARIADB_NO_SUCH_TABLE = 1146
+LEDGER_KEY_CONSTRAINT = "uq_user_balance_transactions_user_id_idempotency_key"
 
 
 @cache
@@ -111,6 +112,21 @@ class Backend:
         """True when the server ended the session (terminated, or shutting down): whatever
         it was running is committed or rolled back for good, nothing of it runs on."""
         return self.name == "postgresql" and getattr(error.orig, "sqlstate", None) in _PG_ENDED
+
+    @property
+    def keys_by_constraint(self) -> bool:
+        """True where a write leaves its idempotency keys to the ledger's unique
+        constraint instead of reading them first (money/post.py: post, post_many):
+        PostgreSQL, whose planner may read a key through the (user_id, id) index, row
+        by row, when its statistics lag a hot account (docs/performance.md)."""
+        return self.name == "postgresql"
+
+    def is_key_taken(self, error: DBAPIError) -> bool:
+        """True when an INSERT met the ledger's unique (user_id, idempotency_key)."""
+        if self.name != "postgresql" or getattr(error.orig, "sqlstate", None) != "23505":
+            return False
+        diag = getattr(error.orig, "diag", None)
+        return getattr(diag, "constraint_name", None) == LEDGER_KEY_CONSTRAINT
 
     def is_lock_busy(self, error: DBAPIError) -> bool:
         """True when a NOWAIT lock found the row locked by another session."""

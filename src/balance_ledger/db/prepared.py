@@ -3,7 +3,8 @@
 SQLAlchemy's execution (parameter processing, events, result objects) cost more client
 CPU than the round trip itself on the single-movement path. A ``Prepared`` statement is
 compiled once, for the connection's dialect, and run with ``cursor.execute(…,
-prepare=True)``; what SQLAlchemy would have done around it and that the ledger relies
+prepare=True)`` (or, for a statement whose best plan depends on the tables' sizes,
+unprepared); what SQLAlchemy would have done around it and that the ledger relies
 on is done here: the engine's cursor events run, driver errors become SQLAlchemy's
 ``DBAPIError`` (the transaction runner's retries and typed errors, a lost connection
 invalidated), the runner learns a statement ran, and the columns read are given their
@@ -38,11 +39,16 @@ class _Compiled:
 
 
 class Prepared:
-    """One statement that returns rows, compiled on first use for the dialect it is run on."""
+    """One statement that returns rows, compiled on first use for the dialect it is run on.
 
-    def __init__(self, statement: Select[Any]) -> None:
+    ``planned_each_run``: sent unprepared, so the server plans it for the tables as
+    they are (dialects.planned_each_run says why a statement that reads the ledger is).
+    """
+
+    def __init__(self, statement: Select[Any], *, planned_each_run: bool = False) -> None:
         self._statement = statement
         self._compiled: dict[str, _Compiled] = {}
+        self._prepare = not planned_each_run
 
     def _for(self, dialect: Dialect) -> _Compiled:
         found = self._compiled.get(dialect.name)
@@ -66,7 +72,7 @@ class Prepared:
     def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run it; its first row by column name, or None."""
         compiled = self._for(conn.dialect)
-        row = _execute(conn, compiled.sql, {**compiled.fixed, **params})
+        row = _execute(conn, compiled.sql, {**compiled.fixed, **params}, self._prepare)
         if row is None:
             return None
         return {
@@ -75,7 +81,9 @@ class Prepared:
         }
 
 
-def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+def _execute(
+    conn: Connection, sql: str, params: dict[str, Any], prepare: bool
+) -> tuple[Any, ...] | None:
     dialect = conn.dialect
     dbapi_connection = conn.connection.driver_connection
     cursor = dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -83,7 +91,7 @@ def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> tuple[Any, .
     try:
         for before in dispatch.before_cursor_execute:
             sql, params = before(conn, cursor, sql, params, None, False)
-        cursor.execute(sql, params, prepare=True)
+        cursor.execute(sql, params, prepare=prepare)
         for after in dispatch.after_cursor_execute:
             after(conn, cursor, sql, params, None, False)
         row: tuple[Any, ...] | None = cursor.fetchone()

@@ -52,7 +52,8 @@ _SNAPSHOT = Prepared(
         balances,
         _newest(ledger.c.id).label("head_id"),
         _newest(ledger.c.row_hash).label("head_hash"),
-    ).where(balances.c.user_id == bindparam("user_id"))
+    ).where(balances.c.user_id == bindparam("user_id")),
+    planned_each_run=True,  # it reads the ledger: a plan kept from a small one scans it
 )
 
 _KEY: Any = bindparam("row_idempotency_key", type_=ledger.c.idempotency_key.type)

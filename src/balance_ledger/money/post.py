@@ -3,7 +3,9 @@
 ``post`` is one movement (a charge, recharge, refund, adjustment or a hold's capture):
 
     lock the account's balance row            (SELECT … FOR UPDATE / BEGIN IMMEDIATE)
-    earlier answer under the idempotency key  (its row, or its remembered refusal)
+    earlier answer under the idempotency key  (its row, or its remembered refusal;
+                                               PostgreSQL: the refusal, the row only
+                                               once the INSERT met it: KeysAnswered)
     decide: currency, replay, suspension, funds, the new figures  (rules.py, pure)
     INSERT the ledger row, sealed onto the account's hash chain   (chain/rules.py)
     UPDATE the cached balance, totals and status
@@ -32,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row
+from sqlalchemy.exc import DBAPIError
 
 from .. import clock, idempotency, policy
 from ..chain.rules import Link, head_of, seal
@@ -49,17 +52,30 @@ BATCH_ACCOUNTS = 1_000  # accounts per transaction in an independent batch
 Posted = tuple[Transaction | Refused, StatusChange | None]
 
 
-def post(conn: Connection, backend: Backend, movement: Movement) -> Posted:
+class KeysAnswered(Exception):
+    """A movement or batch that left its keys to the ledger's unique constraint met a
+    key that has its row already (a retry): its transaction is rolled back, and it is
+    run again reading its keys first (BalanceService)."""
+
+
+def post(
+    conn: Connection, backend: Backend, movement: Movement, *, look_up_keys: bool = True
+) -> Posted:
     """The locked read-check-write of one movement; runs inside the write transaction.
 
     Returns the ledger row (a replay's earlier row, marked ``replayed``) and the status
     change it made. A refusal of a keyed movement is remembered under the key and
-    returned as Refused; anything else is raised (rollback: nothing is written)."""
+    returned as Refused; anything else is raised (rollback: nothing is written).
+    ``look_up_keys=False``: the key's ledger row is not read first (post_many says how
+    a used key then ends in KeysAnswered); its remembered refusal is."""
     account = queries.lock_balance(conn, movement.user_id)
     key = movement.idempotency_key
-    existing = None
+    existing: Transaction | Refusal | None = None
     if account is not None and key is not None:
-        existing = refusals.earlier_answer(conn, movement.user_id, key)
+        if look_up_keys:
+            existing = refusals.earlier_answer(conn, movement.user_id, key)
+        else:
+            existing = refusals.find(conn, movement.user_id, KeyScope.LEDGER, key)
     now = clock.now()
     asked = movement
     try:
@@ -69,6 +85,8 @@ def post(conn: Connection, backend: Backend, movement: Movement) -> Posted:
     except BalanceError as error:
         if key is None or existing is not None:
             raise  # no key, or the key has its answer already: nothing to remember
+        if not look_up_keys and queries.find_by_idempotency_keys(conn, {(asked.user_id, key)}):
+            raise KeysAnswered from error  # its answer is the row: look it up
         refused = remembered(conn, error, asked.user_id, KeyScope.LEDGER, key, asked.request(), now)
         return refused, None
     if decision.replay is not None:
@@ -78,7 +96,12 @@ def post(conn: Connection, backend: Backend, movement: Movement) -> Posted:
     assert decision.row is not None
     head = _link(conn, movement.user_id, queries.chain_head(conn, movement.user_id))
     row = _sealed(decision.row, previous=head)
-    transaction = queries.append_transaction(conn, backend, row, decision.after, now=now)
+    try:
+        transaction = queries.append_transaction(conn, backend, row, decision.after, now=now)
+    except DBAPIError as error:
+        if backend.is_key_taken(error):
+            raise KeysAnswered from error  # a retry's key: look it up
+        raise
     change = policy.status_change(account, decision.after, transaction.id)
     outbox.append_events(conn, backend, _announced(transaction, account, decision.after, change))
     return transaction, change
@@ -256,13 +279,19 @@ def post_many(
     indices: list[int],
     atomic: bool,
     backend: Backend,
+    look_up_keys: bool = True,
 ) -> tuple[dict[int, Transaction | BalanceError], list[StatusChange]]:
     """The batch twin of post: lock every account once, decide each item in order with
     the same rules, then write all rows and balances with set-based statements.
 
     Refusals of keyed items are remembered, as by post. ``atomic``: the first refused
     item is the only outcome (raised after the commit that remembers it), or raised at
-    once when it is not a refusal; nothing else is written."""
+    once when it is not a refusal; nothing else is written.
+
+    ``look_up_keys=False`` (where ``backend.keys_by_constraint``): the ledger rows of
+    the items' keys are not read first. Every item is decided as new, and a key that
+    has its row already fails the INSERT on the ledger's unique constraint: then, or if
+    a refusal is about to be kept under such a key, KeysAnswered (rolled back)."""
     items = {i: m for i in indices if isinstance(m := movements[i], Movement)}
     if atomic and (malformed := [i for i in indices if i not in items]):
         first_malformed = malformed[0]
@@ -275,7 +304,7 @@ def post_many(
     }
     earlier: dict[tuple[int, str], Transaction | Refusal] = {
         **refusals.find_many(conn, KeyScope.LEDGER, keyed),
-        **queries.find_by_idempotency_keys(conn, keyed),
+        **(queries.find_by_idempotency_keys(conn, keyed) if look_up_keys else {}),
     }
     now = clock.now()
     outcomes: dict[int, Transaction | BalanceError] = {}
@@ -309,7 +338,7 @@ def post_many(
                 error.batch_item = i
                 if refusal is None:
                     raise
-                refusals.insert_many(conn, [refusal])
+                _remember(conn, [refusal], checked=look_up_keys)
                 return {i: error}, []
             if refusal is not None:
                 remembered.append(refusal)
@@ -335,7 +364,7 @@ def post_many(
         assert isinstance(malformed_item, BalanceError)
         malformed_item.batch_item = first_malformed
         raise malformed_item
-    refusals.insert_many(conn, remembered)
+    _remember(conn, remembered, checked=look_up_keys)
     outcomes.update(_insert_sealed(conn, backend, appended))
     for i, answered_by in same_as.items():
         written = outcomes[answered_by]
@@ -355,6 +384,16 @@ def post_many(
         announced += _announced(written_row, previous, after, change)
     outbox.append_events(conn, backend, announced)
     return outcomes, changes
+
+
+def _remember(conn: Connection, remembered: list[Refusal], *, checked: bool) -> None:
+    """Keep a batch's refusals; unless its keys were ``checked`` already, only once
+    none of them has a ledger row (then its answer is that row: KeysAnswered)."""
+    if not checked and remembered:
+        pairs = {(refusal.user_id, refusal.idempotency_key) for refusal in remembered}
+        if queries.find_by_idempotency_keys(conn, pairs):
+            raise KeysAnswered
+    refusals.insert_many(conn, remembered)
 
 
 def _insert_sealed(
@@ -377,7 +416,12 @@ def _insert_sealed(
                 sealed := _sealed({**row, "id": row_id}, previous=heads.get(row["user_id"]))
             )
             heads[row["user_id"]] = Link(row_id, sealed["row_hash"])
-        written = queries.insert_numbered_transactions(conn, backend, rows)
+        try:
+            written = queries.insert_numbered_transactions(conn, backend, rows)
+        except DBAPIError as error:
+            if backend.is_key_taken(error):
+                raise KeysAnswered from error  # a retry's key: look the keys up
+            raise
         return {i: tx for (i, _), tx in zip(appended, written, strict=True)}
     rounds: list[list[tuple[int, dict[str, Any]]]] = []
     seen: dict[int, int] = {}
