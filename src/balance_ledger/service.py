@@ -20,14 +20,15 @@ appended to; the balance row is a cache of it that the account's lock keeps exac
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 from . import clock
 from . import validation as valid
 from .db import queries
+from .db.transactions import Work
 from .errors import (
     AccountNotFound,
     BalanceError,
@@ -62,6 +63,8 @@ from .money.requests import (
     charge_item,
 )
 from .operations import Operations
+
+T = TypeVar("T")
 
 
 class BalanceService(Operations):
@@ -217,15 +220,11 @@ class BalanceService(Operations):
         everything = list(range(len(planned)))
         groups = [everything] if atomic else by_account_groups(todo, planned, BATCH_ACCOUNTS)
         backend = self._db.backend
-        for group in groups:  # keys left to the unique constraint as by _post_locked
+        for group in groups:
             work = partial(
                 post_many, movements=planned, indices=group, atomic=atomic, backend=backend
             )
-            try:
-                look_up_keys = not backend.keys_by_constraint
-                outcomes, changes = self._db.write(partial(work, look_up_keys=look_up_keys))
-            except KeysAnswered:  # a retried key: rolled back; again, reading keys first
-                outcomes, changes = self._db.write(work)
+            outcomes, changes = self._keys_read_if_used(self._db.write, work)
             for i, outcome in outcomes.items():
                 results[i] = outcome
             for change in changes:
@@ -365,11 +364,17 @@ class BalanceService(Operations):
                 snapshots.forget(user_id)  # its version moved (unless nothing was written)
 
     def _post_locked(self, request: Movement) -> Transaction:
-        """``post``; its key left to the ledger's unique constraint where it can tell
-        (dialects.py: keys_by_constraint), read first once that says it is used."""
-        backend = self._db.backend
-        locked = partial(post, backend=backend, movement=request)
+        locked = partial(post, backend=self._db.backend, movement=request)
+        posted: Transaction = self._keys_read_if_used(self._run, locked)
+        return posted
+
+    def _keys_read_if_used(self, run: Callable[[Work[Any]], T], work: Callable[..., Any]) -> T:
+        """``run(work)``, its idempotency keys left to the ledger's unique constraint
+        where it can tell (dialects.py: keys_by_constraint); once a key is found used
+        (KeysAnswered: rolled back), ``work`` is run again reading its keys first."""
+        if not self._db.backend.keys_by_constraint:
+            return run(work)
         try:
-            return self._run(partial(locked, look_up_keys=not backend.keys_by_constraint))
-        except KeysAnswered:  # a retried key: rolled back; again, reading the key first
-            return self._run(locked)
+            return run(partial(work, look_up_keys=False))
+        except KeysAnswered:
+            return run(work)

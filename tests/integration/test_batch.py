@@ -130,6 +130,29 @@ def test_a_used_key_the_balance_could_not_pay_again_replays_its_row(
     assert fresh[1].balance_after == 5
 
 
+@pytest.mark.parametrize("mode", ["independent", "all_or_nothing"])
+def test_an_item_after_a_replay_is_decided_on_the_balance_the_replay_left(
+    svc, account_factory, mode
+):
+    """The replay debits nothing: the next item has all the money (PostgreSQL decides
+    a batch before it reads its keys, so a refusal there is checked before it counts)."""
+    account = account_factory(balance=100)
+    first = svc.charge_service(account.user_id, 30, "vps", idempotency_key="h1")
+    item = {"user_id": account.user_id, "service_type": "vps"}
+    results = svc.charge_many(
+        [
+            {**item, "amount": 30, "idempotency_key": "h1"},
+            {**item, "amount": 50, "idempotency_key": "h2"},
+        ],
+        mode=mode,
+    )
+    assert results[0] == first
+    assert isinstance(results[1], Transaction)
+    assert results[1].balance_after == 20
+    again = svc.charge_many([{**item, "amount": 50, "idempotency_key": "h2"}], mode=mode)
+    assert again == [results[1]]
+
+
 def test_batch_overdraft_suspends_and_calls_back_after_commit(svc, account_factory):
     account = account_factory(balance=10)
     seen = []

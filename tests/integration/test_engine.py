@@ -20,7 +20,7 @@ def test_sessions_read_committed(svc, backend):
 
 
 def test_postgresql_keeps_no_plan_of_a_key_lookup(svc, backend, account_factory):
-    """psycopg prepares a statement on its fifth run, and the server keeps the plan it
+    """psycopg prepares a statement after five runs, and the server keeps the plan it
     made for the tables as they were then: a key lookup or a chain head planned while
     the ledger was small read every row of a hot account, or the whole ledger, later.
     They are planned on each run; the statement run as often beside them is kept, so

@@ -445,7 +445,7 @@ def autocommit(conn: Connection) -> Iterator[None]:
 def planned_each_run(conn: Connection) -> Iterator[None]:
     """The block's statements planned on each run, for the tables as they are now.
 
-    PostgreSQL: psycopg prepares a statement on its fifth run, and the server then keeps
+    PostgreSQL: psycopg prepares a statement after five runs, and the server then keeps
     the plan it made for the tables as they were. A lookup by (user_id, idempotency_key)
     planned while the ledger was small read a hot account's key through the (user_id,
     id) index, filtering every row of the account: 2-3 ms per lookup at 20,000-30,000

@@ -65,10 +65,6 @@ class Prepared:
             self._compiled[dialect.name] = found
         return found
 
-    def sql_for(self, dialect: Dialect) -> str:
-        """The statement's text for ``dialect``, with its ``%(name)s`` parameters."""
-        return self._for(dialect).sql
-
     def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run it; its first row by column name, or None."""
         compiled = self._for(conn.dialect)

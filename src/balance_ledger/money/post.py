@@ -4,8 +4,9 @@
 
     lock the account's balance row            (SELECT … FOR UPDATE / BEGIN IMMEDIATE)
     earlier answer under the idempotency key  (its row, or its remembered refusal;
-                                               PostgreSQL: the refusal, the row only
-                                               once the INSERT met it: KeysAnswered)
+                                               PostgreSQL: the refusal; the row is read
+                                               once the INSERT met it, or before a
+                                               refusal is kept: KeysAnswered)
     decide: currency, replay, suspension, funds, the new figures  (rules.py, pure)
     INSERT the ledger row, sealed onto the account's hash chain   (chain/rules.py)
     UPDATE the cached balance, totals and status
@@ -29,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,6 +61,24 @@ class KeysAnswered(Exception):
     run again reading its keys first (BalanceService)."""
 
 
+@contextmanager
+def _used_key_answered(backend: Backend, looked_up: bool) -> Iterator[None]:
+    """An INSERT of rows whose keys were not ``looked_up``: a used key is KeysAnswered."""
+    try:
+        yield
+    except DBAPIError as error:
+        if not looked_up and backend.is_key_taken(error):
+            raise KeysAnswered from error
+        raise
+
+
+def _no_key_answered(conn: Connection, pairs: set[tuple[int, str]]) -> None:
+    """KeysAnswered if any of these keys has its row: a refusal or an error decided as
+    if none had is then not the answer (it may be a replay, or follow one)."""
+    if queries.find_by_idempotency_keys(conn, pairs):
+        raise KeysAnswered
+
+
 def post(
     conn: Connection, backend: Backend, movement: Movement, *, look_up_keys: bool = True
 ) -> Posted:
@@ -66,16 +87,16 @@ def post(
     Returns the ledger row (a replay's earlier row, marked ``replayed``) and the status
     change it made. A refusal of a keyed movement is remembered under the key and
     returned as Refused; anything else is raised (rollback: nothing is written).
-    ``look_up_keys=False``: the key's ledger row is not read first (post_many says how
-    a used key then ends in KeysAnswered); its remembered refusal is."""
+    ``look_up_keys=False``: the key's ledger row is not read first, only its refusal:
+    the INSERT meets a used key on the ledger's unique constraint, and a refusal is
+    kept only once the key is read; either way a used key ends in KeysAnswered."""
     account = queries.lock_balance(conn, movement.user_id)
     key = movement.idempotency_key
     existing: Transaction | Refusal | None = None
     if account is not None and key is not None:
-        if look_up_keys:
+        kept = None if look_up_keys else refusals.find(conn, movement.user_id, KeyScope.LEDGER, key)
+        if look_up_keys or kept is not None:  # a row wins over a refusal (earlier_answer)
             existing = refusals.earlier_answer(conn, movement.user_id, key)
-        else:
-            existing = refusals.find(conn, movement.user_id, KeyScope.LEDGER, key)
     now = clock.now()
     asked = movement
     try:
@@ -85,8 +106,8 @@ def post(
     except BalanceError as error:
         if key is None or existing is not None:
             raise  # no key, or the key has its answer already: nothing to remember
-        if not look_up_keys and queries.find_by_idempotency_keys(conn, {(asked.user_id, key)}):
-            raise KeysAnswered from error  # its answer is the row: look it up
+        if not look_up_keys:
+            _no_key_answered(conn, {(asked.user_id, key)})  # else its answer is the row
         refused = remembered(conn, error, asked.user_id, KeyScope.LEDGER, key, asked.request(), now)
         return refused, None
     if decision.replay is not None:
@@ -96,12 +117,8 @@ def post(
     assert decision.row is not None
     head = _link(conn, movement.user_id, queries.chain_head(conn, movement.user_id))
     row = _sealed(decision.row, previous=head)
-    try:
+    with _used_key_answered(backend, look_up_keys):
         transaction = queries.append_transaction(conn, backend, row, decision.after, now=now)
-    except DBAPIError as error:
-        if backend.is_key_taken(error):
-            raise KeysAnswered from error  # a retry's key: look it up
-        raise
     change = policy.status_change(account, decision.after, transaction.id)
     outbox.append_events(conn, backend, _announced(transaction, account, decision.after, change))
     return transaction, change
@@ -289,9 +306,10 @@ def post_many(
     once when it is not a refusal; nothing else is written.
 
     ``look_up_keys=False`` (where ``backend.keys_by_constraint``): the ledger rows of
-    the items' keys are not read first. Every item is decided as new, and a key that
-    has its row already fails the INSERT on the ledger's unique constraint: then, or if
-    a refusal is about to be kept under such a key, KeysAnswered (rolled back)."""
+    the items' keys are not read first, and every item is decided as new. A key that
+    has its row already then fails the INSERT on the ledger's unique constraint; and
+    before any item's error is the outcome (an earlier item may have been a replay that
+    was decided as a charge), every key is read. Either way: KeysAnswered."""
     items = {i: m for i in indices if isinstance(m := movements[i], Movement)}
     if atomic and (malformed := [i for i in indices if i not in items]):
         first_malformed = malformed[0]
@@ -302,9 +320,11 @@ def post_many(
     keyed: set[tuple[int, str]] = {
         (m.user_id, m.idempotency_key) for m in items.values() if m.idempotency_key
     }
+    kept = refusals.find_many(conn, KeyScope.LEDGER, keyed)
+    rows_of = keyed if look_up_keys else set(kept)  # a row wins over a refusal (as post)
     earlier: dict[tuple[int, str], Transaction | Refusal] = {
-        **refusals.find_many(conn, KeyScope.LEDGER, keyed),
-        **(queries.find_by_idempotency_keys(conn, keyed) if look_up_keys else {}),
+        **kept,
+        **queries.find_by_idempotency_keys(conn, rows_of),
     }
     now = clock.now()
     outcomes: dict[int, Transaction | BalanceError] = {}
@@ -336,9 +356,11 @@ def post_many(
                 )
             if atomic:
                 error.batch_item = i
+                if not look_up_keys:
+                    _no_key_answered(conn, keyed)  # an earlier item may be a replay
                 if refusal is None:
                     raise
-                _remember(conn, [refusal], checked=look_up_keys)
+                refusals.insert_many(conn, [refusal])
                 return {i: error}, []
             if refusal is not None:
                 remembered.append(refusal)
@@ -364,8 +386,10 @@ def post_many(
         assert isinstance(malformed_item, BalanceError)
         malformed_item.batch_item = first_malformed
         raise malformed_item
-    _remember(conn, remembered, checked=look_up_keys)
-    outcomes.update(_insert_sealed(conn, backend, appended))
+    if not look_up_keys and outcomes:
+        _no_key_answered(conn, keyed)  # an error, refused or not, may follow a replay
+    refusals.insert_many(conn, remembered)
+    outcomes.update(_insert_sealed(conn, backend, appended, look_up_keys))
     for i, answered_by in same_as.items():
         written = outcomes[answered_by]
         assert isinstance(written, Transaction)
@@ -386,18 +410,11 @@ def post_many(
     return outcomes, changes
 
 
-def _remember(conn: Connection, remembered: list[Refusal], *, checked: bool) -> None:
-    """Keep a batch's refusals; unless its keys were ``checked`` already, only once
-    none of them has a ledger row (then its answer is that row: KeysAnswered)."""
-    if not checked and remembered:
-        pairs = {(refusal.user_id, refusal.idempotency_key) for refusal in remembered}
-        if queries.find_by_idempotency_keys(conn, pairs):
-            raise KeysAnswered
-    refusals.insert_many(conn, remembered)
-
-
 def _insert_sealed(
-    conn: Connection, backend: Backend, appended: list[tuple[int, dict[str, Any]]]
+    conn: Connection,
+    backend: Backend,
+    appended: list[tuple[int, dict[str, Any]]],
+    looked_up: bool,
 ) -> dict[int, Transaction]:
     """Insert a batch's rows, each sealed onto its account's previous row.
 
@@ -416,12 +433,8 @@ def _insert_sealed(
                 sealed := _sealed({**row, "id": row_id}, previous=heads.get(row["user_id"]))
             )
             heads[row["user_id"]] = Link(row_id, sealed["row_hash"])
-        try:
+        with _used_key_answered(backend, looked_up):
             written = queries.insert_numbered_transactions(conn, backend, rows)
-        except DBAPIError as error:
-            if backend.is_key_taken(error):
-                raise KeysAnswered from error  # a retry's key: look the keys up
-            raise
         return {i: tx for (i, _), tx in zip(appended, written, strict=True)}
     rounds: list[list[tuple[int, dict[str, Any]]]] = []
     seen: dict[int, int] = {}
