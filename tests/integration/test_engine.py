@@ -38,6 +38,8 @@ def test_postgresql_keeps_no_plan_of_a_key_lookup(svc, backend, account_factory)
         for n in range(8):
             key = f"k{n}"
             assert refusals.earlier_answer(conn, user_id, key) is None
+            answer, head = refusals.answer_and_head(conn, user_id, key, rows=True)
+            assert answer is None and head is not None
             assert list(queries.keyed_rows(conn, ledger, {(user_id, key)})) == []
             assert queries.find_hold_by_key(conn, user_id, key) is None
             assert queries.chain_head(conn, user_id) is not None
@@ -53,3 +55,31 @@ def test_postgresql_keeps_no_plan_of_a_key_lookup(svc, backend, account_factory)
         "max(newer.id)",  # the chain heads of a batch's accounts
     )
     assert not [sql for sql in kept if any(lookup in sql for lookup in lookups)], kept
+
+
+def test_a_keyed_movement_reads_its_key_and_chain_head_in_one_statement(
+    database_url, account_factory
+):
+    """Under the account's lock, the key's earlier answer and the account's newest row
+    come in one round trip: lock, that read, then the writes."""
+    from sqlalchemy import event
+
+    from balance_ledger import BalanceService
+
+    user_id = account_factory(balance=100).user_id
+    with BalanceService.from_url(database_url, one_statement=False) as locked:
+        sent: list[str] = []
+        record = lambda *args: sent.append(" ".join(args[2].split()))  # noqa: E731
+        event.listen(locked.engine, "before_cursor_execute", record)
+        try:
+            locked.charge_service(user_id, 5, "vps", idempotency_key="k1")
+        finally:
+            event.remove(locked.engine, "before_cursor_execute", record)
+        replay = locked.charge_service(user_id, 5, "vps", idempotency_key="k1")
+        intact = locked.verify_chain(user_id).intact
+
+    reads = [sql for sql in sent if sql.startswith("SELECT")]
+    assert len(reads) == 2, reads  # the locking read, then the key's answer with the head
+    assert "FOR UPDATE" in reads[0] or "user_balances" in reads[0]
+    assert "idempotency_key" in reads[1] and "ORDER BY" in reads[1]
+    assert replay.replayed and intact

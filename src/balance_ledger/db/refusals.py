@@ -7,7 +7,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, literal, select, union_all, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    null,
+    select,
+    union_all,
+    update,
+)
 
 from ..models import KeyScope, Refusal, Transaction
 from . import queries
@@ -30,6 +41,37 @@ _EARLIER = union_all(
         refusals.c.idempotency_key == bindparam("key"),
     ),
 ).order_by("rank")
+
+
+def _newest(column: Any) -> Any:
+    newest = select(column).where(ledger.c.user_id == bindparam("user_id"))
+    return newest.order_by(ledger.c.id.desc()).limit(1).scalar_subquery()
+
+
+def _answered(rows: bool) -> Any:
+    """The key's earlier row (if ``rows``) and refusal, and the account's chain head."""
+    row_id = (
+        select(ledger.c.id)
+        .where(
+            ledger.c.user_id == bindparam("user_id"), ledger.c.idempotency_key == bindparam("key")
+        )
+        .scalar_subquery()
+    )
+    refusal_id = select(refusals.c.id).where(
+        refusals.c.user_id == bindparam("user_id"),
+        refusals.c.key_scope == KeyScope.LEDGER.value,
+        refusals.c.idempotency_key == bindparam("key"),
+    )
+    return select(
+        (row_id.scalar_subquery() if rows else null()).label("row_id"),
+        refusal_id.scalar_subquery().label("refusal_id"),
+        _newest(ledger.c.id).label("id"),
+        _newest(ledger.c.row_hash).label("row_hash"),
+    )
+
+
+# What a keyed movement reads under its account's lock, in one round trip.
+_ANSWERED = {rows: _answered(rows) for rows in (True, False)}
 _FIND = select(refusals).where(
     refusals.c.user_id == bindparam("user_id"),
     refusals.c.key_scope == bindparam("scope"),
@@ -47,6 +89,20 @@ def earlier_answer(conn: Connection, user_id: int, key: str) -> Transaction | Re
     if found.rank == 0:
         return queries.get_transaction(conn, found.id)
     return find(conn, user_id, KeyScope.LEDGER, key)
+
+
+def answer_and_head(
+    conn: Connection, user_id: int, key: str, *, rows: bool
+) -> tuple[Transaction | Refusal | None, Row[Any] | None]:
+    """``earlier_answer`` and the account's chain head (queries.chain_head), read in one
+    statement under the account's lock. ``rows=False``: the key's ledger row is read
+    only if a refusal was kept under it (post's ``look_up_keys``)."""
+    with planned_each_run(conn):  # it reads the ledger (dialects.planned_each_run)
+        found = conn.execute(_ANSWERED[rows], {"user_id": user_id, "key": key}).one()
+    head = None if found.id is None else found
+    if found.row_id is None and found.refusal_id is None:
+        return None, head
+    return earlier_answer(conn, user_id, key), head
 
 
 def find(conn: Connection, user_id: int, scope: KeyScope, key: str) -> Refusal | None:

@@ -93,10 +93,11 @@ def post(
     account = queries.lock_balance(conn, movement.user_id)
     key = movement.idempotency_key
     existing: Transaction | Refusal | None = None
-    if account is not None and key is not None:
-        kept = None if look_up_keys else refusals.find(conn, movement.user_id, KeyScope.LEDGER, key)
-        if look_up_keys or kept is not None:  # a row wins over a refusal (earlier_answer)
-            existing = refusals.earlier_answer(conn, movement.user_id, key)
+    head: Row[Any] | None = None
+    keyed = account is not None and key is not None
+    if keyed:  # the chain head comes with the key's answer: one round trip
+        assert key is not None
+        existing, head = refusals.answer_and_head(conn, movement.user_id, key, rows=look_up_keys)
     now = clock.now()
     asked = movement
     try:
@@ -115,8 +116,9 @@ def post(
     assert account is not None, "decide refuses a missing account"
     assert decision.after is not None
     assert decision.row is not None
-    head = _link(conn, movement.user_id, queries.chain_head(conn, movement.user_id))
-    row = _sealed(decision.row, previous=head)
+    if not keyed:
+        head = queries.chain_head(conn, movement.user_id)
+    row = _sealed(decision.row, previous=_link(conn, movement.user_id, head))
     with _used_key_answered(backend, look_up_keys):
         transaction = queries.append_transaction(conn, backend, row, decision.after, now=now)
     change = policy.status_change(account, decision.after, transaction.id)
