@@ -39,7 +39,8 @@ def test_postgresql_keeps_no_plan_of_a_key_lookup(svc, backend, account_factory)
             key = f"k{n}"
             assert refusals.earlier_answer(conn, user_id, key) is None
             answer, head = refusals.answer_and_head(conn, user_id, key, rows=True)
-            assert answer is None and head is not None
+            assert answer is None
+            assert head is not None
             assert list(queries.keyed_rows(conn, ledger, {(user_id, key)})) == []
             assert queries.find_hold_by_key(conn, user_id, key) is None
             assert queries.chain_head(conn, user_id) is not None
@@ -81,5 +82,7 @@ def test_a_keyed_movement_reads_its_key_and_chain_head_in_one_statement(
     reads = [sql for sql in sent if sql.startswith("SELECT")]
     assert len(reads) == 2, reads  # the locking read, then the key's answer with the head
     assert "FOR UPDATE" in reads[0] or "user_balances" in reads[0]
-    assert "idempotency_key" in reads[1] and "ORDER BY" in reads[1]
-    assert replay.replayed and intact
+    assert "idempotency_key" in reads[1]
+    assert "ORDER BY" in reads[1]
+    assert replay.replayed
+    assert intact
