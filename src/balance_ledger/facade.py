@@ -19,6 +19,7 @@ from . import validation as valid
 from .db import queries
 from .db.dialects import create_ledger_engine
 from .db.migrate import upgrade_to_head
+from .db.replica import Replica, ReplicaStatus
 from .db.transactions import Database, Work
 from .models import AccountPolicy, AccountStatus, StatusChange
 from .money.rules import Refused
@@ -44,12 +45,17 @@ class Facade:
         on_reactivate: StatusCallback | None = None,
         account_policy: AccountPolicy | None = None,
         one_statement: bool = True,
+        replica: Engine | None = None,
+        max_replica_lag: float = 10.0,
     ) -> None:
         """``max_attempts``: how often a transaction the server aborted is run before
         ``RetriesExhausted``. ``account_policy``: what ``open_account`` gives an account
         opened without one (default: the seed's rule, no low-balance alert).
         ``one_statement``: on PostgreSQL, try each single movement in one statement
-        first (money/post.py: post_unchanged); False: always under the account's lock."""
+        first (money/post.py: post_unchanged); False: always under the account's lock.
+        ``replica``: a PostgreSQL streaming replica of ``engine`` that the heavy reads go
+        to (verify-chain, discrepancies, statements, history) while it is at most
+        ``max_replica_lag`` seconds behind (db/replica.py); writes never do."""
         self.account_policy = account_policy or AccountPolicy()
         self._db = Database(engine, max_attempts=max_attempts)
         self._reconciler = Reconciler(self._db)
@@ -61,6 +67,10 @@ class Facade:
         one_statement = valid.flag(one_statement, "one_statement")
         chains = self._db.backend.chains_writes
         self._snapshots = Snapshots() if one_statement and chains else None
+        self._replica = None
+        if replica is not None:
+            max_lag = valid.seconds(max_replica_lag, "max_replica_lag")
+            self._replica = Replica(Database(replica), self._db, max_lag=max_lag)
 
     @property
     def engine(self) -> Engine:
@@ -79,12 +89,16 @@ class Facade:
         on_reactivate: StatusCallback | None = None,
         account_policy: AccountPolicy | None = None,
         one_statement: bool = True,
+        replica_url: str | URL | None = None,
+        max_replica_lag: float = 10.0,
         **engine_options: Any,
     ) -> Self:
-        """Connect to ``sqlite:///…``, ``postgresql+psycopg://…`` or ``mysql+pymysql://…``.
+        """Connect to ``sqlite:///…``, ``postgresql+psycopg://…`` or ``mysql+pymysql://…``
+        (and to ``replica_url``, a PostgreSQL streaming replica for the heavy reads).
 
         ``engine_options`` go to SQLAlchemy's ``create_engine`` (``pool_size``, …).
         """
+        replica = None if replica_url is None else create_ledger_engine(replica_url)
         return cls(
             create_ledger_engine(url, **engine_options),
             max_attempts=max_attempts,
@@ -92,6 +106,8 @@ class Facade:
             on_reactivate=on_reactivate,
             account_policy=account_policy,
             one_statement=one_statement,
+            replica=replica,
+            max_replica_lag=max_replica_lag,
         )
 
     def create_schema(self) -> None:
@@ -101,6 +117,8 @@ class Facade:
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self._replica is not None:
+            self._replica.close()
 
     def __enter__(self) -> Self:
         return self
@@ -129,6 +147,18 @@ class Facade:
         """
         self._db.on_lock_wait(callback)
         return callback
+
+    def replica_status(self) -> ReplicaStatus | None:
+        """Where the heavy reads go now: how far behind the replica is, and whether it
+        is used (None without a replica)."""
+        return None if self._replica is None else self._replica.status()
+
+    def _heavy_read(self, operation: Callable[[Database], R]) -> R:
+        """Run a read-only ``operation`` on the replica while it is usable, else on the
+        primary (db/replica.py)."""
+        if self._replica is None:
+            return operation(self._db)
+        return self._replica.read(operation)
 
     def ping(self) -> None:
         """Raise StorageError (or SchemaMissing) unless the database answers."""

@@ -32,6 +32,7 @@ from .reconcile import (
     Discrepancy,
     Progress,
     RebuildReport,
+    Reconciler,
     SyncReport,
     SyncRun,
     SyncTotals,
@@ -92,8 +93,9 @@ class Operations(Facade):
         return self._reconciler.verify(user_id, fix=fix, full=full, progress=progress)
 
     def get_balance_discrepancies(self) -> list[Discrepancy]:
-        """Every account out of sync, largest |difference| first (a full scan; writes nothing)."""
-        return self._reconciler.discrepancies()
+        """Every account out of sync, largest |difference| first (a full scan; writes
+        nothing; on the read replica if there is one)."""
+        return self._heavy_read(lambda db: Reconciler(db).discrepancies())
 
     def rebuild_all_balances(
         self, *, dry_run: bool = False, progress: Progress | None = None
@@ -111,11 +113,12 @@ class Operations(Facade):
 
         Names the first row of each account whose fields were altered, or before which
         rows were deleted or inserted, and every anchored head that is gone or changed.
-        Reads only; a break is reported, never repaired.
+        Reads only (on the read replica if there is one); a break is reported, never
+        repaired.
         """
         if user_id is not None:
             user_id = valid.user_id(user_id)
-        return anchors.verify_chain(self._db, user_id)
+        return self._heavy_read(partial(anchors.verify_chain, user_id=user_id))
 
     def anchor_chains(self) -> ChainDigest | None:
         """Anchor the head of every account that moved since the last digest (daily job).

@@ -132,11 +132,12 @@ class BalanceService(Operations):
         limit = valid.page_size(limit)
         before_id = valid.optional_row_id(before_id)
         work = partial(history.page, user_id=user_id, limit=limit, before_id=before_id)
-        return self._db.read(work)
+        return self._heavy_read(lambda db: db.read(work))
 
     def ledger_totals(self, user_id: int) -> LedgerTotals:
         """The account's balance and totals recomputed from the ledger, not the cache."""
-        return self._db.read(partial(history.totals, user_id=valid.user_id(user_id)))
+        work = partial(history.totals, user_id=valid.user_id(user_id))
+        return self._heavy_read(lambda db: db.read(work))
 
     # -- history from the ledger (never from the cache) ---------------------------------
 
@@ -144,7 +145,8 @@ class BalanceService(Operations):
         """The balance after every movement written at or before ``at`` (aware datetime)."""
         user_id = valid.user_id(user_id)
         at = valid.instant(at, "at")
-        return self._db.read(partial(history.balance_at, user_id=user_id, at=at))
+        work = partial(history.balance_at, user_id=user_id, at=at)
+        return self._heavy_read(lambda db: db.read(work))
 
     def statement(self, user_id: int, start: datetime, end: datetime) -> Statement:
         """Opening balance, the movements written in [start, end), closing balance, totals."""
@@ -152,8 +154,8 @@ class BalanceService(Operations):
         start, end = valid.instant(start, "start"), valid.instant(end, "end")
         if end < start:
             raise InvalidRequest(f"the period ends ({end.isoformat()}) before it starts")
-
-        return self._db.read(partial(history.statement, user_id=user_id, start=start, end=end))
+        work = partial(history.statement, user_id=user_id, start=start, end=end)
+        return self._heavy_read(lambda db: db.read(work))
 
     # -- money movements -------------------------------------------------------
 

@@ -191,6 +191,13 @@ def flag(value: object, what: str) -> bool:
     return value
 
 
+def seconds(value: object, what: str) -> float:
+    """A non-negative, finite number of seconds (an int or a float; not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 10**9:
+        raise InvalidRequest(f"{what} must be a number of seconds from 0, got {value!r}")
+    return float(value)
+
+
 def instant(value: object, what: str) -> datetime:
     """An aware datetime (a point in time, not a wall-clock reading)."""
     if not isinstance(value, datetime) or value.tzinfo is None:

@@ -58,6 +58,22 @@ def main_options(
             help="sqlite:///FILE, postgresql+psycopg://… or mysql+pymysql://…",
         ),
     ] = DEFAULT_DATABASE_URL,
+    replica_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BALANCE_REPLICA_URL",
+            help="A PostgreSQL streaming replica of the database: verify-chain, "
+            "discrepancies, history and statements read it while it is caught up enough.",
+        ),
+    ] = None,
+    max_replica_lag: Annotated[
+        float,
+        typer.Option(
+            envvar="BALANCE_MAX_REPLICA_LAG",
+            help="Seconds the replica may be behind; further behind, the primary answers.",
+            min=0,
+        ),
+    ] = 10.0,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log what the ledger does to stderr.")
     ] = False,
@@ -67,12 +83,33 @@ def main_options(
         level=logging.INFO if verbose else logging.CRITICAL,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    ctx.obj = database_url
+    ctx.obj = Target(database_url, replica_url, max_replica_lag)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The databases the command works on (the global options)."""
+
+    url: str
+    replica_url: str | None
+    max_replica_lag: float
 
 
 def _service(ctx: typer.Context) -> BalanceService:
-    svc = BalanceService.from_url(ctx.find_root().obj)
+    target: Target = ctx.find_root().obj
+    svc = BalanceService.from_url(
+        target.url, replica_url=target.replica_url, max_replica_lag=target.max_replica_lag
+    )
     ctx.call_on_close(svc.close)
+    return svc
+
+
+def heavy_reader(ctx: typer.Context) -> BalanceService:
+    """The service, for a command whose reads may go to the replica: where they go now
+    is said on stderr (the answer on stdout stays as it is)."""
+    svc = _service(ctx)
+    if (status := svc.replica_status()) is not None:
+        typer.echo(status.describe(), err=True)
     return svc
 
 
@@ -369,7 +406,7 @@ def history(
     as_json: Json = False,
 ) -> None:
     """List an account's ledger rows, newest first."""
-    svc = _service(ctx)
+    svc = heavy_reader(ctx)
     transactions = svc.get_transactions(user_id, limit=limit, before_id=before_id)
     if as_json:
         console.print_json(fmt.to_json(transactions))
@@ -404,7 +441,7 @@ def statement(
 ) -> None:
     """Opening balance, the movements of a period and the closing balance, from the ledger."""
     period_end = _instant(end) if end else clock.now()
-    result = _service(ctx).statement(user_id, _instant(start), period_end)
+    result = heavy_reader(ctx).statement(user_id, _instant(start), period_end)
     if as_json:
         console.print_json(fmt.to_json(result))
     elif as_csv:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from . import format as fmt
-from .app import Json, _service, app, console
+from .app import Json, _service, app, console, heavy_reader
 
 EXIT_BROKEN = 1
 
@@ -19,7 +19,7 @@ def verify_chain(
     as_json: Json = False,
 ) -> None:
     """Recompute the ledger's hash chains and anchors; exit 1 naming every broken one."""
-    report = _service(ctx).verify_chain(user_id)
+    report = heavy_reader(ctx).verify_chain(user_id)
     if as_json:
         console.print_json(report.to_json())
     else:

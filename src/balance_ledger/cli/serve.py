@@ -78,7 +78,13 @@ def serve(
     os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
 
     # The workers build their own service from the environment (one pool per process).
-    os.environ["BALANCE_DATABASE_URL"] = ctx.find_root().obj
+    target = ctx.find_root().obj
+    os.environ["BALANCE_DATABASE_URL"] = target.url
+    if target.replica_url is None:  # the options decide, not a variable left behind
+        os.environ.pop("BALANCE_REPLICA_URL", None)
+    else:
+        os.environ["BALANCE_REPLICA_URL"] = target.replica_url
+    os.environ["BALANCE_MAX_REPLICA_LAG"] = str(target.max_replica_lag)
     os.environ["BALANCE_KEY_CACHE_SECONDS"] = str(key_cache_seconds)
     if dispatch:
         os.environ[DISPATCH_INTERVAL_ENV] = str(dispatch_interval)

@@ -31,7 +31,7 @@ from ..jobs.scheduler import (
 from ..reconcile import Progress as ProgressCallback
 from ..service import BalanceService
 from . import format as fmt
-from .app import Json, _service, app, console
+from .app import Json, _service, app, console, heavy_reader
 
 EXIT_OUT_OF_SYNC = 1
 
@@ -120,7 +120,7 @@ def discrepancies(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
 ) -> None:
     """List accounts whose cache disagrees with the ledger, largest first (writes nothing)."""
-    found = _service(ctx).get_balance_discrepancies()
+    found = heavy_reader(ctx).get_balance_discrepancies()
     if as_json:
         console.print_json(fmt.to_json(found))
     elif as_csv:

@@ -138,15 +138,18 @@ def _on_a_thread(service: BalanceService) -> Callable[[Charge], Awaitable[Transa
 
 def app_from_environment() -> FastAPI:
     """The app ``balance serve`` runs in each uvicorn worker (BALANCE_DATABASE_URL,
-    BALANCE_KEY_CACHE_SECONDS, BALANCE_DISPATCH_INTERVAL: set by --dispatch,
-    BALANCE_GROUP_COMMIT: 0 with --no-group-commit; BALANCE_SERVE_WORKER: 1 when started
-    by `balance serve`, which then tunes the process's cycle collector)."""
+    BALANCE_REPLICA_URL and BALANCE_MAX_REPLICA_LAG, BALANCE_KEY_CACHE_SECONDS,
+    BALANCE_DISPATCH_INTERVAL: set by --dispatch, BALANCE_GROUP_COMMIT: 0 with
+    --no-group-commit; BALANCE_SERVE_WORKER: 1 when started by `balance serve`, which
+    then tunes the process's cycle collector)."""
     url = os.environ.get("BALANCE_DATABASE_URL", "sqlite:///balance.db")
     cache = float(os.environ.get("BALANCE_KEY_CACHE_SECONDS", DEFAULT_KEY_CACHE_SECONDS))
     interval = os.environ.get(DISPATCH_INTERVAL_ENV)
     watch_supervisor()  # a worker of `balance serve --workers N` ends with its supervisor
+    replica = os.environ.get("BALANCE_REPLICA_URL") or None
+    max_lag = float(os.environ.get("BALANCE_MAX_REPLICA_LAG", "10"))
     app = create_app(
-        BalanceService.from_url(url),
+        BalanceService.from_url(url, replica_url=replica, max_replica_lag=max_lag),
         key_cache_seconds=cache,
         dispatch_interval=None if interval is None else float(interval),
         group_commit=os.environ.get(GROUP_COMMIT_ENV, "1") == "1",

@@ -1,0 +1,105 @@
+"""A PostgreSQL streaming replica for the heavy reads: verify-chain, the discrepancy
+report, statements and history (facade.py: Facade._heavy_reads). Every write, every
+lock and every fix stays on the primary.
+
+Before each heavy read the replica is asked how far behind it is:
+
+- **caught up** (0 s): it has replayed the primary's WAL up to where it was a moment
+  before (``pg_current_wal_lsn()`` on the primary, ``pg_last_wal_replay_lsn()`` on the
+  replica), so the read sees every write committed before it began;
+- else **behind** by the time since the last transaction it replayed was committed on
+  the primary (``pg_last_xact_replay_timestamp()``, an upper bound: a primary idle for
+  a minute before its last commit reads as a minute behind);
+- **not used** when it is behind by more than the bound, unreachable, or not a standby
+  (``pg_is_in_recovery()``): the read goes to the primary, and the status says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import text
+
+from ..errors import InvalidRequest, StorageError
+from ..models import Serialisable
+from .transactions import Database
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+_PRIMARY_POSITION = text("SELECT pg_current_wal_lsn()::text")
+_REPLICA_POSITION = text(
+    "SELECT pg_is_in_recovery() AS standby,"
+    " coalesce(pg_last_wal_replay_lsn() >= CAST(:position AS pg_lsn), false) AS caught_up,"
+    " extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) AS behind"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus(Serialisable):
+    """Where the heavy reads go now, and why."""
+
+    url: str  # the replica's, without its password
+    used: bool  # True: heavy reads go to the replica
+    lag_seconds: float | None  # how far behind it is (0: caught up); None: not known
+    max_lag_seconds: float
+    reason: str  # "caught up", "3.2 s behind", or why the primary answers instead
+
+    def describe(self) -> str:
+        """One line for an operator: where the read went."""
+        where = "the replica" if self.used else "the primary"
+        return f"read from {where} ({self.url}): {self.reason}"
+
+
+class Replica:
+    """A streaming replica of the primary ``Database``, used while within ``max_lag``."""
+
+    def __init__(self, replica: Database, primary: Database, *, max_lag: float) -> None:
+        if replica.backend.name != "postgresql" or primary.backend.name != "postgresql":
+            raise InvalidRequest("a read replica is a PostgreSQL streaming replica of PostgreSQL")
+        self._replica, self._primary, self._max_lag = replica, primary, max_lag
+        self._url = replica.engine.url.render_as_string(hide_password=True)
+
+    def status(self) -> ReplicaStatus:
+        """How far behind the replica is now, and whether heavy reads go to it."""
+        position = self._primary.read(lambda conn: conn.execute(_PRIMARY_POSITION).scalar_one())
+        try:
+            found = self._replica.read(
+                lambda conn: conn.execute(_REPLICA_POSITION, {"position": position}).one()
+            )
+        except StorageError as error:  # refused, lost, shut down: the primary answers
+            return self._status(False, None, f"unreachable: {error}")
+        if not found.standby:
+            return self._status(False, None, "not a standby (pg_is_in_recovery() is false)")
+        if found.caught_up:
+            return self._status(True, 0.0, "caught up")
+        behind = None if found.behind is None else max(float(found.behind), 0.0)
+        if behind is None:
+            return self._status(False, None, "it has replayed no transaction yet")
+        if behind > self._max_lag:
+            reason = f"{behind:.1f} s behind, past the bound of {self._max_lag:g} s"
+            return self._status(False, behind, reason)
+        return self._status(True, behind, f"{behind:.1f} s behind")
+
+    def close(self) -> None:
+        self._replica.engine.dispose()
+
+    def read(self, operation: Callable[[Database], T]) -> T:
+        """``operation`` on the replica if it is usable now, else on the primary; on the
+        primary again if the replica fails it midway (a typed StorageError)."""
+        status = self.status()
+        if not status.used:
+            log.warning("heavy read on the primary: %s", status.describe())
+            return operation(self._primary)
+        try:
+            return operation(self._replica)
+        except StorageError as error:
+            log.warning("heavy read failed on the replica (%s); reading the primary", error)
+            return operation(self._primary)
+
+    def _status(self, used: bool, lag: float | None, reason: str) -> ReplicaStatus:
+        return ReplicaStatus(self._url, used, lag, self._max_lag, reason)

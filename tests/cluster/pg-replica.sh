@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# A PostgreSQL streaming replica of the local server (127.0.0.1:5432) on 127.0.0.1:5433,
+# for the read-replica tests (tests/cluster/test_pg_replica.py). Run as root; CI runs it.
+#
+#   tests/cluster/pg-replica.sh start   # idempotent: a running replica is left as it is
+#   tests/cluster/pg-replica.sh stop
+#
+# The primary gets a trust line for replication connections from 127.0.0.1 and a
+# replication slot (so it keeps the WAL the replica has not received yet); the replica
+# is a pg_basebackup of it (-R: it follows the primary), in its own data directory, with
+# its own minimal configuration (Debian keeps the primary's in /etc/postgresql).
+set -euo pipefail
+
+PRIMARY_PORT=${PRIMARY_PORT:-5432}
+REPLICA_PORT=${REPLICA_PORT:-5433}
+DATA=${REPLICA_DATA:-/var/lib/postgresql/balance-replica}
+SLOT=balance_replica
+VERSION=$(ls /etc/postgresql | sort -V | tail -1)
+BIN=/usr/lib/postgresql/$VERSION/bin
+HBA=/etc/postgresql/$VERSION/main/pg_hba.conf
+
+as_postgres() { runuser -u postgres -- "$@"; }
+replica_up() { pg_isready -h 127.0.0.1 -p "$REPLICA_PORT" -q; }
+sql() { psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -Atqc "$1"; }
+
+start() {
+    if replica_up; then
+        echo "replica already up on $REPLICA_PORT"
+        return
+    fi
+    if ! grep -q "^host replication all 127.0.0.1/32 trust" "$HBA"; then
+        echo "host replication all 127.0.0.1/32 trust" >>"$HBA"
+        sql "SELECT pg_reload_conf()" >/dev/null
+    fi
+    if [ -f "$DATA/standby.signal" ]; then
+        echo "starting the existing replica in $DATA"
+    else
+        rm -rf "$DATA"
+        sql "SELECT pg_drop_replication_slot('$SLOT') FROM pg_replication_slots
+             WHERE slot_name = '$SLOT'" >/dev/null
+        as_postgres "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres \
+            -D "$DATA" -R -X stream -C -S "$SLOT" -c fast
+        cat >"$DATA/postgresql.conf" <<EOF
+port = $REPLICA_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '/var/run/postgresql'
+hot_standby = on
+hot_standby_feedback = on
+max_connections = 100
+shared_buffers = 64MB
+EOF
+        cat >"$DATA/pg_hba.conf" <<EOF
+local all all trust
+host all all 127.0.0.1/32 trust
+EOF
+        chown postgres:postgres "$DATA/postgresql.conf" "$DATA/pg_hba.conf"
+    fi
+    as_postgres "$BIN/pg_ctl" -D "$DATA" -l "$DATA/replica.log" -w -t 60 start >/dev/null
+    replica_up && echo "replica up on $REPLICA_PORT"
+}
+
+stop() {
+    if [ -f "$DATA/postmaster.pid" ]; then
+        as_postgres "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+    fi
+}
+
+case "${1:-start}" in
+start) start ;;
+stop) stop ;;
+*)
+    echo "usage: $0 start|stop" >&2
+    exit 2
+    ;;
+esac
