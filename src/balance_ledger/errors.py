@@ -19,6 +19,7 @@
     └── StorageError              the database failed or could not be reached
         ├── SchemaMissing         the ledger's tables are not there: migrate first
         ├── RetriesExhausted      deadlock / serialization failure retried too many times
+        ├── NodeUnavailable       this Galera node cannot serve now: use another node
         └── CommitUnknown         the connection failed during COMMIT: it may have committed
 
 A rejected call never moves money: the database transaction is rolled back before
@@ -285,6 +286,20 @@ class RetriesExhausted(StorageError):
         super().__init__(
             f"gave up after {attempts} attempts: the database kept aborting the transaction "
             f"(deadlock or lock timeout): {cause}"
+        )
+
+
+class NodeUnavailable(StorageError):
+    """A Galera node outside the cluster's primary component, or still joining it,
+    refused the statement; nothing was written. Another node can serve."""
+
+    code = "node-unavailable"
+    http_status = 503
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            "this database node cannot serve now (it is not part of the cluster's primary "
+            f"component, or still joining it): send the request to another node ({cause})"
         )
 
 

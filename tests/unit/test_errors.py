@@ -28,6 +28,7 @@ PUBLISHED = {
     errors.SchemaMissing: (503, "schema-missing"),
     errors.RetriesExhausted: (503, "retries-exhausted"),
     errors.CommitUnknown: (503, "commit-unknown"),
+    errors.NodeUnavailable: (503, "node-unavailable"),
     errors.StorageError: (503, "storage-error"),
 }
 

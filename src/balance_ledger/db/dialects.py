@@ -7,7 +7,8 @@
   transaction with ``BEGIN IMMEDIATE``, which takes the database's write lock up
   front, so two writers can never both read a balance and then both debit it.
 * Upserts (the verifier's checkpoints) and the cross-host lock a scheduled job
-  takes: a PostgreSQL advisory lock, MariaDB ``GET_LOCK``, a lease row on SQLite.
+  takes: a PostgreSQL advisory lock, MariaDB ``GET_LOCK``, a lease row on SQLite and
+  on a Galera cluster (galera.py, with the rest of what Galera needs).
 * Which driver errors mean "the server aborted this transaction, run it again"
   (deadlock, serialization failure, lock timeout, SQLite busy), and which mean
   "the tables are not there".
@@ -16,10 +17,7 @@
 from __future__ import annotations
 
 import functools
-import os
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -42,7 +40,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     create_engine,
-    delete,
     event,
     func,
     insert,
@@ -56,10 +53,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
-from .. import clock
 from ..chain.rules import SEALED_FIELDS
 from ..errors import InvalidRequest, shown
-from .tables import balance_job_locks
+from . import galera
 
 # The jobs one runner at a time does (job_lock), and on SQLite how long a runner that
 # crashed holding one blocks it: longer than the job's longest healthy run.
@@ -147,7 +143,7 @@ class Backend:
             return getattr(original, "sqlstate", None) in _PG_RETRYABLE
         if self.name == "mariadb":
             args: tuple[object, ...] = getattr(original, "args", ())
-            return bool(args) and args[0] in _MARIADB_RETRYABLE
+            return bool(args) and (args[0] in _MARIADB_RETRYABLE or galera.is_id_clash(args))
         # SQLite: the busy timeout ran out waiting for another writer.
         return "database is locked" in str(original) or "database is busy" in str(original)
 
@@ -255,13 +251,14 @@ class Backend:
         """Try, without waiting, to become the one runner of job ``name`` on any host.
 
         Yields True while held. PostgreSQL and MariaDB use session locks that the
-        server frees if this process dies; SQLite uses a lease row that expires after
-        the job's JOB_LEASES (``lease``: another, for a test).
+        server frees if this process dies; SQLite and a Galera cluster (whose
+        ``GET_LOCK`` is per node) use a lease row that expires after the job's
+        JOB_LEASES (``lease``: another, for a test; galera.py).
         """
         lease = JOB_LEASES[name] if lease is None else lease  # KeyError: not a job
         key = f"balance_ledger:{name}"
-        if self.name == "sqlite":
-            with _sqlite_lease(engine, key, lease) as held:
+        if self.name == "sqlite" or (self.name == "mariadb" and galera.is_galera(engine)):
+            with galera.lease(engine, key, lease, write={WRITE_OPTION: True}) as held:
                 yield held
             return
         acquire, release = {
@@ -284,6 +281,10 @@ class Backend:
             finally:
                 if held:
                     conn.execute(text(release), {"key": key})
+
+    def is_node_unavailable(self, error: DBAPIError) -> bool:
+        """True when a Galera node cannot serve now (galera.py): another node can."""
+        return self.name == "mariadb" and galera.is_node_unavailable(error)
 
     def is_missing_table(self, error: DBAPIError) -> bool:
         original = error.orig
@@ -364,6 +365,9 @@ def _create_ledger_engine(url: URL, options: dict[str, Any]) -> Engine:
             raise InvalidRequest("MariaDB connections must use charset=utf8mb4")
         url = url.update_query_dict({"charset": "utf8mb4"})
         options.setdefault("pool_recycle", 3600)
+        engine = create_engine(url, **options)
+        event.listen(engine, "connect", galera.causal_reads_on_galera)
+        return engine
     else:
         raise InvalidRequest(f"unsupported database {backend!r}: use sqlite, postgresql or mysql")
     # No pool_pre_ping: transactions.py replaces a connection found dead on its first
@@ -477,24 +481,3 @@ def execute_locking(
     result = conn.execute(statement, params)  # the drivers buffer the rows: the wait is in here
     observe(time.perf_counter() - started)
     return result
-
-
-@contextmanager
-def _sqlite_lease(engine: Engine, key: str, lease: timedelta) -> Iterator[bool]:
-    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-    locks = balance_job_locks
-    now = clock.now()
-    with engine.connect() as conn:
-        conn = conn.execution_options(**{WRITE_OPTION: True})
-        with conn.begin():
-            current = conn.execute(select(locks).where(locks.c.name == key)).first()
-            held = current is None or current.expires_at <= now
-            if held:
-                row = {"name": key, "holder": holder, "expires_at": now + lease}
-                Backend("sqlite").upsert(conn, locks, [row], key="name")
-    try:
-        yield held
-    finally:
-        if held:
-            with engine.begin() as conn:
-                conn.execute(delete(locks).where(locks.c.name == key, locks.c.holder == holder))

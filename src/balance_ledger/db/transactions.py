@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from ..errors import (
     CommitUnknown,
     InvalidRequest,
+    NodeUnavailable,
     RetriesExhausted,
     SchemaMissing,
     StorageError,
@@ -213,6 +214,8 @@ class Database:
         if isinstance(error, DBAPIError):
             if self.backend.is_missing_table(error):
                 return SchemaMissing(_one_line(cause))
+            if self.backend.is_node_unavailable(error):
+                return NodeUnavailable(_one_line(cause))
             if self.backend.is_retryable(error):
                 return RetriesExhausted(attempt, _one_line(cause))
             return StorageError(f"database error: {_one_line(cause)}")

@@ -59,6 +59,9 @@ SERVER_DETAIL = {
     "find out",
     "retries-exhausted": "the database kept aborting the transaction under contention; "
     "nothing was written, retry",
+    "node-unavailable": "the database node this server uses cannot serve now (it is not "
+    "part of its cluster's primary component); nothing was written, retry or use a server "
+    "on another node",
     "schema-missing": "the ledger's tables are missing from the database; nothing was "
     "written, an operator must migrate it before any request can succeed",
     "internal-error": "the server failed unexpectedly; quote the request_id to support, "
@@ -66,7 +69,12 @@ SERVER_DETAIL = {
 }
 # Seconds a client should wait before retrying; a code not listed gains nothing from a
 # retry (schema-missing waits for an operator).
-RETRY_AFTER = {"storage-error": 2, "commit-unknown": 1, "retries-exhausted": 1}
+RETRY_AFTER = {
+    "storage-error": 2,
+    "commit-unknown": 1,
+    "retries-exhausted": 1,
+    "node-unavailable": 5,
+}
 # Context of a server failure that is safe to show: counts, never text.
 _SERVER_CONTEXT = ("attempts", "batch_item")
 
