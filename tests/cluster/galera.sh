@@ -86,11 +86,14 @@ rejoin() {
     # applied (as the packaged service does), so it needs only the missing write sets
     # (IST) instead of a full copy (SST).
     local n=$1 data=$BASE/node$1 position
-    position=$(runuser -u mysql -- /usr/sbin/mariadbd --no-defaults --datadir="$data" \
+    rm -f "$data/recover.log"
+    runuser -u mysql -- /usr/sbin/mariadbd --no-defaults --datadir="$data" \
         --socket="$RUN/recover$n.sock" --skip-networking --innodb-buffer-pool-size=64M \
-        --innodb-log-file-size=48M --wsrep-on=ON --wsrep-provider="$PROVIDER" \
-        --wsrep-cluster-address="$CLUSTER" --wsrep-recover --log-error=/dev/stderr 2>&1 |
-        sed -n 's/.*WSREP: Recovered position: *//p' | tail -1) || true
+        --innodb-log-file-size=48M --binlog-format=ROW --innodb-autoinc-lock-mode=2 \
+        --wsrep-on=ON --wsrep-provider="$PROVIDER" --wsrep-cluster-address="$CLUSTER" \
+        --wsrep-recover --log-error="$data/recover.log" >/dev/null 2>&1 || true
+    position=$(sed -n 's/.*WSREP: Recovered position: *//p' "$data/recover.log" 2>/dev/null |
+        tail -1) || true
     if [ -n "$position" ]; then
         launch "$n" --wsrep-start-position="$position"
     else
