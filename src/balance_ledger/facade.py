@@ -54,8 +54,9 @@ class Facade:
         ``one_statement``: on PostgreSQL, try each single movement in one statement
         first (money/post.py: post_unchanged); False: always under the account's lock.
         ``replica``: a PostgreSQL streaming replica of ``engine`` that the heavy reads go
-        to (verify-chain, discrepancies, statements, history) while it is at most
-        ``max_replica_lag`` seconds behind (db/replica.py); writes never do."""
+        to (verify-chain, discrepancies, statements, history pages) while it is at most
+        ``max_replica_lag`` seconds behind (0: only while caught up; db/replica.py);
+        writes never do."""
         self.account_policy = account_policy or AccountPolicy()
         self._db = Database(engine, max_attempts=max_attempts)
         self._reconciler = Reconciler(self._db)
@@ -70,7 +71,10 @@ class Facade:
         self._replica = None
         if replica is not None:
             max_lag = valid.seconds(max_replica_lag, "max_replica_lag")
-            self._replica = Replica(Database(replica), self._db, max_lag=max_lag)
+            # A scan the standby cancels (a recovery conflict) is read from the
+            # primary at once, not retried on the replica (db/replica.py).
+            on_replica = Database(replica, max_attempts=1)
+            self._replica = Replica(on_replica, self._db, max_lag=max_lag)
 
     @property
     def engine(self) -> Engine:
@@ -98,7 +102,17 @@ class Facade:
 
         ``engine_options`` go to SQLAlchemy's ``create_engine`` (``pool_size``, …).
         """
-        replica = None if replica_url is None else create_ledger_engine(replica_url)
+        replica = None
+        if replica_url is not None:
+            # Fail over fast: a replica that does not answer is not waited for, and a
+            # session there never writes.
+            replica = create_ledger_engine(
+                replica_url,
+                connect_args={
+                    "connect_timeout": 2,
+                    "options": "-c jit=off -c default_transaction_read_only=on",
+                },
+            )
         return cls(
             create_ledger_engine(url, **engine_options),
             max_attempts=max_attempts,

@@ -136,8 +136,7 @@ class BalanceService(Operations):
 
     def ledger_totals(self, user_id: int) -> LedgerTotals:
         """The account's balance and totals recomputed from the ledger, not the cache."""
-        work = partial(history.totals, user_id=valid.user_id(user_id))
-        return self._heavy_read(lambda db: db.read(work))
+        return self._db.read(partial(history.totals, user_id=valid.user_id(user_id)))
 
     # -- history from the ledger (never from the cache) ---------------------------------
 
@@ -145,8 +144,7 @@ class BalanceService(Operations):
         """The balance after every movement written at or before ``at`` (aware datetime)."""
         user_id = valid.user_id(user_id)
         at = valid.instant(at, "at")
-        work = partial(history.balance_at, user_id=user_id, at=at)
-        return self._heavy_read(lambda db: db.read(work))
+        return self._db.read(partial(history.balance_at, user_id=user_id, at=at))
 
     def statement(self, user_id: int, start: datetime, end: datetime) -> Statement:
         """Opening balance, the movements written in [start, end), closing balance, totals."""

@@ -3,7 +3,7 @@
 # for the read-replica tests (tests/cluster/test_pg_replica.py). Run as root; CI runs it.
 #
 #   tests/cluster/pg-replica.sh start   # idempotent: a running replica is left as it is
-#   tests/cluster/pg-replica.sh stop
+#   tests/cluster/pg-replica.sh stop    # and its data and slot are gone
 #
 # The primary gets a trust line for replication connections from 127.0.0.1 and a
 # replication slot (so it keeps the WAL the replica has not received yet); the replica
@@ -25,6 +25,9 @@ sql() { psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -Atqc "$1"; }
 
 start() {
     if replica_up; then
+        # A test run killed while it had paused the replay leaves it paused.
+        psql -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -Atqc "SELECT pg_wal_replay_resume()" \
+            >/dev/null
         echo "replica already up on $REPLICA_PORT"
         return
     fi
@@ -63,6 +66,10 @@ stop() {
     if [ -f "$DATA/postmaster.pid" ]; then
         as_postgres "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
     fi
+    # A slot nobody reads keeps the primary's WAL forever: gone with the replica.
+    rm -rf "$DATA"
+    sql "SELECT pg_drop_replication_slot('$SLOT') FROM pg_replication_slots
+         WHERE slot_name = '$SLOT'" >/dev/null
 }
 
 case "${1:-start}" in

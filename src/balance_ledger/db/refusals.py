@@ -100,9 +100,13 @@ def answer_and_head(
     with planned_each_run(conn):  # it reads the ledger (dialects.planned_each_run)
         found = conn.execute(_ANSWERED[rows], {"user_id": user_id, "key": key}).one()
     head = None if found.id is None else found
-    if found.row_id is None and found.refusal_id is None:
+    if found.row_id is not None:  # a row wins over a refusal
+        return queries.get_transaction(conn, found.row_id), head
+    if found.refusal_id is None:
         return None, head
-    return earlier_answer(conn, user_id, key), head
+    if rows:
+        return find(conn, user_id, KeyScope.LEDGER, key), head
+    return earlier_answer(conn, user_id, key), head  # the key's row was not read yet
 
 
 def find(conn: Connection, user_id: int, scope: KeyScope, key: str) -> Refusal | None:

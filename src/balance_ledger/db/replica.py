@@ -1,17 +1,21 @@
 """A PostgreSQL streaming replica for the heavy reads: verify-chain, the discrepancy
-report, statements and history (facade.py: Facade._heavy_reads). Every write, every
-lock and every fix stays on the primary.
+report, statements and history pages (facade.py: Facade._heavy_read). Every write,
+every lock and every fix stays on the primary.
 
-Before each heavy read the replica is asked how far behind it is:
+When a heavy read starts (a long one, such as verify-chain, is checked once, at its
+start) the replica is asked how far behind it is:
 
-- **caught up** (0 s): it has replayed the primary's WAL up to where it was a moment
-  before (``pg_current_wal_lsn()`` on the primary, ``pg_last_wal_replay_lsn()`` on the
-  replica), so the read sees every write committed before it began;
-- else **behind** by the time since the last transaction it replayed was committed on
-  the primary (``pg_last_xact_replay_timestamp()``, an upper bound: a primary idle for
-  a minute before its last commit reads as a minute behind);
-- **not used** when it is behind by more than the bound, unreachable, or not a standby
-  (``pg_is_in_recovery()``): the read goes to the primary, and the status says why.
+- **caught up** (0 s): it has replayed the primary's WAL up to where the primary had
+  inserted it a moment before (``pg_current_wal_insert_lsn()`` on the primary,
+  ``pg_last_wal_replay_lsn()`` on the replica), so the read sees every write committed
+  before it began;
+- else **behind** by the time, on the primary's clock, since the last transaction it
+  replayed was committed there (``pg_last_xact_replay_timestamp()``; an upper bound: a
+  primary idle for a minute before its last commit reads as a minute behind);
+- **not used** when it is behind by more than the bound (with a bound of 0: whenever
+  it is not caught up), unreachable, not a standby (``pg_is_in_recovery()``), or a
+  standby of another cluster (``system_identifier``): the read goes to the primary,
+  and the status says why.
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-_PRIMARY_POSITION = text("SELECT pg_current_wal_lsn()::text")
+_PRIMARY_POSITION = text(
+    "SELECT pg_current_wal_insert_lsn()::text AS position, clock_timestamp() AS now,"
+    " (SELECT system_identifier FROM pg_control_system()) AS system"
+)
 _REPLICA_POSITION = text(
     "SELECT pg_is_in_recovery() AS standby,"
+    " (SELECT system_identifier FROM pg_control_system()) AS system,"
     " coalesce(pg_last_wal_replay_lsn() >= CAST(:position AS pg_lsn), false) AS caught_up,"
-    " extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) AS behind"
+    " extract(epoch FROM CAST(:now AS timestamptz) - pg_last_xact_replay_timestamp())"
+    " AS behind"
 )
 
 
@@ -66,21 +75,22 @@ class Replica:
 
     def status(self) -> ReplicaStatus:
         """How far behind the replica is now, and whether heavy reads go to it."""
-        position = self._primary.read(lambda conn: conn.execute(_PRIMARY_POSITION).scalar_one())
+        primary = self._primary.read(lambda conn: conn.execute(_PRIMARY_POSITION).one())
+        asked = {"position": primary.position, "now": primary.now}
         try:
-            found = self._replica.read(
-                lambda conn: conn.execute(_REPLICA_POSITION, {"position": position}).one()
-            )
+            found = self._replica.read(lambda conn: conn.execute(_REPLICA_POSITION, asked).one())
         except StorageError as error:  # refused, lost, shut down: the primary answers
             return self._status(False, None, f"unreachable: {error}")
         if not found.standby:
             return self._status(False, None, "not a standby (pg_is_in_recovery() is false)")
+        if found.system != primary.system:
+            return self._status(False, None, "a standby of another cluster, not of this primary")
         if found.caught_up:
             return self._status(True, 0.0, "caught up")
-        behind = None if found.behind is None else max(float(found.behind), 0.0)
-        if behind is None:
+        if found.behind is None:
             return self._status(False, None, "it has replayed no transaction yet")
-        if behind > self._max_lag:
+        behind = max(float(found.behind), 0.0)
+        if self._max_lag == 0 or behind > self._max_lag:
             reason = f"{behind:.1f} s behind, past the bound of {self._max_lag:g} s"
             return self._status(False, behind, reason)
         return self._status(True, behind, f"{behind:.1f} s behind")

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Response
 from fastapi.concurrency import run_in_threadpool
 
 from ..coalescer import ChargeCoalescer
+from ..errors import InvalidRequest
 from ..models import Transaction
 from ..money.requests import Charge
 from ..service import BalanceService
@@ -147,7 +148,7 @@ def app_from_environment() -> FastAPI:
     interval = os.environ.get(DISPATCH_INTERVAL_ENV)
     watch_supervisor()  # a worker of `balance serve --workers N` ends with its supervisor
     replica = os.environ.get("BALANCE_REPLICA_URL") or None
-    max_lag = float(os.environ.get("BALANCE_MAX_REPLICA_LAG", "10"))
+    max_lag = _seconds(os.environ.get("BALANCE_MAX_REPLICA_LAG", "10"), "BALANCE_MAX_REPLICA_LAG")
     app = create_app(
         BalanceService.from_url(url, replica_url=replica, max_replica_lag=max_lag),
         key_cache_seconds=cache,
@@ -157,6 +158,13 @@ def app_from_environment() -> FastAPI:
     if os.environ.get(WORKER_ENV) == "1":
         _spare_the_collector()  # a process of its own: not a test's, nor an embedder's
     return app
+
+
+def _seconds(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number of seconds, got {value!r}") from None
 
 
 def _spare_the_collector() -> None:
