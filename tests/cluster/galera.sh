@@ -103,11 +103,16 @@ rejoin() {
 }
 
 stop() {
-    for n in 3 2 1; do
-        if [ -f "$RUN/node$n.pid" ]; then
-            start-stop-daemon --stop --oknodo --retry 30 --pidfile "$RUN/node$n.pid" >/dev/null
-            rm -f "$RUN/node$n.pid"
-        fi
+    local pid
+    for n in 3 2 1; do # the last one stopped may bootstrap the cluster again
+        [ -f "$RUN/node$n.pid" ] || continue
+        pid=$(cat "$RUN/node$n.pid")
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 120); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        rm -f "$RUN/node$n.pid"
     done
 }
 
