@@ -339,3 +339,38 @@ def test_a_node_killed_mid_race_loses_no_acknowledged_charge_and_rejoins(urls, n
             checksums.append(conn.execute(text(f"CHECKSUM TABLE {tables}")).all())
         engine.dispose()
     assert checksums[0] == checksums[1] == checksums[2]
+
+
+def test_schedulers_on_two_nodes_run_each_slot_once(nodes):
+    """Measured before the lease rows: both nodes held verify-fix at once, and 7 of 10
+    losers of a slot got a raw duplicate-key error. Now each slot runs once; the other
+    scheduler is told it was run or is running (None), never an error."""
+    from datetime import UTC, datetime, timedelta
+
+    _fresh_account(nodes[0])
+    base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    slots = [base + timedelta(minutes=i) for i in range(15)]
+    results: dict[int, list[object]] = {0: [], 1: []}
+    failures: list[BaseException] = []
+
+    fire = threading.Barrier(2)  # both schedulers' clocks reach each slot together
+
+    def scheduler(n: int) -> None:
+        for slot in slots:
+            fire.wait()
+            try:
+                results[n].append(nodes[n].run_scheduled_job("verify-fix", slot))
+            except BaseException as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=scheduler, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    runs = [r for r in nodes[2].sync_runs(limit=100) if r.scheduled_for in slots]
+    assert sorted(r.scheduled_for for r in runs) == slots  # each slot once
+    ran = [r for n in (0, 1) for r in results[n] if r is not None]
+    assert len(ran) == len(slots)
