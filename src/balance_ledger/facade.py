@@ -17,10 +17,12 @@ from sqlalchemy.engine import URL
 
 from . import validation as valid
 from .db import queries
+from .db.affinity import Nodes
 from .db.dialects import create_ledger_engine
 from .db.migrate import upgrade_to_head
 from .db.replica import Replica, ReplicaStatus
 from .db.transactions import Database, Work
+from .errors import InvalidRequest
 from .models import AccountPolicy, AccountStatus, StatusChange
 from .money.rules import Refused
 from .money.snapshots import Snapshots
@@ -31,6 +33,7 @@ log = logging.getLogger("balance_ledger.service")
 
 StatusCallback = Callable[[StatusChange], object]
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class Facade:
@@ -47,6 +50,7 @@ class Facade:
         one_statement: bool = True,
         replica: Engine | None = None,
         max_replica_lag: float = 10.0,
+        other_nodes: list[Engine] | None = None,
     ) -> None:
         """``max_attempts``: how often a transaction the server aborted is run before
         ``RetriesExhausted``. ``account_policy``: what ``open_account`` gives an account
@@ -56,7 +60,8 @@ class Facade:
         ``replica``: a PostgreSQL streaming replica of ``engine`` that the heavy reads go
         to (verify-chain, discrepancies, statements, history pages) while it is at most
         ``max_replica_lag`` seconds behind (0: only while caught up; db/replica.py);
-        writes never do."""
+        writes never do. ``other_nodes``: the other nodes of ``engine``'s MariaDB Galera
+        cluster; each account's writes then go to one node (db/affinity.py)."""
         self.account_policy = account_policy or AccountPolicy()
         self._db = Database(engine, max_attempts=max_attempts)
         self._reconciler = Reconciler(self._db)
@@ -68,6 +73,12 @@ class Facade:
         one_statement = valid.flag(one_statement, "one_statement")
         chains = self._db.backend.chains_writes
         self._snapshots = Snapshots() if one_statement and chains else None
+        self._nodes = None
+        if other_nodes:
+            if self._db.backend.name != "mariadb":
+                raise InvalidRequest("node affinity is for the nodes of a MariaDB Galera cluster")
+            others = [Database(node, max_attempts=max_attempts) for node in other_nodes]
+            self._nodes = Nodes([self._db, *others])
         self._replica = None
         if replica is not None:
             max_lag = valid.seconds(max_replica_lag, "max_replica_lag")
@@ -124,6 +135,32 @@ class Facade:
             max_replica_lag=max_replica_lag,
         )
 
+    @classmethod
+    def from_nodes(
+        cls,
+        urls: list[str | URL],
+        *,
+        max_attempts: int = 8,
+        on_suspend: StatusCallback | None = None,
+        on_reactivate: StatusCallback | None = None,
+        account_policy: AccountPolicy | None = None,
+        **engine_options: Any,
+    ) -> Self:
+        """Connect to every node of a MariaDB Galera cluster (``mysql+pymysql://…``);
+        each account's writes go to one of them, its home, and to the next while that
+        one fails (db/affinity.py). Everything else goes to the first node."""
+        if len(urls) < 2:
+            raise InvalidRequest("from_nodes needs the URLs of at least two nodes")
+        engines = [create_ledger_engine(url, **dict(engine_options)) for url in urls]
+        return cls(
+            engines[0],
+            max_attempts=max_attempts,
+            on_suspend=on_suspend,
+            on_reactivate=on_reactivate,
+            account_policy=account_policy,
+            other_nodes=engines[1:],
+        )
+
     def create_schema(self) -> None:
         """Apply every migration up to the newest (creates the tables if missing)."""
         self._db.run_outside_transaction(upgrade_to_head)
@@ -131,6 +168,8 @@ class Facade:
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self._nodes is not None:
+            self._nodes.close()
         if self._replica is not None:
             self._replica.close()
 
@@ -178,11 +217,21 @@ class Facade:
         """Raise StorageError (or SchemaMissing) unless the database answers."""
         self._db.read(queries.ping)
 
-    def _run(self, work: Work[tuple[R | Refused, StatusChange | None]]) -> R:
-        """Run a unit of work in one transaction; after the commit, tell the callbacks
-        of the status change it made. A refusal it remembered under its key is raised
-        now (raising inside would have rolled the remembering back)."""
-        result, change = self._db.write(work)
+    def _write(self, work: Work[T], user_id: int | None = None) -> T:
+        """One write transaction; on a cluster with node affinity, on the home node of
+        ``user_id`` (the account it writes)."""
+        if self._nodes is None or user_id is None:
+            return self._db.write(work)
+        return self._nodes.write(user_id, lambda db: db.write(work))
+
+    def _run(
+        self, work: Work[tuple[R | Refused, StatusChange | None]], user_id: int | None = None
+    ) -> R:
+        """Run a unit of work in one transaction (on the home node of ``user_id``: see
+        ``_write``); after the commit, tell the callbacks of the status change it made.
+        A refusal it remembered under its key is raised now (raising inside would have
+        rolled the remembering back)."""
+        result, change = self._write(work, user_id)
         if change is not None:
             self._notify(change)
         if isinstance(result, Refused):

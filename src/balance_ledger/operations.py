@@ -56,7 +56,8 @@ class Operations(Facade):
         suspended = 0
         while due := self._db.read(lambda conn: queries.overdue_accounts(conn, moment, SWEEP)):
             for user_id in due:
-                account = self._run(partial(accounts.settle_again, user_id=user_id, now=moment))
+                settle = partial(accounts.settle_again, user_id=user_id, now=moment)
+                account = self._run(settle, user_id)
                 assert account is not None, "accounts are never deleted"
                 suspended += account.status is AccountStatus.SUSPENDED
         return suspended
@@ -67,7 +68,8 @@ class Operations(Facade):
         released = 0
         while due := self._db.read(lambda conn: queries.expired_holds(conn, moment, SWEEP)):
             for hold_id, user_id in due:
-                released += self._run(partial(holds.expire_hold, user_id=user_id, hold_id=hold_id))
+                expire = partial(holds.expire_hold, user_id=user_id, hold_id=hold_id)
+                released += self._run(expire, user_id)
         return released
 
     # -- reconciliation (layer 3; the logic lives in reconcile/) --------------------------

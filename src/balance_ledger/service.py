@@ -103,7 +103,7 @@ class BalanceService(Operations):
             rules=chosen,
             policy_given=policy is not None,
         )
-        return self._db.write(work)
+        return self._write(work, user_id)
 
     def set_account_policy(self, user_id: int, policy: AccountPolicy) -> Balance:
         """Give the account a new threshold and suspension rule; it applies at once.
@@ -115,7 +115,7 @@ class BalanceService(Operations):
         user_id = valid.user_id(user_id)
         now = clock.now()
         account = self._run(
-            partial(accounts.settle_again, user_id=user_id, now=now, new_policy=policy)
+            partial(accounts.settle_again, user_id=user_id, now=now, new_policy=policy), user_id
         )
         if account is None:
             raise AccountNotFound(user_id)
@@ -224,7 +224,10 @@ class BalanceService(Operations):
             work = partial(
                 post_many, movements=planned, indices=group, atomic=atomic, backend=backend
             )
-            outcomes, changes = self._keys_read_if_used(self._db.write, work)
+            first = planned[group[0]] if group else None  # a group's writes go together
+            home = first.user_id if isinstance(first, Movement) else None
+            write = partial(self._write, user_id=home)
+            outcomes, changes = self._keys_read_if_used(write, work)
             for i, outcome in outcomes.items():
                 results[i] = outcome
             for change in changes:
@@ -303,7 +306,7 @@ class BalanceService(Operations):
             key=key,
             expiry=expiry,
         )
-        return self._run(work)
+        return self._run(work, user_id)
 
     def capture(
         self, hold_id: int, amount: int | None = None, *, idempotency_key: str | None = None
@@ -327,13 +330,13 @@ class BalanceService(Operations):
             amount=take,
             key=key,
         )
-        return self._run(work)
+        return self._run(work, user_id)
 
     def void(self, hold_id: int) -> Hold:
         """Release an active hold without charging anything."""
         hold_id = valid.row_id(hold_id, "hold id")
         user_id = self._hold_owner(hold_id)
-        return self._run(partial(holds.void, user_id=user_id, hold_id=hold_id))
+        return self._run(partial(holds.void, user_id=user_id, hold_id=hold_id), user_id)
 
     def get_hold(self, hold_id: int) -> Hold:
         hold_id = valid.row_id(hold_id, "hold id")
@@ -365,7 +368,8 @@ class BalanceService(Operations):
 
     def _post_locked(self, request: Movement) -> Transaction:
         locked = partial(post, backend=self._db.backend, movement=request)
-        posted: Transaction = self._keys_read_if_used(self._run, locked)
+        run = partial(self._run, user_id=request.user_id)
+        posted: Transaction = self._keys_read_if_used(run, locked)
         return posted
 
     def _keys_read_if_used(self, run: Callable[[Work[Any]], T], work: Callable[..., Any]) -> T:

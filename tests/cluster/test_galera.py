@@ -13,10 +13,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from balance_ledger import (
@@ -170,9 +171,11 @@ def test_a_node_that_cannot_serve_is_node_unavailable():
     db.engine.dispose()
 
 
-def test_an_id_two_nodes_gave_at_once_is_run_again_and_a_used_key_is_not():
-    """1062 on PRIMARY (auto-increment ids during a membership change) is retried; 1062
-    on the idempotency key's constraint is the key's answer, never retried blindly."""
+def test_galera_aborts_are_run_again_and_a_used_key_is_not():
+    """1062 on PRIMARY (auto-increment ids during a membership change) and the 1064 a
+    transaction aborted by another node's write set gets while opening triggers are
+    run again; 1062 on the idempotency key's constraint is the key's answer, and a real
+    syntax error an error, never retried."""
     import pymysql
 
     backend = backend_of(create_engine("mysql+pymysql://root@127.0.0.1:1/unused"))
@@ -180,8 +183,14 @@ def test_an_id_two_nodes_gave_at_once_is_run_again_and_a_used_key_is_not():
     used_key = pymysql.err.IntegrityError(
         1062, "Duplicate entry '1-k' for key 'uq_user_balance_transactions_user_id_idempotency_key'"
     )
+    aborted = pymysql.err.ProgrammingError(
+        1064, "Unknown trigger has an error in its body: 'Query was empty'"
+    )
+    syntax = pymysql.err.ProgrammingError(1064, "You have an error in your SQL syntax")
     assert backend.is_retryable(DBAPIError.instance("INSERT", {}, clash, pymysql.Error))
+    assert backend.is_retryable(DBAPIError.instance("INSERT", {}, aborted, pymysql.Error))
     assert not backend.is_retryable(DBAPIError.instance("INSERT", {}, used_key, pymysql.Error))
+    assert not backend.is_retryable(DBAPIError.instance("SELECT", {}, syntax, pymysql.Error))
 
 
 def test_charges_racing_on_three_nodes_keep_the_ledger_whole(urls, nodes):
@@ -374,3 +383,71 @@ def test_schedulers_on_two_nodes_run_each_slot_once(nodes):
     assert sorted(r.scheduled_for for r in runs) == slots  # each slot once
     ran = [r for n in (0, 1) for r in results[n] if r is not None]
     assert len(ran) == len(slots)
+
+
+@contextmanager
+def ledger_inserts() -> Iterator[list[tuple[int, int]]]:
+    """(server port, user_id) of every ledger row insert any engine sends meanwhile."""
+    sent: list[tuple[int, int]] = []
+
+    def record(conn, _cursor, statement, params, *_args) -> None:
+        if statement.startswith("INSERT INTO user_balance_transactions"):
+            rows = params if isinstance(params, list | tuple) else [params]
+            sent.extend((conn.engine.url.port, row["user_id"]) for row in rows)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_with_node_affinity_each_account_is_written_by_one_node(urls):
+    with BalanceService.from_nodes(urls) as svc:
+        accounts = [_fresh_account(svc) for _ in range(12)]
+        with ledger_inserts() as sent:
+            for user_id in accounts:
+                svc.recharge(user_id, 100)
+                for _ in range(3):
+                    svc.charge_service(user_id, 10, "vps")
+    ports_of = {user_id: {port for port, user in sent if user == user_id} for user_id in accounts}
+    assert all(len(ports) == 1 for ports in ports_of.values()), ports_of
+    assert len(set().union(*ports_of.values())) > 1  # the accounts' homes are spread
+
+
+def test_with_node_affinity_a_node_that_fails_leaves_its_accounts_to_the_next(urls):
+    dead = "mysql+pymysql://root@127.0.0.1:1/unused"
+    with BalanceService.from_nodes([urls[0], dead, urls[2]]) as svc:
+        accounts = [_fresh_account(svc) for _ in range(12)]
+        for user_id in accounts:
+            svc.recharge(user_id, 100)
+            assert svc.charge_service(user_id, 30, "vps").balance_after == 70
+
+
+def test_with_node_affinity_a_hot_account_raced_from_three_services_never_conflicts(urls):
+    """The same race as above, but every service sends an account's writes to its home
+    node: no certification conflict, so no RetriesExhausted at all."""
+    services = [BalanceService.from_nodes(urls) for _ in range(3)]
+    hot = _fresh_account(services[0])
+    services[0].recharge(hot, 10**6)
+    exhausted: list[BaseException] = []
+    stop = time.monotonic() + 4
+
+    def client(svc: BalanceService) -> None:
+        while time.monotonic() < stop:
+            try:
+                svc.charge_service(hot, 1, "vps")
+            except RetriesExhausted as error:
+                exhausted.append(error)
+
+    threads = [threading.Thread(target=client, args=(svc,)) for svc in services for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert exhausted == []
+        assert services[0].verify_and_fix_balance(hot).in_sync
+    finally:
+        for svc in services:
+            svc.close()

@@ -143,7 +143,11 @@ class Backend:
             return getattr(original, "sqlstate", None) in _PG_RETRYABLE
         if self.name == "mariadb":
             args: tuple[object, ...] = getattr(original, "args", ())
-            return bool(args) and (args[0] in _MARIADB_RETRYABLE or galera.is_id_clash(args))
+            return bool(args) and (
+                args[0] in _MARIADB_RETRYABLE
+                or galera.is_id_clash(args)
+                or galera.is_aborted_by_cluster(args)
+            )
         # SQLite: the busy timeout ran out waiting for another writer.
         return "database is locked" in str(original) or "database is busy" in str(original)
 

@@ -11,6 +11,10 @@ and the lease rows that stand in for a session lock where there is none to share
   so two nodes could both hold it. SQLite takes the same path: it has no session lock.
   Two nodes taking one lease at once conflict when their write sets are certified;
   the loser does not hold the job.
+* **A transaction aborted by another node's write set** while it opened a table's
+  triggers: MariaDB reports 1064 "Unknown trigger has an error in its body" instead of
+  a deadlock (measured: 4 of 12 threads racing one account from three nodes). Run
+  again, as a deadlock is.
 * **An id handed out twice**: while the cluster's membership changes, two nodes may
   give the same auto-increment id (a known Galera hazard; 1062 on a PRIMARY key). The
   transaction is run again, as for a certification failure (1213, which MariaDB
@@ -65,6 +69,17 @@ def is_galera(engine: Engine) -> bool:
             found = bool(conn.exec_driver_sql("SELECT @@wsrep_on").scalar())
         _galera[engine] = found
     return found
+
+
+# MariaDB 10.11 under a certification conflict: a transaction the cluster aborts while
+# it is opening a table's triggers fails with this parse error instead of 1213.
+_ABORTED_IN_TRIGGER = "Unknown trigger has an error in its body"
+
+
+def is_aborted_by_cluster(args: tuple[object, ...]) -> bool:
+    """A transaction another node's write set aborted (brute-force abort) in a way
+    MariaDB reports as a syntax error (1064) of a trigger: run it again, as a 1213."""
+    return args[0] == 1064 and len(args) > 1 and _ABORTED_IN_TRIGGER in str(args[1])
 
 
 def is_id_clash(args: tuple[object, ...]) -> bool:
