@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -240,8 +241,29 @@ def postgresql_cluster(url: str) -> tuple[str, str]:
 
 def restart_postgresql(url: str) -> str:
     version, name = postgresql_cluster(url)
-    command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "restart"]
+    _pg_ctlcluster(version, name, "restart")
+    _wait_until_ready(url)
+    return f"restarted {version}/{name}"
+
+
+@contextmanager
+def postgresql_stopped(url: str) -> Iterator[None]:
+    """The local cluster serving ``url`` is down while the block runs, then up again."""
+    version, name = postgresql_cluster(url)
+    _pg_ctlcluster(version, name, "stop")
+    try:
+        yield
+    finally:
+        _pg_ctlcluster(version, name, "start")
+        _wait_until_ready(url)
+
+
+def _pg_ctlcluster(version: str, name: str, action: str) -> None:
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, action]
     subprocess.run(command, check=True, capture_output=True, timeout=RESTART_SECONDS)
+
+
+def _wait_until_ready(url: str) -> None:
     # pg_ctlcluster waits for the start; pg_isready confirms connections are accepted.
     parsed = make_url(url)
     ready = ["pg_isready", "-q", "-h", parsed.host or "127.0.0.1", "-p", str(parsed.port or 5432)]
@@ -250,7 +272,6 @@ def restart_postgresql(url: str) -> str:
         if time.monotonic() > deadline:
             pytest.fail(f"PostgreSQL not accepting connections {READY_SECONDS} s after restart")
         time.sleep(0.2)
-    return f"restarted {version}/{name}"
 
 
 def test_charges_survive_a_postgresql_restart(fault_databases: FaultDatabases):

@@ -40,7 +40,7 @@ from tests.databases import recreate_database
 from tests.faults.conftest import FaultDatabase
 from tests.faults.ledger import new_user_ids
 from tests.faults.sabotage import OneShot, kill_all_sessions
-from tests.faults.test_server_loss import restart_postgresql
+from tests.faults.test_server_loss import postgresql_stopped
 from tests.http.test_serve import START_SECONDS, free_port
 
 LOGGER = "balance_ledger.http"
@@ -416,6 +416,13 @@ class RequestLoad:
                     return
                 time.sleep(0.005)
 
+    def wait_for_failure(self) -> None:
+        deadline = time.monotonic() + LOAD_SECONDS
+        while not any(answer.status_code >= 500 for answer in list(self.answers)):
+            assert not self.errors, self.errors
+            assert time.monotonic() < deadline, "no request failed while PostgreSQL was down"
+            time.sleep(0.01)
+
     def wait_for_successes(self, count: int) -> None:
         def successes() -> int:
             return sum(answer.status_code < 400 for answer in list(self.answers))
@@ -492,7 +499,10 @@ def test_a_postgresql_restart_under_balance_serve_answers_clean_5xx(server_datab
         load = RequestLoad(base, secret, user_id)
         try:
             load.wait_for_successes(PROGRESS)
-            restart_postgresql(db.url)
+            # Down until a request has failed: a restart quicker than every request in
+            # flight (the pool reconnects a stale connection itself) proves nothing.
+            with postgresql_stopped(db.url):
+                load.wait_for_failure()
             load.wait_for_successes(PROGRESS)  # the same process serves again
         finally:
             load.stop()
