@@ -9,7 +9,7 @@ what operators and the scheduler run) are this class's methods, by capability.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import Engine
@@ -138,7 +138,7 @@ class Facade:
     @classmethod
     def from_nodes(
         cls,
-        urls: list[str | URL],
+        urls: Sequence[str | URL],
         *,
         max_attempts: int = 8,
         on_suspend: StatusCallback | None = None,
@@ -198,7 +198,8 @@ class Facade:
         write transaction's wait for the database's write lock. Runs on the writing
         thread, inside the transaction: keep it quick (a histogram's observe).
         """
-        self._db.on_lock_wait(callback)
+        for db in [self._db] if self._nodes is None else self._nodes.databases:
+            db.on_lock_wait(callback)
         return callback
 
     def replica_status(self) -> ReplicaStatus | None:
