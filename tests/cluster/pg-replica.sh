@@ -23,17 +23,30 @@ as_postgres() { runuser -u postgres -- "$@"; }
 replica_up() { pg_isready -h 127.0.0.1 -p "$REPLICA_PORT" -q; }
 sql() { psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -Atqc "$1"; }
 
+streaming() {
+    for _ in $(seq 20); do
+        [ "$(psql -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -Atqc \
+            "SELECT status FROM pg_stat_wal_receiver" 2>/dev/null)" = streaming ] && return
+        sleep 0.5
+    done
+    return 1
+}
+
 start() {
+    if ! grep -q "^host replication all 127.0.0.1/32 trust" "$HBA"; then
+        echo "host replication all 127.0.0.1/32 trust" >>"$HBA"
+        sql "SELECT pg_reload_conf()" >/dev/null
+    fi
     if replica_up; then
         # A test run killed while it had paused the replay leaves it paused.
         psql -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -Atqc "SELECT pg_wal_replay_resume()" \
             >/dev/null
-        echo "replica already up on $REPLICA_PORT"
-        return
-    fi
-    if ! grep -q "^host replication all 127.0.0.1/32 trust" "$HBA"; then
-        echo "host replication all 127.0.0.1/32 trust" >>"$HBA"
-        sql "SELECT pg_reload_conf()" >/dev/null
+        if streaming; then
+            echo "replica already up on $REPLICA_PORT"
+            return
+        fi
+        echo "the replica on $REPLICA_PORT does not stream from the primary: made again"
+        stop
     fi
     if [ -f "$DATA/standby.signal" ]; then
         echo "starting the existing replica in $DATA"
@@ -59,7 +72,8 @@ EOF
         chown postgres:postgres "$DATA/postgresql.conf" "$DATA/pg_hba.conf"
     fi
     as_postgres "$BIN/pg_ctl" -D "$DATA" -l "$DATA/replica.log" -w -t 60 start >/dev/null
-    replica_up && echo "replica up on $REPLICA_PORT"
+    streaming || { echo "the replica does not stream; see $DATA/replica.log" >&2; exit 1; }
+    echo "replica up on $REPLICA_PORT, streaming"
 }
 
 stop() {
