@@ -1,15 +1,16 @@
-"""``python -m bench batch|callpath|charges|cost|http|report|verify [options]``"""
+"""``python -m bench batch|callpath|charges|cluster|cost|http|report|verify [options]``"""
 
 from __future__ import annotations
 
 import sys
 
-from . import batch, callpath, charges, cost, http_load, report, verify
+from . import batch, callpath, charges, cluster, cost, http_load, report, verify
 
 COMMANDS = {
     "batch": batch.main,
     "callpath": callpath.main,
     "charges": charges.main,
+    "cluster": cluster.main,
     "cost": cost.main,
     "http": http_load.main,
     "report": report.main,
