@@ -10,7 +10,8 @@
 # 127.0.0.1:N4567, IST on N4568 and rsync SST on N4444; its data is in
 # /var/lib/balance-galera/nodeN. Root has no password from 127.0.0.1, as on the
 # standalone server. Settings Galera needs: ROW binlog format, InnoDB,
-# innodb_autoinc_lock_mode=2.
+# innodb_autoinc_lock_mode=2. GALERA_OPTIONS adds mariadbd options to every node started
+# (e.g. --innodb-flush-log-at-trx-commit=2, as Galera deployments often run).
 set -euo pipefail
 
 BASE=${GALERA_BASE:-/var/lib/balance-galera}
@@ -51,7 +52,7 @@ launch() { # node, extra mariadbd options…
         --wsrep-node-address="127.0.0.1:${n}4567" \
         --wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:${n}4567;ist.recv_addr=127.0.0.1:${n}4568;gcache.size=64M" \
         --wsrep-sst-method=rsync --wsrep-sst-receive-address="127.0.0.1:${n}4444" \
-        "$@" </dev/null >/dev/null 2>&1 &
+        ${GALERA_OPTIONS:-} "$@" </dev/null >/dev/null 2>&1 &
 }
 
 wait_synced() {
