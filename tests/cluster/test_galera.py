@@ -451,3 +451,35 @@ def test_with_node_affinity_a_hot_account_raced_from_three_services_never_confli
     finally:
         for svc in services:
             svc.close()
+
+
+def test_the_cli_and_the_http_service_write_each_account_on_its_home_node(urls, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from balance_ledger.cli import main
+    from balance_ledger.http.app import app_from_environment
+
+    with BalanceService.from_nodes(urls) as svc:
+        accounts = [_fresh_account(svc) for _ in range(6)]
+        for user_id in accounts:
+            svc.recharge(user_id, 1_000)
+        _, secret = svc.create_api_key("affinity", ["charge"])
+    others = [arg for url in urls[1:] for arg in ("--other-node", url)]
+    with ledger_inserts() as sent:
+        for user_id in accounts:
+            with pytest.raises(SystemExit) as exited:
+                main(["--database-url", urls[0], *others, "charge", str(user_id), "5", "vps"])
+            assert exited.value.code == 0
+        monkeypatch.setenv("BALANCE_DATABASE_URL", urls[0])
+        monkeypatch.setenv("BALANCE_OTHER_NODES", " ".join(urls[1:]))
+        with TestClient(app_from_environment()) as http:
+            for user_id in accounts:
+                answer = http.post(
+                    f"/v1/accounts/{user_id}/charges",
+                    json={"amount": 5, "service_type": "vps"},
+                    headers={"Authorization": f"Bearer {secret}"},
+                )
+                assert answer.status_code == 201, answer.text
+    ports_of = {user_id: {port for port, user in sent if user == user_id} for user_id in accounts}
+    assert all(len(ports) == 1 for ports in ports_of.values()), ports_of
+    assert len(set().union(*ports_of.values())) > 1

@@ -74,6 +74,14 @@ def main_options(
             min=0,
         ),
     ] = 10.0,
+    other_node: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="BALANCE_OTHER_NODES",
+            help="Another node of the database's MariaDB Galera cluster (repeat it; the "
+            "variable: URLs separated by spaces): each account is written on one node.",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log what the ledger does to stderr.")
     ] = False,
@@ -83,7 +91,11 @@ def main_options(
         level=logging.INFO if verbose else logging.CRITICAL,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    ctx.obj = Target(database_url, replica_url, max_replica_lag)
+    if other_node and replica_url:
+        raise typer.BadParameter(
+            "--other-node (Galera) and --replica-url (PostgreSQL) exclude each other"
+        )
+    ctx.obj = Target(database_url, replica_url, max_replica_lag, tuple(other_node or ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +105,18 @@ class Target:
     url: str
     replica_url: str | None
     max_replica_lag: float
+    other_nodes: tuple[str, ...] = ()
+
+    def service(self) -> BalanceService:
+        if self.other_nodes:
+            return BalanceService.from_nodes([self.url, *self.other_nodes])
+        replica, lag = self.replica_url, self.max_replica_lag
+        return BalanceService.from_url(self.url, replica_url=replica, max_replica_lag=lag)
 
 
 def _service(ctx: typer.Context) -> BalanceService:
     target: Target = ctx.find_root().obj
-    svc = BalanceService.from_url(
-        target.url, replica_url=target.replica_url, max_replica_lag=target.max_replica_lag
-    )
+    svc = target.service()
     ctx.call_on_close(svc.close)
     return svc
 

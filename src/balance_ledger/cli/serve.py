@@ -85,6 +85,7 @@ def serve(
     else:
         os.environ["BALANCE_REPLICA_URL"] = target.replica_url
     os.environ["BALANCE_MAX_REPLICA_LAG"] = str(target.max_replica_lag)
+    os.environ["BALANCE_OTHER_NODES"] = " ".join(target.other_nodes)
     os.environ["BALANCE_KEY_CACHE_SECONDS"] = str(key_cache_seconds)
     if dispatch:
         os.environ[DISPATCH_INTERVAL_ENV] = str(dispatch_interval)

@@ -139,7 +139,8 @@ def _on_a_thread(service: BalanceService) -> Callable[[Charge], Awaitable[Transa
 
 def app_from_environment() -> FastAPI:
     """The app ``balance serve`` runs in each uvicorn worker (BALANCE_DATABASE_URL,
-    BALANCE_REPLICA_URL and BALANCE_MAX_REPLICA_LAG, BALANCE_KEY_CACHE_SECONDS,
+    BALANCE_REPLICA_URL and BALANCE_MAX_REPLICA_LAG or BALANCE_OTHER_NODES,
+    BALANCE_KEY_CACHE_SECONDS,
     BALANCE_DISPATCH_INTERVAL: set by --dispatch, BALANCE_GROUP_COMMIT: 0 with
     --no-group-commit; BALANCE_SERVE_WORKER: 1 when started by `balance serve`, which
     then tunes the process's cycle collector)."""
@@ -149,8 +150,14 @@ def app_from_environment() -> FastAPI:
     watch_supervisor()  # a worker of `balance serve --workers N` ends with its supervisor
     replica = os.environ.get("BALANCE_REPLICA_URL") or None
     max_lag = _seconds(os.environ.get("BALANCE_MAX_REPLICA_LAG", "10"), "BALANCE_MAX_REPLICA_LAG")
+    nodes = os.environ.get("BALANCE_OTHER_NODES", "").split()
+    svc = (
+        BalanceService.from_nodes([url, *nodes])
+        if nodes
+        else BalanceService.from_url(url, replica_url=replica, max_replica_lag=max_lag)
+    )
     app = create_app(
-        BalanceService.from_url(url, replica_url=replica, max_replica_lag=max_lag),
+        svc,
         key_cache_seconds=cache,
         dispatch_interval=None if interval is None else float(interval),
         group_commit=os.environ.get(GROUP_COMMIT_ENV, "1") == "1",
