@@ -32,3 +32,15 @@ def recreate_database(server_url: str, name: str) -> str:
     finally:
         admin.dispose()
     return url.set(database=name).render_as_string(hide_password=False)
+
+
+def reachable(url: str) -> bool:
+    """True when a connection to ``url`` opens."""
+    engine = create_engine(url)
+    try:
+        with engine.connect():
+            return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()

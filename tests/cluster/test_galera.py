@@ -31,24 +31,13 @@ from balance_ledger import (
 from balance_ledger.db.dialects import backend_of, create_ledger_engine
 from balance_ledger.db.transactions import Database
 from tests.conftest import SERVER_URLS, TEST_DATABASE, _required
-from tests.databases import recreate_database
+from tests.databases import reachable, recreate_database
 
 NODES = os.environ.get(
     "BALANCE_TEST_GALERA_URLS",
     ",".join(f"mysql+pymysql://root@127.0.0.1:{port}/" for port in (3307, 3308, 3309)),
 ).split(",")
 NAME = f"{TEST_DATABASE}_galera"
-
-
-def _reachable(url: str) -> bool:
-    engine = create_engine(url)
-    try:
-        with engine.connect():
-            return True
-    except Exception:
-        return False
-    finally:
-        engine.dispose()
 
 
 def _has_tables(url: str) -> bool:
@@ -64,7 +53,7 @@ def _has_tables(url: str) -> bool:
 @pytest.fixture(scope="module")
 def urls() -> list[str]:
     """The test database's URL on each node, migrated through the first."""
-    if not all(_reachable(url) for url in NODES):
+    if not all(reachable(url) for url in NODES):
         reason = f"no Galera cluster at {', '.join(NODES)} (tests/cluster/galera.sh)"
         if _required("galera"):
             pytest.fail(f"{reason} (required by BALANCE_TEST_REQUIRE)")
@@ -93,6 +82,20 @@ def _fresh_account(svc: BalanceService) -> int:
     user_id = time.time_ns() % 10**12
     svc.open_account(user_id)
     return user_id
+
+
+def _every_node_agrees(urls: list[str]) -> None:
+    """On every node: the cache equals the ledger, every chain is intact, and the
+    ledger's tables are identical to the other nodes' (CHECKSUM TABLE)."""
+    checksums = []
+    for url in urls:
+        with BalanceService.from_url(url) as svc:
+            assert svc.verify_and_fix_balance(full=True).in_sync
+            assert svc.verify_chain().intact
+            with svc.engine.connect() as conn:
+                tables = "user_balances, user_balance_transactions, balance_events"
+                checksums.append(conn.execute(text(f"CHECKSUM TABLE {tables}")).all())
+    assert checksums[0] == checksums[1] == checksums[2]
 
 
 def test_a_galera_node_reads_causally_and_a_lone_server_does_not(urls):
@@ -258,17 +261,7 @@ def test_charges_racing_on_three_nodes_keep_the_ledger_whole(urls, nodes):
     assert {key: [row] for key, row in acknowledged.items()} == {
         key: ids for key, ids in ids_by_key.items() if key in acknowledged
     }
-    for svc in nodes:
-        assert svc.verify_and_fix_balance(full=True).in_sync
-        assert svc.verify_chain().intact
-    checksums = []
-    for url in urls:
-        engine = create_engine(url)
-        with engine.connect() as conn:
-            tables = "user_balances, user_balance_transactions, balance_events"
-            checksums.append(conn.execute(text(f"CHECKSUM TABLE {tables}")).all())
-        engine.dispose()
-    assert checksums[0] == checksums[1] == checksums[2]
+    _every_node_agrees(urls)
 
 
 SCRIPT = Path(__file__).with_name("galera.sh")
@@ -336,18 +329,7 @@ def test_a_node_killed_mid_race_loses_no_acknowledged_charge_and_rejoins(urls, n
                 found.setdefault(tx.idempotency_key, []).append(tx.id)
     assert all(found.get(key) == [row] for key, row in acknowledged.items())
     assert all(len(ids) == 1 for ids in found.values())  # an unacknowledged key: once at most
-    for url in urls:
-        with BalanceService.from_url(url) as svc:
-            assert svc.verify_and_fix_balance(full=True).in_sync
-            assert svc.verify_chain().intact
-    checksums = []
-    for url in urls:
-        engine = create_engine(url)
-        with engine.connect() as conn:
-            tables = "user_balances, user_balance_transactions, balance_events"
-            checksums.append(conn.execute(text(f"CHECKSUM TABLE {tables}")).all())
-        engine.dispose()
-    assert checksums[0] == checksums[1] == checksums[2]
+    _every_node_agrees(urls)
 
 
 def test_schedulers_on_two_nodes_run_each_slot_once(nodes):

@@ -22,7 +22,7 @@ from balance_ledger.cli import main
 from balance_ledger.db.replica import Replica
 from balance_ledger.db.transactions import Database
 from tests.conftest import SERVER_URLS, TEST_DATABASE, _required
-from tests.databases import recreate_database
+from tests.databases import reachable, recreate_database
 
 REPLICA_SERVER = os.environ.get(
     "BALANCE_TEST_POSTGRESQL_REPLICA_URL", "postgresql+psycopg://postgres@127.0.0.1:5433/postgres"
@@ -38,21 +38,10 @@ def _wait_for(check, what: str, seconds: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _reachable(url: str) -> bool:
-    engine = create_engine(url)
-    try:
-        with engine.connect():
-            return True
-    except Exception:
-        return False
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def urls() -> tuple[str, str]:
     """(primary, replica): a migrated database of the tests' own and its replica."""
-    if not _reachable(REPLICA_SERVER):
+    if not reachable(REPLICA_SERVER):
         reason = f"no PostgreSQL replica at {REPLICA_SERVER} (tests/cluster/pg-replica.sh)"
         if _required("replica"):
             pytest.fail(f"{reason} (required by BALANCE_TEST_REQUIRE)")
@@ -61,7 +50,7 @@ def urls() -> tuple[str, str]:
     with BalanceService.from_url(primary) as svc:
         svc.create_schema()
     replica = make_url(REPLICA_SERVER).set(database=NAME).render_as_string(hide_password=False)
-    _wait_for(lambda: _reachable(replica), "the replica to have the new database")
+    _wait_for(lambda: reachable(replica), "the replica to have the new database")
     return primary, replica
 
 
