@@ -27,19 +27,20 @@ from .tables import balance_refusals as refusals
 from .tables import user_balance_transactions as ledger
 from .tables import user_balances as balances
 
+# The key's row in the ledger, and its refusal, under the parameters user_id and key.
+_KEYS_ROW = (ledger.c.user_id == bindparam("user_id"), ledger.c.idempotency_key == bindparam("key"))
+_KEYS_REFUSAL = (
+    refusals.c.user_id == bindparam("user_id"),
+    refusals.c.key_scope == KeyScope.LEDGER.value,
+    refusals.c.idempotency_key == bindparam("key"),
+)
 # Whatever an idempotency key of the ledger's namespace already answered: a row or a
 # refusal. One round trip when it is neither, the common case. Never both, except
 # where a writer older than migration 0010 wrote a row under a refused key: then the
 # row, as for a batch (money.post.post_many).
 _EARLIER = union_all(
-    select(literal(0).label("rank"), ledger.c.id).where(
-        ledger.c.user_id == bindparam("user_id"), ledger.c.idempotency_key == bindparam("key")
-    ),
-    select(literal(1).label("rank"), refusals.c.id).where(
-        refusals.c.user_id == bindparam("user_id"),
-        refusals.c.key_scope == KeyScope.LEDGER.value,
-        refusals.c.idempotency_key == bindparam("key"),
-    ),
+    select(literal(0).label("rank"), ledger.c.id).where(*_KEYS_ROW),
+    select(literal(1).label("rank"), refusals.c.id).where(*_KEYS_REFUSAL),
 ).order_by("rank")
 
 
@@ -50,21 +51,10 @@ def _newest(column: Any) -> Any:
 
 def _answered(rows: bool) -> Any:
     """The key's earlier row (if ``rows``) and refusal, and the account's chain head."""
-    row_id = (
-        select(ledger.c.id)
-        .where(
-            ledger.c.user_id == bindparam("user_id"), ledger.c.idempotency_key == bindparam("key")
-        )
-        .scalar_subquery()
-    )
-    refusal_id = select(refusals.c.id).where(
-        refusals.c.user_id == bindparam("user_id"),
-        refusals.c.key_scope == KeyScope.LEDGER.value,
-        refusals.c.idempotency_key == bindparam("key"),
-    )
+    row_id = select(ledger.c.id).where(*_KEYS_ROW).scalar_subquery()
     return select(
-        (row_id.scalar_subquery() if rows else null()).label("row_id"),
-        refusal_id.scalar_subquery().label("refusal_id"),
+        (row_id if rows else null()).label("row_id"),
+        select(refusals.c.id).where(*_KEYS_REFUSAL).scalar_subquery().label("refusal_id"),
         _newest(ledger.c.id).label("id"),
         _newest(ledger.c.row_hash).label("row_hash"),
     )
