@@ -106,13 +106,20 @@ class Facade:
         one_statement: bool = True,
         replica_url: str | URL | None = None,
         max_replica_lag: float = 10.0,
+        other_nodes: Sequence[str | URL] = (),
         **engine_options: Any,
     ) -> Self:
         """Connect to ``sqlite:///…``, ``postgresql+psycopg://…`` or ``mysql+pymysql://…``
-        (and to ``replica_url``, a PostgreSQL streaming replica for the heavy reads).
+        (and to ``replica_url``, a PostgreSQL streaming replica for the heavy reads; or
+        to ``other_nodes``, the other nodes of a MariaDB Galera cluster: from_nodes).
 
         ``engine_options`` go to SQLAlchemy's ``create_engine`` (``pool_size``, …).
         """
+        if other_nodes and replica_url is not None:
+            raise InvalidRequest(
+                "other_nodes (MariaDB Galera) and replica_url (PostgreSQL) exclude each other"
+            )
+        nodes = [create_ledger_engine(node, **dict(engine_options)) for node in other_nodes]
         replica = None
         if replica_url is not None:
             # Fail over fast: a replica that does not answer is not waited for, and a
@@ -133,6 +140,7 @@ class Facade:
             one_statement=one_statement,
             replica=replica,
             max_replica_lag=max_replica_lag,
+            other_nodes=nodes,
         )
 
     @classmethod
@@ -151,14 +159,14 @@ class Facade:
         one fails (db/affinity.py). Everything else goes to the first node."""
         if len(urls) < 2:
             raise InvalidRequest("from_nodes needs the URLs of at least two nodes")
-        engines = [create_ledger_engine(url, **dict(engine_options)) for url in urls]
-        return cls(
-            engines[0],
+        return cls.from_url(
+            urls[0],
             max_attempts=max_attempts,
             on_suspend=on_suspend,
             on_reactivate=on_reactivate,
             account_policy=account_policy,
-            other_nodes=engines[1:],
+            other_nodes=urls[1:],
+            **engine_options,
         )
 
     def create_schema(self) -> None:

@@ -91,10 +91,6 @@ def main_options(
         level=logging.INFO if verbose else logging.CRITICAL,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if other_node and replica_url:
-        raise typer.BadParameter(
-            "--other-node (Galera) and --replica-url (PostgreSQL) exclude each other"
-        )
     ctx.obj = Target(database_url, replica_url, max_replica_lag, tuple(other_node or ()))
 
 
@@ -107,16 +103,15 @@ class Target:
     max_replica_lag: float
     other_nodes: tuple[str, ...] = ()
 
-    def service(self) -> BalanceService:
-        if self.other_nodes:
-            return BalanceService.from_nodes([self.url, *self.other_nodes])
-        replica, lag = self.replica_url, self.max_replica_lag
-        return BalanceService.from_url(self.url, replica_url=replica, max_replica_lag=lag)
-
 
 def _service(ctx: typer.Context) -> BalanceService:
     target: Target = ctx.find_root().obj
-    svc = target.service()
+    svc = BalanceService.from_url(
+        target.url,
+        replica_url=target.replica_url,
+        max_replica_lag=target.max_replica_lag,
+        other_nodes=target.other_nodes,
+    )
     ctx.call_on_close(svc.close)
     return svc
 

@@ -151,13 +151,10 @@ def app_from_environment() -> FastAPI:
     replica = os.environ.get("BALANCE_REPLICA_URL") or None
     max_lag = _seconds(os.environ.get("BALANCE_MAX_REPLICA_LAG", "10"), "BALANCE_MAX_REPLICA_LAG")
     nodes = os.environ.get("BALANCE_OTHER_NODES", "").split()
-    svc = (
-        BalanceService.from_nodes([url, *nodes])
-        if nodes
-        else BalanceService.from_url(url, replica_url=replica, max_replica_lag=max_lag)
-    )
     app = create_app(
-        svc,
+        BalanceService.from_url(
+            url, replica_url=replica, max_replica_lag=max_lag, other_nodes=nodes
+        ),
         key_cache_seconds=cache,
         dispatch_interval=None if interval is None else float(interval),
         group_commit=os.environ.get(GROUP_COMMIT_ENV, "1") == "1",
