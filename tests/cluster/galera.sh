@@ -21,10 +21,10 @@ CLUSTER="gcomm://127.0.0.1:14567,127.0.0.1:24567,127.0.0.1:34567"
 
 port() { echo $((3306 + $1)); }
 up() { mysqladmin --user=root --host=127.0.0.1 --port="$(port "$1")" ping --silent >/dev/null 2>&1; }
-synced() {
-    [ "$(mysql --user=root --host=127.0.0.1 --port="$(port "$1")" -Nse \
-        "SHOW STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null | cut -f2)" = Synced ]
-}
+sql() { mysql --user=root --host=127.0.0.1 --port="$(port "$1")" -Nse "$2" 2>/dev/null; }
+status() { sql "$1" "SHOW STATUS LIKE '$2'" | cut -f2; }
+synced() { [ "$(status "$1" wsrep_local_state_comment)" = Synced ]; }
+primary() { [ "$(status "$1" wsrep_cluster_status)" = Primary ]; }
 
 initialise() {
     local data=$BASE/node$1
@@ -38,8 +38,6 @@ initialise() {
 launch() { # node, extra mariadbd options…
     local n=$1 data=$BASE/node$1
     shift
-    mkdir -p "$RUN"
-    chown mysql:mysql "$RUN"
     setsid runuser -u mysql -- /usr/sbin/mariadbd \
         --no-defaults --datadir="$data" --socket="$RUN/node$n.sock" \
         --pid-file="$RUN/node$n.pid" --log-error="$data/error.log" \
@@ -65,43 +63,76 @@ wait_synced() {
     exit 1
 }
 
-start() {
-    local running=0
-    for n in 1 2 3; do up "$n" && running=$((running + 1)); done
-    for n in 1 2 3; do initialise "$n"; done
-    for n in 1 2 3; do
-        up "$n" && continue
-        if [ "$running" -eq 0 ]; then
-            launch "$n" --wsrep-new-cluster # the first node of a new cluster
-        else
-            launch "$n"
-        fi
-        wait_synced "$n"
-        running=$((running + 1))
-    done
-    echo "galera: 3 nodes synced on $(port 1), $(port 2), $(port 3)"
-}
-
-rejoin() {
-    # Position recovery: a node killed mid-write rejoins from the last position InnoDB
-    # applied (as the packaged service does), so it needs only the missing write sets
-    # (IST) instead of a full copy (SST).
-    local n=$1 data=$BASE/node$1 position
+recovered_position() { # node: the position InnoDB last applied (uuid:seqno), or nothing
+    local n=$1 data=$BASE/node$1
     rm -f "$data/recover.log"
     runuser -u mysql -- /usr/sbin/mariadbd --no-defaults --datadir="$data" \
         --socket="$RUN/recover$n.sock" --skip-networking --innodb-buffer-pool-size=64M \
         --innodb-log-file-size=48M --binlog-format=ROW --innodb-autoinc-lock-mode=2 \
         --wsrep-on=ON --wsrep-provider="$PROVIDER" --wsrep-cluster-address="$CLUSTER" \
         --wsrep-recover --log-error="$data/recover.log" >/dev/null 2>&1 || true
-    position=$(sed -n 's/.*WSREP: Recovered position: *//p' "$data/recover.log" 2>/dev/null |
-        tail -1) || true
-    if [ -n "$position" ]; then
-        launch "$n" --wsrep-start-position="$position"
-    else
-        launch "$n"
-    fi
+    sed -n 's/.*WSREP: Recovered position: *//p' "$data/recover.log" 2>/dev/null | tail -1
+}
+
+saved() { # node, field of grastate.dat (seqno, safe_to_bootstrap): its value, or nothing
+    sed -n "s/^$2: *//p" "$BASE/node$1/grastate.dat" 2>/dev/null
+}
+
+start_node() { # node, extra mariadbd options…
+    # A node stopped cleanly saved its position in grastate.dat. One killed (or on a
+    # machine that went down) saved -1: its position is recovered from InnoDB, as the
+    # packaged service does, so it needs only the missing write sets (IST), not a full
+    # copy (SST).
+    local n=$1 position=""
+    shift
+    [ "$(saved "$n" seqno)" = -1 ] && position=$(recovered_position "$n")
+    launch "$n" ${position:+--wsrep-start-position="$position"} "$@"
     wait_synced "$n"
 }
+
+first_node() { # the node to bootstrap a cluster with no node running
+    # The one that left last says so (safe_to_bootstrap: 1). If none does, every node
+    # went down at once (killed, or the machine was lost): the node with the highest
+    # recovered position has every committed write set, and is marked safe by hand, as
+    # Galera's documentation says to.
+    local n best=1 best_seqno=-2 seqno
+    for n in 1 2 3; do
+        [ -f "$BASE/node$n/grastate.dat" ] || { echo 1; return; } # a new cluster
+        [ "$(saved "$n" safe_to_bootstrap)" = 1 ] && { echo "$n"; return; }
+    done
+    for n in 1 2 3; do
+        seqno=$(saved "$n" seqno)
+        [ "$seqno" = -1 ] && seqno=$(recovered_position "$n" | sed 's/.*://')
+        if [ -n "$seqno" ] && [ "$seqno" -gt "$best_seqno" ]; then
+            best=$n
+            best_seqno=$seqno
+        fi
+    done
+    sed -i 's/^safe_to_bootstrap: .*/safe_to_bootstrap: 1/' "$BASE/node$best/grastate.dat"
+    echo "$best"
+}
+
+start() {
+    local first="" n
+    for n in 1 2 3; do initialise "$n"; done
+    if ! up 1 && ! up 2 && ! up 3; then
+        first=$(first_node)
+        start_node "$first" --wsrep-new-cluster
+    elif ! primary 1 && ! primary 2 && ! primary 3; then
+        # The nodes still running lost quorum when the others went down (two of three
+        # killed): they hold every committed write set, so their component becomes the
+        # primary one again, and the others rejoin it.
+        for n in 1 2 3; do
+            up "$n" && { sql "$n" "SET GLOBAL wsrep_provider_options='pc.bootstrap=YES'"; break; }
+        done
+    fi
+    for n in 1 2 3; do
+        up "$n" || start_node "$n"
+    done
+    echo "galera: 3 nodes synced on $(port 1), $(port 2), $(port 3)"
+}
+
+rejoin() { start_node "$1"; }
 
 stop() {
     local pid
@@ -117,6 +148,8 @@ stop() {
     done
 }
 
+mkdir -p "$RUN"
+chown mysql:mysql "$RUN"
 case "${1:-start}" in
 start) start ;;
 stop) stop ;;
