@@ -233,6 +233,13 @@ class Facade:
             return self._db.write(work)
         return self._nodes.write(user_id, lambda db: db.write(work))
 
+    def _by_home(self, user_ids: list[int]) -> list[list[int]]:
+        """The positions of ``user_ids`` split by home node (db/affinity.py): one part
+        each, or all in one part without node affinity."""
+        if self._nodes is None:
+            return [list(range(len(user_ids)))]
+        return self._nodes.by_home(user_ids)
+
     def _run(
         self, work: Work[tuple[R | Refused, StatusChange | None]], user_id: int | None = None
     ) -> R:

@@ -197,8 +197,9 @@ class BalanceService(Operations):
         order, so concurrent batches never deadlock; rows are appended and balances
         updated with set-based statements, not a round trip per item.
 
-        Independent mode commits each group of 1,000 accounts on its own: if the
-        database fails part-way, the error is raised after earlier groups committed.
+        Independent mode commits each group of 1,000 accounts on its own (with node
+        affinity, each home node's accounts apart, on their node): if the database
+        fails part-way, the error is raised after earlier groups committed.
         Give items idempotency keys, and a retry of the whole batch is safe.
         """
         if mode not in ("independent", "all_or_nothing"):
@@ -217,8 +218,20 @@ class BalanceService(Operations):
         # One transaction for all_or_nothing (malformed items included: the first refused
         # item in order is raised); otherwise one per group of accounts, so no lock is
         # held for the whole of a huge batch.
+        # With node affinity an independent batch is split by home node first, so each
+        # account is written by its own node (an atomic one is one transaction: on the
+        # home of its first account).
         everything = list(range(len(planned)))
-        groups = [everything] if atomic else by_account_groups(todo, planned, BATCH_ACCOUNTS)
+        users = [m.user_id for m in planned if isinstance(m, Movement)]  # todo's, in order
+        groups = (
+            [everything]
+            if atomic
+            else [
+                group
+                for part in self._by_home(users)
+                for group in by_account_groups([todo[p] for p in part], planned, BATCH_ACCOUNTS)
+            ]
+        )
         backend = self._db.backend
         for group in groups:
             work = partial(

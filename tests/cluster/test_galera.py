@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from sqlalchemy.exc import DBAPIError
 
 from balance_ledger import (
     BalanceService,
+    Charge,
+    ChargeCoalescer,
     InsufficientBalance,
     JobBusy,
     NodeUnavailable,
@@ -375,7 +378,9 @@ def ledger_inserts() -> Iterator[list[tuple[int, int]]]:
     def record(conn, _cursor, statement, params, *_args) -> None:
         if statement.startswith("INSERT INTO user_balance_transactions"):
             rows = params if isinstance(params, list | tuple) else [params]
-            sent.extend((conn.engine.url.port, row["user_id"]) for row in rows)
+            port = conn.engine.url.port
+            for row in rows:  # a batch's many rows: user_id__0, user_id__1, …
+                sent.extend((port, v) for k, v in row.items() if k.split("__")[0] == "user_id")
 
     event.listen(Engine, "before_cursor_execute", record)
     try:
@@ -395,6 +400,27 @@ def test_with_node_affinity_each_account_is_written_by_one_node(urls):
     ports_of = {user_id: {port for port, user in sent if user == user_id} for user_id in accounts}
     assert all(len(ports) == 1 for ports in ports_of.values()), ports_of
     assert len(set().union(*ports_of.values())) > 1  # the accounts' homes are spread
+
+
+def test_with_node_affinity_a_batch_is_written_part_by_part_on_each_home(urls):
+    with BalanceService.from_nodes(urls) as svc:
+        accounts = [_fresh_account(svc) for _ in range(12)]
+        for user_id in accounts:
+            svc.recharge(user_id, 100)
+        items = [Charge(user_id, 10, "vps") for user_id in accounts for _ in range(2)]
+        with ledger_inserts() as sent:
+            results = svc.charge_many(items)
+            # The HTTP service's group commit goes through charge_many too.
+            with (
+                ChargeCoalescer(svc, window=0.05) as coalescer,
+                ThreadPoolExecutor(len(accounts)) as pool,
+            ):
+                list(pool.map(lambda u: coalescer.charge(u, 10, "vps"), accounts))
+        assert [r.balance_after for r in results] == [90, 80] * len(accounts)
+        assert all(svc.get_balance(user_id).balance == 70 for user_id in accounts)
+    ports_of = {user_id: {port for port, user in sent if user == user_id} for user_id in accounts}
+    assert all(len(ports) == 1 for ports in ports_of.values()), ports_of
+    assert len(set().union(*ports_of.values())) > 1
 
 
 def test_with_node_affinity_a_node_that_fails_leaves_its_accounts_to_the_next(urls):

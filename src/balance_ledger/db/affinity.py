@@ -56,6 +56,14 @@ class Nodes:
     def home(self, user_id: int) -> Database:
         return self._databases[self.preference(user_id)[0]]
 
+    def by_home(self, user_ids: list[int]) -> list[list[int]]:
+        """The positions of ``user_ids`` in one list per home node, in order: a batch
+        split so that each part is written by its accounts' own node."""
+        parts: dict[int, list[int]] = {}
+        for position, user_id in enumerate(user_ids):
+            parts.setdefault(self.preference(user_id)[0], []).append(position)
+        return list(parts.values())
+
     def write(self, user_id: int, operation: Callable[[Database], T]) -> T:
         """``operation`` on the account's home node, or on its next one while the home
         fails before committing."""
