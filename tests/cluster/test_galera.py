@@ -32,6 +32,7 @@ from balance_ledger import (
     StorageError,
 )
 from balance_ledger.db.dialects import backend_of, create_ledger_engine
+from balance_ledger.db.galera import LOCKED_ACCOUNTS
 from balance_ledger.db.transactions import Database
 from tests.conftest import SERVER_URLS, TEST_DATABASE, _required
 from tests.databases import reachable, recreate_database
@@ -264,6 +265,51 @@ def test_charges_racing_on_three_nodes_keep_the_ledger_whole(urls, nodes):
     assert {key: [row] for key, row in acknowledged.items()} == {
         key: ids for key, ids in ids_by_key.items() if key in acknowledged
     }
+    _every_node_agrees(urls)
+
+
+def test_a_rebuild_while_every_node_charges_locks_few_accounts_at_a_time(urls, nodes):
+    """A rebuild chunk locks its accounts and is aborted when another node writes one:
+    on Galera a chunk holds at most galera.LOCKED_ACCOUNTS, so the rebuild gets through
+    while three nodes charge the same accounts."""
+    first = nodes[0]
+    accounts = [_fresh_account(first) for _ in range(2 * LOCKED_ACCOUNTS + 10)]
+    for user_id in accounts:
+        first.recharge(user_id, 1_000)
+    locked: list[int] = []
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def count(_conn, cursor, statement, *_args) -> None:
+        if "FOR UPDATE" in statement and "BETWEEN" in statement:
+            locked.append(cursor.rowcount)
+
+    def client(svc: BalanceService, n: int) -> None:
+        rng = __import__("random").Random(n)
+        while not stop.is_set():
+            try:
+                svc.charge_service(rng.choice(accounts), 1, "vps")
+            except RetriesExhausted:
+                pass  # a certification conflict between the charging nodes
+            except BaseException as error:
+                failures.append(error)
+                return
+
+    threads = [threading.Thread(target=client, args=(svc, i)) for i, svc in enumerate(nodes)]
+    for thread in threads:
+        thread.start()
+    event.listen(Engine, "after_cursor_execute", count)
+    try:
+        report = first.rebuild_all_balances()
+    finally:
+        event.remove(Engine, "after_cursor_execute", count)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    assert report.errors == []
+    assert report.checked >= len(accounts)
+    assert 0 < max(locked) <= LOCKED_ACCOUNTS
     _every_node_agrees(urls)
 
 

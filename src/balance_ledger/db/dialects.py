@@ -286,6 +286,13 @@ class Backend:
                 if held:
                     conn.execute(text(release), {"key": key})
 
+    def locked_chunk(self, engine: Engine, size: int) -> int:
+        """How many accounts one transaction that locks them all (a rebuild chunk) may
+        take: ``size``, but fewer on a Galera node (galera.LOCKED_ACCOUNTS)."""
+        if self.name == "mariadb" and galera.is_galera(engine):
+            return min(size, galera.LOCKED_ACCOUNTS)
+        return size
+
     def is_node_unavailable(self, error: DBAPIError) -> bool:
         """True when a Galera node cannot serve now (galera.py): another node can."""
         return self.name == "mariadb" and galera.is_node_unavailable(error)

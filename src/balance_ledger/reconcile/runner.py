@@ -68,10 +68,14 @@ class Reconciler:
         self.chunk_size = chunk_size
         self.scanners = 1 if db.backend.single_connection else scanners
 
-    def _chunks(self, user_id: int | None) -> Iterator[list[int]]:
+    def _chunks(self, user_id: int | None, *, locked: bool = False) -> Iterator[list[int]]:
+        """The accounts in chunks; ``locked``: each chunk's transaction locks them all."""
         if user_id is not None:
             return iter([[user_id]])
-        return chunks_of_accounts(self.db, self.chunk_size)
+        size = self.chunk_size
+        if locked:
+            size = self.db.backend.locked_chunk(self.db.engine, size)
+        return chunks_of_accounts(self.db, size)
 
     def _total(self, user_id: int | None) -> int:
         return 1 if user_id is not None else self.db.read(sync_audit.count_accounts)
@@ -345,7 +349,7 @@ class Reconciler:
         total = self._total(None)
         transaction = self.db.read if dry_run else self.db.write
         with self._failure_recorded(run_id, lambda: rebuild_counts(report)):
-            for ids in self._chunks(None):
+            for ids in self._chunks(None, locked=not dry_run):
                 results, unreadable = self._chunk_or_each(
                     ids, lambda low, high: transaction(self._rebuild_chunk(low, high, run_id))
                 )
