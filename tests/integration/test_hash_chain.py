@@ -11,11 +11,11 @@ from datetime import timedelta
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, insert, select, text, update
+from sqlalchemy import create_engine, event, insert, select, text, update
 
 from balance_ledger import BalanceService, JobBusy
 from balance_ledger.chain.rules import GENESIS, Link, canonical, seal
-from balance_ledger.db import hash_chain
+from balance_ledger.db import backfill, hash_chain
 from balance_ledger.db.backfill import seal_unsealed_rows
 from balance_ledger.db.migrate import alembic_config
 from balance_ledger.db.tables import balance_chain_anchors as anchors
@@ -250,6 +250,31 @@ def test_rows_written_without_a_hash_are_chained_as_the_backfill_will_seal_them(
     assert [b.transaction_id for b in svc.verify_chain().breaks] == [history[-1]["id"]]
     with append_only_lifted(svc.engine) as conn:
         assert seal_unsealed_rows(conn) == 1
+    assert svc.verify_chain().intact
+
+
+def test_the_backfill_commits_page_by_page_only_where_a_migration_is_not_one_transaction(
+    svc, history, backend, monkeypatch
+):
+    """MariaDB's DDL commits, so a migration there was never one transaction: its
+    backfill commits each page (on a Galera cluster, a whole table in one write set is
+    what every node would take at once). Elsewhere it stays in the migration's."""
+    for row in history[-3:]:
+        _tamper(svc, row["id"], row_hash=None)
+    monkeypatch.setattr(backfill, "PAGE", 2)
+    commits: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        if statement == "COMMIT":
+            commits.append(statement)
+
+    event.listen(svc.engine, "before_cursor_execute", record)
+    try:
+        with append_only_lifted(svc.engine) as conn:
+            assert seal_unsealed_rows(conn) == 3
+    finally:
+        event.remove(svc.engine, "before_cursor_execute", record)
+    assert len(commits) == (3 if backend == "mariadb" else 0)  # 6 rows, pages of 2
     assert svc.verify_chain().intact
 
 

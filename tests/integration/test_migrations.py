@@ -5,11 +5,14 @@ from __future__ import annotations
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect, select
 
 from balance_ledger import BalanceService
+from balance_ledger.db.backfill import account_pages
 from balance_ledger.db.migrate import VERSION_TABLE, alembic_config
 from balance_ledger.db.tables import metadata
+from balance_ledger.db.tables import user_balances as balances
+from tests.conftest import empty_database
 
 
 def test_migrated_schema_matches_the_declared_tables(svc: BalanceService):
@@ -49,3 +52,34 @@ def test_every_migration_downgrades_and_upgrades_again(svc: BalanceService):
     finally:
         command.upgrade(config, "head")  # the backend's other tests share this database
     assert _schema_diff(svc) == []
+
+
+def test_the_policy_migration_marks_the_accounts_already_depleted(backend_url):
+    """Migration 0009's backfill, page by page: an account at or below zero available
+    gets no depletion alert until it recovers and falls again."""
+    empty_database(backend_url)
+    engine = create_engine(backend_url)
+    config = alembic_config(engine)
+    try:
+        with BalanceService.from_url(backend_url) as svc:
+            for user_id in (1, 2, 3):
+                svc.open_account(user_id, credit_limit=100 if user_id == 3 else 0)
+            svc.recharge(2, 50)
+            svc.charge_service(3, 100, "vps")  # at its credit limit
+        command.downgrade(config, "0008")
+        command.upgrade(config, "head")
+        with engine.connect() as conn:
+            rows = conn.execute(select(balances.c.user_id, balances.c.depleted_alerted)).all()
+        flags = {user_id: bool(flag) for user_id, flag in rows}
+        assert flags == {1: True, 2: False, 3: True}
+    finally:
+        command.upgrade(config, "head")
+        engine.dispose()
+        empty_database(backend_url)
+
+
+def test_account_pages_cover_every_account_in_order(svc: BalanceService):
+    for user_id in (5, 1, 4, 2, 3):
+        svc.open_account(user_id)
+    with svc.engine.connect() as conn:
+        assert list(account_pages(conn, 2)) == [(1, 2), (3, 4), (5, 5)]

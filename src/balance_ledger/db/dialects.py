@@ -136,6 +136,14 @@ class Backend:
         if self.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
 
+    def end_backfill_piece(self, conn: Connection) -> None:
+        """Commit what a migration's backfill wrote so far, on MariaDB: its DDL commits
+        anyway, so the migration was never one transaction there, and on a Galera
+        cluster a backfill of a whole table would be one write set that every node
+        must take at once. Elsewhere nothing: the migration stays one transaction."""
+        if self.name == "mariadb":
+            conn.exec_driver_sql("COMMIT")
+
     def is_retryable(self, error: DBAPIError) -> bool:
         """True when the server aborted the transaction and running it again is safe."""
         original = error.orig

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
+from balance_ledger.db.backfill import account_pages
+
 revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
@@ -53,10 +55,17 @@ def upgrade() -> None:
     op.create_index("ix_user_balances_suspend_at", "user_balances", ["suspend_at"])
     # An account already at or below zero available has been depleted: no alert for it
     # until it recovers and falls again.
-    op.execute(
-        "UPDATE user_balances SET depleted_alerted = "
-        "CASE WHEN balance + credit_limit - held <= 0 THEN 1 = 1 ELSE 1 = 0 END"
-    )
+    # Page by page: on a Galera cluster one UPDATE of every account is one write set.
+    bind = op.get_bind()
+    for first, last in account_pages(bind):
+        bind.execute(
+            sa.text(
+                "UPDATE user_balances SET depleted_alerted = "
+                "CASE WHEN balance + credit_limit - held <= 0 THEN 1 = 1 ELSE 1 = 0 END "
+                "WHERE user_id BETWEEN :first AND :last"
+            ),
+            {"first": first, "last": last},
+        )
     # SQLite cannot add a CHECK constraint to an existing table; validation.py refuses
     # the same values before any write there.
     if op.get_bind().dialect.name != "sqlite":
