@@ -132,7 +132,25 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=4, help="per service (3 services)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument(
+        "--node-loss",
+        action="store_true",
+        help="instead: kill node 3 mid-load and measure the write stall (cluster_events.py)",
+    )
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="instead: time a rebuild under load from every node (cluster_events.py)",
+    )
     args = parser.parse_args(argv)
+    if args.node_loss or args.rebuild:
+        from . import cluster_events
+
+        if args.node_loss:
+            cluster_events.node_loss(args)
+        if args.rebuild:
+            cluster_events.rebuild(args)
+        return
     settings = ", ".join(f"{k}={v}" for k, v in server_settings("mariadb").items())
     print(
         f"{SERVICES} services x {args.threads} threads, keyed charges of 1 for "

@@ -11,7 +11,10 @@
 # /var/lib/balance-galera/nodeN. Root has no password from 127.0.0.1, as on the
 # standalone server. Settings Galera needs: ROW binlog format, InnoDB,
 # innodb_autoinc_lock_mode=2. GALERA_OPTIONS adds mariadbd options to every node started
-# (e.g. --innodb-flush-log-at-trx-commit=2, as Galera deployments often run).
+# (e.g. --innodb-flush-log-at-trx-commit=2, as Galera deployments often run), and
+# GALERA_PROVIDER_OPTIONS Galera's own (e.g. "evs.keepalive_period=PT0.5S;
+# evs.suspect_timeout=PT2S;evs.inactive_timeout=PT4S;evs.install_timeout=PT3S": a lost
+# node is evicted sooner).
 set -euo pipefail
 
 BASE=${GALERA_BASE:-/var/lib/balance-galera}
@@ -48,7 +51,7 @@ launch() { # node, extra mariadbd options…
         --wsrep-on=ON --wsrep-provider="$PROVIDER" --wsrep-cluster-name=balance \
         --wsrep-cluster-address="$CLUSTER" --wsrep-node-name="node$n" \
         --wsrep-node-address="127.0.0.1:${n}4567" \
-        --wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:${n}4567;ist.recv_addr=127.0.0.1:${n}4568;gcache.size=64M" \
+        --wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:${n}4567;ist.recv_addr=127.0.0.1:${n}4568;gcache.size=64M${GALERA_PROVIDER_OPTIONS:+;$GALERA_PROVIDER_OPTIONS}" \
         --wsrep-sst-method=rsync --wsrep-sst-receive-address="127.0.0.1:${n}4444" \
         ${GALERA_OPTIONS:-} "$@" </dev/null >/dev/null 2>&1 &
 }

@@ -49,9 +49,9 @@ NODE_NOT_READY = 1047
 # A certification failure or deadlock, and a key another node's write set took first.
 _LOST_THE_RACE = {(1213,), (1062,)}
 
-# Measured on 3 nodes (tests/cluster/galera.sh), rebuilding 2,000 accounts while 6 threads
-# charged them from all nodes: 1,000 accounts per chunk took 27 s (the chunks aborted and
-# run again over and over), 250 took 1.4 s, 100 took 0.7 s.
+# Measured on 3 nodes (python -m bench cluster --rebuild): 2,000 accounts rebuilt while 6
+# threads charged them from every node took 22.7 s in chunks of 1,000 (aborted and run
+# again over and over), 0.8 s in chunks of 250, 0.9 s in chunks of 100.
 LOCKED_ACCOUNTS = 100
 
 _galera: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
