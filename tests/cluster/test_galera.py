@@ -125,6 +125,28 @@ def test_a_recharge_confirmed_by_one_node_is_seen_by_the_next_charge_on_another(
         assert third.get_balance(user_id).balance == 0
 
 
+def test_an_accounts_rows_written_in_turn_by_every_node_keep_their_order_by_id(urls, nodes):
+    """Each node hands out ids of its own residue (auto_increment_increment 3), so ids
+    are not contiguous; an account's chain follows its rows in id order, which must be
+    the order they were written. A node's counter passes every id it applies from the
+    others, and causal reads make it apply them before the next movement locks the
+    account: each row's id is above the one before, whichever node wrote either."""
+    user_id = _fresh_account(nodes[0])
+    nodes[0].recharge(user_id, 10_000)
+    written = [nodes[n % 3].charge_service(user_id, 1, "vps") for n in range(30)]
+    ids = [row.id for row in written]
+    assert ids == sorted(ids)
+    assert len({i % 3 for i in ids}) == 3  # every node's residue: not a contiguous range
+    assert [row.balance_after for row in written] == list(range(9_999, 9_969, -1))
+    for url in urls:
+        with BalanceService.from_url(url) as svc:
+            rows = svc.get_transactions(user_id, limit=100)
+            assert [r.id for r in rows if r.transaction_type == "charge"] == sorted(
+                ids, reverse=True
+            )
+            assert svc.verify_chain(user_id).intact
+
+
 def test_a_job_held_on_one_node_is_busy_on_every_other(nodes):
     first, second, third = nodes
     backend = backend_of(first.engine)
