@@ -14,13 +14,16 @@ threads, take keyed charges of 1 for ``--seconds``, on one account (hot) or spre
 
 Printed per configuration: charges/s, p50 and p99 of a charge in ms, how many gave up
 with ``RetriesExhausted`` (certification conflicts retried ``max_attempts`` times; the
-caller would retry them with their keys) and charges/s over the standalone's.
+caller would retry them with their keys), charges/s over the standalone's, and the CPU
+per charge of this process (the client) and of every ``mariadbd`` process together (the
+servers: on the cluster, the node that commits and the two that apply its write set).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import random
 import threading
 import time
@@ -28,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, make_url
 from tests.databases import recreate_database
@@ -48,6 +52,24 @@ class Result:
     setup: str
     figures: Figures
     exhausted: int
+    server_cpu: float = 0.0  # seconds of CPU every mariadbd process used during the run
+
+
+def servers_cpu() -> float:
+    """Seconds of CPU used so far by every ``mariadbd`` process of this machine (the
+    standalone server and the nodes; Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        name, _, rest = text.partition(") ")
+        if name.endswith("(mariadbd"):
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
 
 
 @contextmanager
@@ -92,8 +114,9 @@ def run(services: list[BalanceService], args: argparse.Namespace) -> Result:
 
         return charge
 
+    before = servers_cpu()
     figures = drive(len(services) * args.threads, args.seconds, client)
-    return Result("", figures, exhausted[0])
+    return Result("", figures, exhausted[0], servers_cpu() - before)
 
 
 def measure(args: argparse.Namespace) -> list[Result]:
@@ -116,8 +139,12 @@ def measure(args: argparse.Namespace) -> list[Result]:
     return results
 
 
+def cpu_per_charge(seconds: float, charges: int) -> float:
+    return 1e6 * seconds / max(charges, 1)
+
+
 def _named(setup: str, result: Result) -> Result:
-    return Result(setup, result.figures, result.exhausted)
+    return Result(setup, result.figures, result.exhausted, result.server_cpu)
 
 
 def _close(services: list[BalanceService]) -> None:
@@ -159,7 +186,7 @@ def main(argv: list[str]) -> None:
     )
     print(
         f"{'workload':<9}{'setup':<12}{'charges':>9}{'charges/s':>11}{'p50 ms':>8}"
-        f"{'p99 ms':>8}{'gave up':>9}{'/standalone':>13}"
+        f"{'p99 ms':>8}{'gave up':>9}{'/standalone':>13}{'client µs':>11}{'servers µs':>12}"
     )
     for workload in args.workload.split(","):
         args.workload = workload
@@ -170,6 +197,8 @@ def main(argv: list[str]) -> None:
             print(
                 f"{workload:<9}{r.setup:<12}{f.charges:>9,}{f.charges_per_s:>11,.0f}"
                 f"{f.p50_ms or 0:>8.2f}{f.p99_ms or 0:>8.2f}{r.exhausted:>9,}"
-                f"{f.charges_per_s / base:>13.2f}",
+                f"{f.charges_per_s / base:>13.2f}"
+                f"{cpu_per_charge(f.client_cpu / 100 * args.seconds, f.charges):>11,.0f}"
+                f"{cpu_per_charge(r.server_cpu, f.charges):>12,.0f}",
                 flush=True,
             )
