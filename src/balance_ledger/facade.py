@@ -124,13 +124,13 @@ class Facade:
         if replica_url is not None:
             # Fail over fast: a replica that does not answer is not waited for, and a
             # session there never writes.
-            replica = create_ledger_engine(
-                replica_url,
-                connect_args={
-                    "connect_timeout": 2,
-                    "options": "-c jit=off -c default_transaction_read_only=on",
-                },
-            )
+            options = dict(engine_options)
+            options["connect_args"] = {
+                **options.get("connect_args", {}),
+                "connect_timeout": 2,
+                "options": "-c jit=off -c default_transaction_read_only=on",
+            }
+            replica = create_ledger_engine(replica_url, **options)
         return cls(
             create_ledger_engine(url, **engine_options),
             max_attempts=max_attempts,
@@ -214,6 +214,11 @@ class Facade:
         """Where the heavy reads go now: how far behind the replica is, and whether it
         is used (None without a replica)."""
         return None if self._replica is None else self._replica.status()
+
+    def last_heavy_read(self) -> ReplicaStatus | None:
+        """Where the calling thread's last heavy read went, and why (None without a
+        replica, or before any)."""
+        return None if self._replica is None else self._replica.last_read()
 
     def _heavy_read(self, operation: Callable[[Database], R]) -> R:
         """Run a read-only ``operation`` on the replica while it is usable, else on the

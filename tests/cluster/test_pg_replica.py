@@ -189,6 +189,77 @@ def test_a_read_the_replica_fails_midway_is_read_from_the_primary(urls, svc):
     on_primary.engine.dispose()
 
 
+def test_a_burst_of_heavy_reads_asks_the_replica_once(urls, svc):
+    """The answer about the replica is kept a moment (replica.RECHECK_SECONDS) while the
+    bound allows it; with a bound of 0 every read asks."""
+    user_id = _open(svc)
+    _caught_up(svc)
+    primary, replica = urls
+
+    def asked(service: BalanceService) -> int:
+        with statements_by_port() as sent:
+            for _ in range(5):
+                service.get_transactions(user_id)
+        return sum("pg_current_wal_insert_lsn" in sql for sqls in sent.values() for sql in sqls)
+
+    assert asked(svc) == 0  # _caught_up asked a moment ago
+    with BalanceService.from_url(primary, replica_url=replica, max_replica_lag=0) as strict:
+        assert asked(strict) == 5
+
+
+def test_the_service_says_where_each_thread_read_last(urls, svc):
+    primary, _ = urls
+    user_id = _open(svc)
+    _caught_up(svc)
+    assert svc.last_heavy_read() is None  # this thread has made no heavy read yet
+    svc.get_transactions(user_id)
+    status = svc.last_heavy_read()
+    assert status.used
+    assert status.reason.startswith("caught up")
+    nowhere = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+    with BalanceService.from_url(primary, replica_url=nowhere) as blind:
+        blind.get_transactions(user_id)
+        assert blind.last_heavy_read().reason.startswith("unreachable")
+    with BalanceService.from_url(primary) as plain:
+        plain.get_transactions(user_id)
+        assert plain.last_heavy_read() is None
+
+
+def test_http_answers_say_where_their_heavy_read_went(urls, svc, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from balance_ledger.http.app import app_from_environment
+
+    primary, replica = urls
+    user_id = _open(svc)
+    _, secret = svc.create_api_key("reader", ["read", "admin"])
+    _caught_up(svc)
+    auth = {"Authorization": f"Bearer {secret}"}
+    monkeypatch.setenv("BALANCE_DATABASE_URL", primary)
+    for replica_url, expected in (
+        (replica, "replica; lag="),
+        ("postgresql+psycopg://postgres@127.0.0.1:1/x", 'primary; reason="unreachable'),
+    ):
+        monkeypatch.setenv("BALANCE_REPLICA_URL", replica_url)
+        with TestClient(app_from_environment()) as http:
+            for path in (
+                f"/v1/accounts/{user_id}/transactions",
+                f"/v1/accounts/{user_id}/statement?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z",
+                "/v1/discrepancies",
+            ):
+                answer = http.get(path, headers=auth)
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["Balance-Read-From"].startswith(expected), path
+            balance = http.get(f"/v1/accounts/{user_id}", headers=auth)
+            assert "Balance-Read-From" not in balance.headers  # the cache: the primary's
+
+
+def test_the_replica_engine_gets_the_engine_options(urls):
+    primary, replica = urls
+    with BalanceService.from_url(primary, replica_url=replica, pool_size=3) as svc:
+        assert svc._replica._replica.engine.pool.size() == 3
+
+
 def test_a_replica_is_postgresql_of_postgresql(tmp_path):
     url = f"sqlite:///{tmp_path / 'a.db'}"
     with pytest.raises(InvalidRequest, match="PostgreSQL streaming replica"):

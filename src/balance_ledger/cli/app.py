@@ -117,11 +117,15 @@ def _service(ctx: typer.Context) -> BalanceService:
 
 
 def heavy_reader(ctx: typer.Context) -> BalanceService:
-    """The service, for a command whose reads may go to the replica: where they go now
-    is said on stderr (the answer on stdout stays as it is)."""
+    """The service, for a command whose reads may go to the replica: where they went is
+    said on stderr once the command is done (the answer on stdout stays as it is)."""
     svc = _service(ctx)
-    if (status := svc.replica_status()) is not None:
-        typer.echo(status.describe(), err=True)
+
+    def where_it_read() -> None:
+        if (status := svc.last_heavy_read()) is not None:
+            typer.echo(status.describe(), err=True)
+
+    ctx.call_on_close(where_it_read)  # before the service closes: callbacks run last first
     return svc
 
 

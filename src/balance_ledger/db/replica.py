@@ -16,13 +16,22 @@ start) the replica is asked how far behind it is:
   it is not caught up), unreachable, not a standby (``pg_is_in_recovery()``), or a
   standby of another cluster (``system_identifier``): the read goes to the primary,
   and the status says why.
+
+The answer is kept for RECHECK_SECONDS, so that a burst of heavy reads (history pages
+over HTTP) does not cost two more round trips each: a replica found usable stays so
+while its lag plus the answer's age (how much further behind it can have fallen since)
+is within the bound; with a bound of 0 it is asked every time. ``last_read`` tells the
+calling thread where its last heavy read went (the CLI prints it, HTTP answers carry
+it as a header).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from sqlalchemy import text
@@ -34,6 +43,8 @@ from .transactions import Database
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 1.0  # how long an answer about the replica is kept
 
 _PRIMARY_POSITION = text(
     "SELECT pg_current_wal_insert_lsn()::text AS position, clock_timestamp() AS now,"
@@ -72,9 +83,57 @@ class Replica:
             raise InvalidRequest("a read replica is a PostgreSQL streaming replica of PostgreSQL")
         self._replica, self._primary, self._max_lag = replica, primary, max_lag
         self._url = replica.engine.url.render_as_string(hide_password=True)
+        self._kept: tuple[float, ReplicaStatus] | None = None  # (when asked, the answer)
+        self._guard = threading.Lock()
+        self._last = threading.local()
 
     def status(self) -> ReplicaStatus:
-        """How far behind the replica is now, and whether heavy reads go to it."""
+        """How far behind the replica is now, and whether heavy reads go to it (asked
+        now, and kept for the reads that follow)."""
+        found = self._ask()
+        with self._guard:
+            self._kept = (time.monotonic(), found)
+        return found
+
+    def last_read(self) -> ReplicaStatus | None:
+        """Where the calling thread's last heavy read went (None: it made none)."""
+        found: ReplicaStatus | None = getattr(self._last, "status", None)
+        return found
+
+    def close(self) -> None:
+        self._replica.engine.dispose()
+
+    def read(self, operation: Callable[[Database], T]) -> T:
+        """``operation`` on the replica if it is usable now, else on the primary; on the
+        primary again if the replica fails it midway (a typed StorageError)."""
+        status = self._recent()
+        self._last.status = status
+        if not status.used:
+            log.warning("heavy read on the primary: %s", status.describe())
+            return operation(self._primary)
+        try:
+            return operation(self._replica)
+        except StorageError as error:
+            log.warning("heavy read failed on the replica (%s); reading the primary", error)
+            self._last.status = self._status(False, None, f"failed midway: {error}")
+            return operation(self._primary)
+
+    def _recent(self) -> ReplicaStatus:
+        """The kept answer while it still holds (module doc), else a new one."""
+        with self._guard:
+            kept = self._kept
+        if kept is None or (age := time.monotonic() - kept[0]) >= RECHECK_SECONDS:
+            return self.status()
+        found = kept[1]
+        if not found.used:
+            return found
+        if self._max_lag > 0 and found.lag_seconds is not None:
+            lag = found.lag_seconds + age  # at most this far behind now
+            if lag <= self._max_lag:
+                return replace(found, lag_seconds=lag, reason=f"{found.reason} {age:.1f} s ago")
+        return self.status()
+
+    def _ask(self) -> ReplicaStatus:
         primary = self._primary.read(lambda conn: conn.execute(_PRIMARY_POSITION).one())
         asked = {"position": primary.position, "now": primary.now}
         try:
@@ -94,22 +153,6 @@ class Replica:
             reason = f"{behind:.1f} s behind, past the bound of {self._max_lag:g} s"
             return self._status(False, behind, reason)
         return self._status(True, behind, f"{behind:.1f} s behind")
-
-    def close(self) -> None:
-        self._replica.engine.dispose()
-
-    def read(self, operation: Callable[[Database], T]) -> T:
-        """``operation`` on the replica if it is usable now, else on the primary; on the
-        primary again if the replica fails it midway (a typed StorageError)."""
-        status = self.status()
-        if not status.used:
-            log.warning("heavy read on the primary: %s", status.describe())
-            return operation(self._primary)
-        try:
-            return operation(self._replica)
-        except StorageError as error:
-            log.warning("heavy read failed on the replica (%s); reading the primary", error)
-            return operation(self._primary)
 
     def _status(self, used: bool, lag: float | None, reason: str) -> ReplicaStatus:
         return ReplicaStatus(self._url, used, lag, self._max_lag, reason)

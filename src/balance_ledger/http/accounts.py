@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from ..models import Scope
 from . import bodies
-from .deps import PageSize, Service, UserId, needs
+from .deps import READ_FROM_DOCUMENTED, PageSize, Service, UserId, needs, tell_where_read
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
@@ -37,25 +37,30 @@ def get_account(user_id: UserId, svc: Service) -> dict[str, Any]:
     return bodies.balance(svc.get_balance(user_id))
 
 
-@router.get("/{user_id}/transactions", dependencies=needs(Scope.READ))
+@router.get(
+    "/{user_id}/transactions", dependencies=needs(Scope.READ), responses=READ_FROM_DOCUMENTED
+)
 def transactions(
     user_id: UserId,
     svc: Service,
+    response: Response,
     limit: Annotated[int, PageSize] = 50,
     before_id: Annotated[int | None, Query(ge=1)] = None,
 ) -> bodies.TransactionPage:
     """Ledger rows newest first; follow ``next_before_id`` for older ones."""
     rows = svc.get_transactions(user_id, limit=limit, before_id=before_id)
+    tell_where_read(svc, response)
     following = rows[-1].id if len(rows) == limit else None
     return bodies.TransactionPage(
         transactions=[bodies.transaction(r) for r in rows], next_before_id=following
     )
 
 
-@router.get("/{user_id}/statement", dependencies=needs(Scope.READ))
+@router.get("/{user_id}/statement", dependencies=needs(Scope.READ), responses=READ_FROM_DOCUMENTED)
 def statement(
     user_id: UserId,
     svc: Service,
+    response: Response,
     start: Annotated[datetime, Query(alias="from", description="Inclusive, with a UTC offset.")],
     end: Annotated[datetime, Query(alias="to", description="Exclusive, with a UTC offset.")],
 ) -> dict[str, Any]:
@@ -64,6 +69,7 @@ def statement(
     Computed from the ledger alone, never from the cached balance.
     """
     period = svc.statement(user_id, start, end)
+    tell_where_read(svc, response)
     return {
         "user_id": period.user_id,
         "currency": period.currency,

@@ -50,8 +50,10 @@ def create_app(
     dispatch_interval: float | None = None,
     group_commit: bool = False,
     fast_charges: bool = True,
+    owns_service: bool = False,
 ) -> FastAPI:
-    """The app over ``service`` (which the caller owns and closes).
+    """The app over ``service`` (which the caller owns and closes; with
+    ``owns_service``, the app closes it at shutdown).
 
     ``key_cache_seconds``: how long an authenticated key is trusted without a database
     read, so also how long a revoked key may still work (0: check every request).
@@ -66,7 +68,7 @@ def create_app(
         title="balance-ledger",
         version="1",
         description="Prepaid balances: charge, recharge, hold, refund, reconcile.",
-        lifespan=_lifespan(service, dispatch_interval, group_commit),
+        lifespan=_lifespan(service, dispatch_interval, group_commit, owns_service),
     )
     app.state.service = service
     app.state.charge = _on_a_thread(service)  # the coalescer's, while the app runs with it
@@ -109,11 +111,13 @@ def create_app(
 
 
 def _lifespan(
-    service: BalanceService, dispatch_interval: float | None, group_commit: bool
+    service: BalanceService, dispatch_interval: float | None, group_commit: bool, owned: bool
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with ExitStack() as running:
+            if owned:
+                running.callback(service.close)  # last, once nothing else writes
             if dispatch_interval is not None:
                 running.enter_context(service.dispatcher().in_background(dispatch_interval))
             if group_commit:
@@ -158,6 +162,7 @@ def app_from_environment() -> FastAPI:
         key_cache_seconds=cache,
         dispatch_interval=None if interval is None else float(interval),
         group_commit=os.environ.get(GROUP_COMMIT_ENV, "1") == "1",
+        owns_service=True,
     )
     if os.environ.get(WORKER_ENV) == "1":
         _spare_the_collector()  # a process of its own: not a test's, nor an embedder's

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Query, Request
+from fastapi import Depends, Header, Path, Query, Request, Response
 from fastapi.params import Depends as Dependency
 
 from ..models import Scope, Transaction
@@ -50,3 +50,34 @@ IdempotencyKey = Annotated[
         description="A retry with the same key returns the first result (200, not 201).",
     ),
 ]
+
+
+READ_FROM = "Balance-Read-From"
+# A heavy read's route documents the header in its OpenAPI answer.
+READ_FROM_DOCUMENTED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            READ_FROM: {
+                "description": "With a read replica: where this read went (`replica; "
+                'lag=0.4`, or `primary; reason="…"`).',
+                "schema": {"type": "string"},
+            }
+        }
+    }
+}
+
+
+def tell_where_read(svc: BalanceService, response: Response) -> None:
+    """With a read replica, say in the answer where the handler's heavy read went:
+    ``Balance-Read-From: replica; lag=0.4`` (seconds behind, at most), or ``primary;
+    reason="3.2 s behind, past the bound of 1 s"``. Run on the handler's own thread."""
+    status = svc.last_heavy_read()
+    if status is None:
+        return
+    if status.used:
+        response.headers[READ_FROM] = f"replica; lag={status.lag_seconds or 0:.1f}"
+    else:
+        # One line of plain ASCII, quotable: an error's text may hold anything.
+        reason = " ".join(status.reason.split())[:200].replace("\\", "").replace('"', "'")
+        reason = reason.encode("ascii", "replace").decode()
+        response.headers[READ_FROM] = f'primary; reason="{reason}"'

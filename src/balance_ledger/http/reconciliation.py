@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
 from ..models import Scope
 from . import bodies
-from .deps import PageSize, Service, needs
+from .deps import READ_FROM_DOCUMENTED, PageSize, Service, needs, tell_where_read
 
 router = APIRouter(prefix="/v1", tags=["reconciliation"])
 
 
-@router.get("/discrepancies", dependencies=needs(Scope.ADMIN))
-def discrepancies(svc: Service) -> dict[str, Any]:
+@router.get("/discrepancies", dependencies=needs(Scope.ADMIN), responses=READ_FROM_DOCUMENTED)
+def discrepancies(svc: Service, response: Response) -> dict[str, Any]:
     """Every account whose cache disagrees with its ledger, largest first (a full scan)."""
-    return {"discrepancies": [d.to_dict() for d in svc.get_balance_discrepancies()]}
+    found = svc.get_balance_discrepancies()
+    tell_where_read(svc, response)
+    return {"discrepancies": [d.to_dict() for d in found]}
 
 
 @router.post("/reconciliations", status_code=201, dependencies=needs(Scope.ADMIN))
