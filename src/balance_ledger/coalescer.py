@@ -102,8 +102,9 @@ class ChargeCoalescer:
         if isinstance(window, bool) or not isinstance(window, int | float) or not 0 <= window <= 1:
             raise InvalidRequest(f"window must be between 0 and 1 second, got {window!r}")
         if not _whole(max_batch) or not 1 <= max_batch <= BATCH_ACCOUNTS:
-            # One batch, one transaction: charge_many splits a batch of more accounts,
-            # and a batch that committed in part could not be re-run charge by charge.
+            # One batch, one transaction (per home node): charge_many splits a batch of
+            # more accounts, and a batch that committed in part could not be re-run
+            # charge by charge.
             raise InvalidRequest(f"max_batch must be 1 to {BATCH_ACCOUNTS}, got {max_batch!r}")
         if not _whole(writers) or not 1 <= writers <= 64:
             raise InvalidRequest(f"writers must be 1 to 64, got {writers!r}")
@@ -208,6 +209,15 @@ class ChargeCoalescer:
         return batch
 
     def _write(self, batch: list[_Pending]) -> None:
+        # With node affinity charge_many writes each home node's accounts in a
+        # transaction of their own: split here, so that each part committed or not as
+        # a whole, and a part that failed is re-run charge by charge without the others.
+        users = [pending.request.user_id for pending in batch]
+        for part in self._service.split_by_home(users):
+            self._write_part([batch[position] for position in part])
+
+    def _write_part(self, batch: list[_Pending]) -> None:
+        """One transaction's worth of charges (one home node's, with node affinity)."""
         if len(batch) == 1:
             self._write_alone(batch[0])
             return

@@ -238,9 +238,10 @@ class Facade:
             return self._db.write(work)
         return self._nodes.write(user_id, lambda db: db.write(work))
 
-    def _by_home(self, user_ids: list[int]) -> list[list[int]]:
+    def split_by_home(self, user_ids: list[int]) -> list[list[int]]:
         """The positions of ``user_ids`` split by home node (db/affinity.py): one part
-        each, or all in one part without node affinity."""
+        per node, or all in one part without node affinity. charge_many writes each
+        part in transactions of its own."""
         if self._nodes is None:
             return [list(range(len(user_ids)))]
         return self._nodes.by_home(user_ids)

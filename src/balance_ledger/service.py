@@ -222,13 +222,13 @@ class BalanceService(Operations):
         # account is written by its own node (an atomic one is one transaction: on the
         # home of its first account).
         everything = list(range(len(planned)))
-        users = [m.user_id for m in planned if isinstance(m, Movement)]  # todo's, in order
+        users = [m.user_id for i in todo if isinstance(m := planned[i], Movement)]
         groups = (
             [everything]
             if atomic
             else [
                 group
-                for part in self._by_home(users)
+                for part in self.split_by_home(users)
                 for group in by_account_groups([todo[p] for p in part], planned, BATCH_ACCOUNTS)
             ]
         )
