@@ -125,10 +125,12 @@ class Facade:
             # Fail over fast: a replica that does not answer is not waited for, and a
             # session there never writes.
             options = dict(engine_options)
+            given = options.get("connect_args", {})
+            read_only = "-c jit=off -c default_transaction_read_only=on"
             options["connect_args"] = {
-                **options.get("connect_args", {}),
+                **given,
                 "connect_timeout": 2,
-                "options": "-c jit=off -c default_transaction_read_only=on",
+                "options": f"{given['options']} {read_only}" if "options" in given else read_only,
             }
             replica = create_ledger_engine(replica_url, **options)
         return cls(

@@ -17,12 +17,16 @@ start) the replica is asked how far behind it is:
   standby of another cluster (``system_identifier``): the read goes to the primary,
   and the status says why.
 
-The answer is kept for RECHECK_SECONDS, so that a burst of heavy reads (history pages
-over HTTP) does not cost two more round trips each: a replica found usable stays so
+The answer is kept for RECHECK_SECONDS (taken from before it was asked), so that a
+burst of heavy reads (history pages over HTTP) does not cost two more round trips each;
+one thread asks while the others wait for its answer. A replica found usable stays so
 while its lag plus the answer's age (how much further behind it can have fallen since)
-is within the bound; with a bound of 0 it is asked every time. ``last_read`` tells the
-calling thread where its last heavy read went (the CLI prints it, HTTP answers carry
-it as a header).
+is within the bound, and that sum is the lag it reports: a kept "caught up" no longer
+promises every write committed before the read, only those older than its age. With a
+bound of 0 a usable answer is never kept. An answer that sends reads to the primary is
+kept (the primary is never wrong), and so is a replica that failed a read midway.
+``last_read`` tells the calling thread where its last heavy read went (the CLI prints
+it, HTTP answers carry it as a header).
 """
 
 from __future__ import annotations
@@ -84,16 +88,15 @@ class Replica:
         self._replica, self._primary, self._max_lag = replica, primary, max_lag
         self._url = replica.engine.url.render_as_string(hide_password=True)
         self._kept: tuple[float, ReplicaStatus] | None = None  # (when asked, the answer)
-        self._guard = threading.Lock()
+        self._guard = threading.Lock()  # over _kept
+        self._asking = threading.Lock()  # one thread asks at a time; the others wait for it
         self._last = threading.local()
 
     def status(self) -> ReplicaStatus:
         """How far behind the replica is now, and whether heavy reads go to it (asked
         now, and kept for the reads that follow)."""
-        found = self._ask()
-        with self._guard:
-            self._kept = (time.monotonic(), found)
-        return found
+        with self._asking:
+            return self._asked()
 
     def last_read(self) -> ReplicaStatus | None:
         """Where the calling thread's last heavy read went (None: it made none)."""
@@ -115,23 +118,46 @@ class Replica:
             return operation(self._replica)
         except StorageError as error:
             log.warning("heavy read failed on the replica (%s); reading the primary", error)
-            self._last.status = self._status(False, None, f"failed midway: {error}")
+            failed = self._status(False, None, f"failed midway: {error}")
+            self._keep(time.monotonic(), failed)  # the next reads go to the primary too
+            self._last.status = failed
             return operation(self._primary)
 
     def _recent(self) -> ReplicaStatus:
-        """The kept answer while it still holds (module doc), else a new one."""
+        """The kept answer while it still holds (module doc), else a new one: asked by
+        one thread while the others wait for its answer."""
+        found = self._still_holds()
+        if found is None:
+            with self._asking:
+                found = self._still_holds() or self._asked()
+        return found
+
+    def _still_holds(self) -> ReplicaStatus | None:
         with self._guard:
             kept = self._kept
         if kept is None or (age := time.monotonic() - kept[0]) >= RECHECK_SECONDS:
-            return self.status()
+            return None
         found = kept[1]
         if not found.used:
-            return found
-        if self._max_lag > 0 and found.lag_seconds is not None:
-            lag = found.lag_seconds + age  # at most this far behind now
-            if lag <= self._max_lag:
-                return replace(found, lag_seconds=lag, reason=f"{found.reason} {age:.1f} s ago")
-        return self.status()
+            return found  # the primary answers meanwhile: never wrong
+        if self._max_lag == 0 or found.lag_seconds is None:
+            return None  # usable only while caught up: asked every time
+        lag = found.lag_seconds + age  # it cannot have fallen further behind than that
+        if lag > self._max_lag:
+            return None
+        reason = f"at most {lag:.1f} s behind (asked {age:.1f} s ago)"
+        return replace(found, lag_seconds=lag, reason=reason)
+
+    def _asked(self) -> ReplicaStatus:
+        asked_at = time.monotonic()  # before asking: the answer is at least this old
+        found = self._ask()
+        self._keep(asked_at, found)
+        return found
+
+    def _keep(self, at: float, found: ReplicaStatus) -> None:
+        with self._guard:
+            if self._kept is None or self._kept[0] <= at:  # never an older answer
+                self._kept = (at, found)
 
     def _ask(self) -> ReplicaStatus:
         primary = self._primary.read(lambda conn: conn.execute(_PRIMARY_POSITION).one())
