@@ -74,7 +74,8 @@ recovered_position() { # node: the position InnoDB last applied (uuid:seqno), or
         --innodb-log-file-size=48M --binlog-format=ROW --innodb-autoinc-lock-mode=2 \
         --wsrep-on=ON --wsrep-provider="$PROVIDER" --wsrep-cluster-address="$CLUSTER" \
         --wsrep-recover --log-error="$data/recover.log" >/dev/null 2>&1 || true
-    sed -n 's/.*WSREP: Recovered position: *//p' "$data/recover.log" 2>/dev/null | tail -1
+    sed -n 's/.*WSREP: Recovered position: *//p' "$data/recover.log" 2>/dev/null | tail -1 ||
+        true # no log: the recovery failed, and the position stays unknown
 }
 
 saved() { # node, field of grastate.dat (seqno, safe_to_bootstrap): its value, or nothing
@@ -97,16 +98,25 @@ first_node() { # the node to bootstrap a cluster with no node running
     # The one that left last says so (safe_to_bootstrap: 1). If none does, every node
     # went down at once (killed, or the machine was lost): the node with the highest
     # recovered position has every committed write set, and is marked safe by hand, as
-    # Galera's documentation says to.
-    local n best=1 best_seqno=-2 seqno
+    # Galera's documentation says to. A position that cannot be found stops the start:
+    # bootstrapping from a node behind the others would lose what they committed.
+    local n best=0 best_seqno=-2 seqno
+    if ! ls "$BASE"/node*/grastate.dat >/dev/null 2>&1; then
+        echo 1 # a new cluster
+        return
+    fi
     for n in 1 2 3; do
-        [ -f "$BASE/node$n/grastate.dat" ] || { echo 1; return; } # a new cluster
         [ "$(saved "$n" safe_to_bootstrap)" = 1 ] && { echo "$n"; return; }
     done
     for n in 1 2 3; do
         seqno=$(saved "$n" seqno)
         [ "$seqno" = -1 ] && seqno=$(recovered_position "$n" | sed 's/.*://')
-        if [ -n "$seqno" ] && [ "$seqno" -gt "$best_seqno" ]; then
+        if ! [[ "$seqno" =~ ^[0-9]+$ ]]; then
+            echo "node $n: no saved or recovered position (see $BASE/node$n/recover.log);" \
+                "bootstrap by hand" >&2
+            return 1
+        fi
+        if [ "$seqno" -gt "$best_seqno" ]; then
             best=$n
             best_seqno=$seqno
         fi
@@ -119,7 +129,7 @@ start() {
     local first="" n
     for n in 1 2 3; do initialise "$n"; done
     if ! up 1 && ! up 2 && ! up 3; then
-        first=$(first_node)
+        first=$(first_node) || exit 1
         start_node "$first" --wsrep-new-cluster
     elif ! primary 1 && ! primary 2 && ! primary 3; then
         # The nodes still running lost quorum when the others went down (two of three
@@ -132,6 +142,7 @@ start() {
     for n in 1 2 3; do
         up "$n" || start_node "$n"
     done
+    for n in 1 2 3; do wait_synced "$n"; done
     echo "galera: 3 nodes synced on $(port 1), $(port 2), $(port 3)"
 }
 
