@@ -1,5 +1,5 @@
 """Backfills of the migrations, page by page: each page is committed on its own where
-a migration is not one transaction anyway (Backend.end_backfill_piece: MariaDB).
+a migration is not one transaction anyway (Backend.commits_backfill_pages: MariaDB).
 
 ``seal_unsealed_rows`` gives ledger rows written before the hash chain existed their
 ``row_hash``. An UPDATE of history: only migration 0006 (and the benchmarks, which
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import Connection, select
+import sqlalchemy as sa
+from sqlalchemy import Connection
 
 from ..chain.rules import Link, following
 from . import hash_chain
 from .dialects import backend_of
-from .tables import user_balances as balances
 
 PAGE = 5_000
 
@@ -40,24 +40,30 @@ def seal_unsealed_rows(conn: Connection) -> int:
             if row["row_hash"] is None:
                 updates.append((head.id, head.hash))
         hash_chain.backfill_row_hashes(conn, updates)
-        backend.end_backfill_piece(conn)
+        backend.end_backfill_page(conn)
         sealed += len(updates)
         after = (page[-1]["user_id"], page[-1]["id"])
     return sealed
 
 
-def account_pages(conn: Connection, size: int = PAGE) -> Iterator[tuple[int, int]]:
-    """(first, last) user_id of each page of ``size`` balance rows, in order, each page
-    committed (Backend.end_backfill_piece) once the caller's loop body has run."""
+def account_pages(conn: Connection, size: int | None = None) -> Iterator[tuple[int, int]]:
+    """(first, last) user_id of each page of ``size`` balance rows, in order, each
+    committed once the caller's loop body has run (Backend.end_backfill_page). By
+    default pages of PAGE where they commit, else one page of every account."""
     backend = backend_of(conn.engine)
+    user_id = sa.column("user_id", sa.BigInteger)
+    accounts = sa.table("user_balances", user_id)  # as every schema version has it
+    if size is None and not backend.commits_backfill_pages:
+        bounds = sa.select(sa.func.min(user_id), sa.func.max(user_id)).select_from(accounts)
+        first, last = conn.execute(bounds).one()
+        if first is not None:
+            yield first, last
+        return
+    page = sa.select(user_id).select_from(accounts).order_by(user_id).limit(size or PAGE)
     after: int | None = None
-    while True:
-        stmt = select(balances.c.user_id).order_by(balances.c.user_id).limit(size)
-        if after is not None:
-            stmt = stmt.where(balances.c.user_id > after)
-        ids = list(conn.execute(stmt).scalars())
-        if not ids:
-            return
+    while ids := list(
+        conn.execute(page if after is None else page.where(user_id > after)).scalars()
+    ):
         yield ids[0], ids[-1]
-        backend.end_backfill_piece(conn)
+        backend.end_backfill_page(conn)
         after = ids[-1]

@@ -136,12 +136,14 @@ class Backend:
         if self.name == "postgresql":
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
 
-    def end_backfill_piece(self, conn: Connection) -> None:
-        """Commit what a migration's backfill wrote so far, on MariaDB: its DDL commits
-        anyway, so the migration was never one transaction there, and on a Galera
-        cluster a backfill of a whole table would be one write set that every node
-        must take at once. Elsewhere nothing: the migration stays one transaction."""
-        if self.name == "mariadb":
+    @property
+    def commits_backfill_pages(self) -> bool:
+        """True where a migration's backfill commits page by page: MariaDB, whose DDL
+        commits anyway, and where on Galera a whole table would be one write set."""
+        return self.name == "mariadb"
+
+    def end_backfill_page(self, conn: Connection) -> None:
+        if self.commits_backfill_pages:
             conn.exec_driver_sql("COMMIT")
 
     def is_retryable(self, error: DBAPIError) -> bool:
@@ -294,7 +296,7 @@ class Backend:
                 if held:
                     conn.execute(text(release), {"key": key})
 
-    def locked_chunk(self, engine: Engine, size: int) -> int:
+    def locked_chunk_size(self, engine: Engine, size: int) -> int:
         """How many accounts one transaction that locks them all (a rebuild chunk) may
         take: ``size``, but fewer on a Galera node (galera.LOCKED_ACCOUNTS)."""
         if self.name == "mariadb" and galera.is_galera(engine):

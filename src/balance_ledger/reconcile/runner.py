@@ -74,7 +74,7 @@ class Reconciler:
             return iter([[user_id]])
         size = self.chunk_size
         if locked:
-            size = self.db.backend.locked_chunk(self.db.engine, size)
+            size = self.db.backend.locked_chunk_size(self.db.engine, size)
         return chunks_of_accounts(self.db, size)
 
     def _total(self, user_id: int | None) -> int:
@@ -91,8 +91,10 @@ class Reconciler:
         """
         try:
             return [run(ids[0], ids[-1])], []
-        except StorageError:
+        except StorageError as error:
             self.db.read(queries.ping)  # raises again if the database itself is the problem
+            low, high = ids[0], ids[-1]
+            log.warning("accounts %d..%d refused as a chunk (%s); one by one", low, high, error)
         results: list[R] = []
         errors: list[SyncError] = []
         for user_id in ids:
