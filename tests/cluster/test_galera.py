@@ -1,8 +1,6 @@
-"""The ledger on a real 3-node MariaDB Galera cluster (db/galera.py).
-
-`tests/cluster/galera.sh start` runs the cluster on 127.0.0.1:3307-3309
-(`BALANCE_TEST_GALERA_URLS`, a comma list, names others); CI starts it and requires it
-(`BALANCE_TEST_REQUIRE=all` or `galera`). The tests use a database of their own.
+"""The ledger on a real 3-node MariaDB Galera cluster (db/galera.py): causal reads, job
+locks, retries, races across nodes, a node killed mid-race (galera_nodes.py: the
+cluster; test_node_affinity.py: writes of each account on one node).
 """
 
 from __future__ import annotations
@@ -12,19 +10,14 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 
 from balance_ledger import (
     BalanceService,
-    Charge,
-    ChargeCoalescer,
     InsufficientBalance,
     JobBusy,
     NodeUnavailable,
@@ -34,72 +27,10 @@ from balance_ledger import (
 from balance_ledger.db.dialects import backend_of, create_ledger_engine
 from balance_ledger.db.galera import LOCKED_ACCOUNTS
 from balance_ledger.db.transactions import Database
-from tests.conftest import SERVER_URLS, TEST_DATABASE, _required
-from tests.databases import reachable, recreate_database
+from tests.cluster.galera_nodes import every_node_agrees, fresh_account, nodes, urls
+from tests.conftest import SERVER_URLS
 
-NODES = os.environ.get(
-    "BALANCE_TEST_GALERA_URLS",
-    ",".join(f"mysql+pymysql://root@127.0.0.1:{port}/" for port in (3307, 3308, 3309)),
-).split(",")
-NAME = f"{TEST_DATABASE}_galera"
-
-
-def _has_tables(url: str) -> bool:
-    engine = create_engine(url)
-    try:
-        return "user_balances" in inspect(engine).get_table_names()
-    except Exception:
-        return False
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def urls() -> list[str]:
-    """The test database's URL on each node, migrated through the first."""
-    if not all(reachable(url) for url in NODES):
-        reason = f"no Galera cluster at {', '.join(NODES)} (tests/cluster/galera.sh)"
-        if _required("galera"):
-            pytest.fail(f"{reason} (required by BALANCE_TEST_REQUIRE)")
-        pytest.skip(reason)
-    first = recreate_database(NODES[0], NAME)
-    with BalanceService.from_url(first) as svc:
-        svc.create_schema()
-    urls = [make_url(url).set(database=NAME).render_as_string(hide_password=False) for url in NODES]
-    deadline = time.monotonic() + 30
-    while not all(_has_tables(url) for url in urls):
-        assert time.monotonic() < deadline, "the schema did not reach every node"
-        time.sleep(0.1)
-    return urls
-
-
-@pytest.fixture
-def nodes(urls: list[str]) -> Iterator[list[BalanceService]]:
-    """One BalanceService per node."""
-    services = [BalanceService.from_url(url) for url in urls]
-    yield services
-    for svc in services:
-        svc.close()
-
-
-def _fresh_account(svc: BalanceService) -> int:
-    user_id = time.time_ns() % 10**12
-    svc.open_account(user_id)
-    return user_id
-
-
-def _every_node_agrees(urls: list[str]) -> None:
-    """On every node: the cache equals the ledger, every chain is intact, and the
-    ledger's tables are identical to the other nodes' (CHECKSUM TABLE)."""
-    checksums = []
-    for url in urls:
-        with BalanceService.from_url(url) as svc:
-            assert svc.verify_and_fix_balance(full=True).in_sync
-            assert svc.verify_chain().intact
-            with svc.engine.connect() as conn:
-                tables = "user_balances, user_balance_transactions, balance_events"
-                checksums.append(conn.execute(text(f"CHECKSUM TABLE {tables}")).all())
-    assert checksums[0] == checksums[1] == checksums[2]
+__all__ = ["nodes", "urls"]  # fixtures
 
 
 def test_a_galera_node_reads_causally_and_a_lone_server_does_not(urls):
@@ -118,7 +49,7 @@ def test_a_galera_node_reads_causally_and_a_lone_server_does_not(urls):
 def test_a_recharge_confirmed_by_one_node_is_seen_by_the_next_charge_on_another(nodes):
     """Without causal reads, measured: 1 charge in 500 refused, 13 balances stale."""
     first, second, third = nodes
-    user_id = _fresh_account(first)
+    user_id = fresh_account(first)
     for _ in range(200):
         first.recharge(user_id, 100)
         assert second.charge_service(user_id, 100, "vps").balance_after == 0
@@ -131,7 +62,7 @@ def test_an_accounts_rows_written_in_turn_by_every_node_keep_their_order_by_id(u
     the order they were written. A node's counter passes every id it applies from the
     others, and causal reads make it apply them before the next movement locks the
     account: each row's id is above the one before, whichever node wrote either."""
-    user_id = _fresh_account(nodes[0])
+    user_id = fresh_account(nodes[0])
     nodes[0].recharge(user_id, 10_000)
     written = [nodes[n % 3].charge_service(user_id, 1, "vps") for n in range(30)]
     ids = [row.id for row in written]
@@ -228,8 +159,8 @@ def test_charges_racing_on_three_nodes_keep_the_ledger_whole(urls, nodes):
     every acknowledged charge in the ledger exactly once, the cache equal to the ledger
     and every chain intact on every node, and the nodes' tables identical."""
     first = nodes[0]
-    hot = _fresh_account(first)
-    cold = [_fresh_account(first) for _ in range(5)]
+    hot = fresh_account(first)
+    cold = [fresh_account(first) for _ in range(5)]
     for user_id in (hot, *cold):
         first.recharge(user_id, 2_000)
     acknowledged: dict[str, int] = {}
@@ -287,7 +218,7 @@ def test_charges_racing_on_three_nodes_keep_the_ledger_whole(urls, nodes):
     assert {key: [row] for key, row in acknowledged.items()} == {
         key: ids for key, ids in ids_by_key.items() if key in acknowledged
     }
-    _every_node_agrees(urls)
+    every_node_agrees(urls)
 
 
 def test_a_rebuild_while_every_node_charges_locks_few_accounts_at_a_time(urls, nodes):
@@ -295,7 +226,7 @@ def test_a_rebuild_while_every_node_charges_locks_few_accounts_at_a_time(urls, n
     on Galera a chunk holds at most galera.LOCKED_ACCOUNTS, so the rebuild gets through
     while three nodes charge the same accounts."""
     first = nodes[0]
-    accounts = [_fresh_account(first) for _ in range(2 * LOCKED_ACCOUNTS + 10)]
+    accounts = [fresh_account(first) for _ in range(2 * LOCKED_ACCOUNTS + 10)]
     for user_id in accounts:
         first.recharge(user_id, 1_000)
     locked: list[int] = []
@@ -332,7 +263,7 @@ def test_a_rebuild_while_every_node_charges_locks_few_accounts_at_a_time(urls, n
     assert report.errors == []
     assert report.checked >= len(accounts)
     assert 0 < max(locked) <= LOCKED_ACCOUNTS
-    _every_node_agrees(urls)
+    every_node_agrees(urls)
 
 
 SCRIPT = Path(__file__).with_name("galera.sh")
@@ -348,7 +279,7 @@ def test_a_node_killed_mid_race_loses_no_acknowledged_charge_and_rejoins(urls, n
     keys to node 1, as an integrator would. Node 3 rejoins (position recovery, IST) with
     tables identical to the others', and every invariant holds on every node."""
     first = nodes[0]
-    accounts = [_fresh_account(first) for _ in range(6)]
+    accounts = [fresh_account(first) for _ in range(6)]
     for user_id in accounts:
         first.recharge(user_id, 10**6)
     acknowledged: dict[str, int] = {}
@@ -400,7 +331,7 @@ def test_a_node_killed_mid_race_loses_no_acknowledged_charge_and_rejoins(urls, n
                 found.setdefault(tx.idempotency_key, []).append(tx.id)
     assert all(found.get(key) == [row] for key, row in acknowledged.items())
     assert all(len(ids) == 1 for ids in found.values())  # an unacknowledged key: once at most
-    _every_node_agrees(urls)
+    every_node_agrees(urls)
 
 
 def test_schedulers_on_two_nodes_run_each_slot_once(nodes):
@@ -409,7 +340,7 @@ def test_schedulers_on_two_nodes_run_each_slot_once(nodes):
     scheduler is told it was run or is running (None), never an error."""
     from datetime import UTC, datetime, timedelta
 
-    _fresh_account(nodes[0])
+    fresh_account(nodes[0])
     base = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
     slots = [base + timedelta(minutes=i) for i in range(15)]
     results: dict[int, list[object]] = {0: [], 1: []}
@@ -436,126 +367,3 @@ def test_schedulers_on_two_nodes_run_each_slot_once(nodes):
     assert sorted(r.scheduled_for for r in runs) == slots  # each slot once
     ran = [r for n in (0, 1) for r in results[n] if r is not None]
     assert len(ran) == len(slots)
-
-
-@contextmanager
-def ledger_inserts() -> Iterator[list[tuple[int, int]]]:
-    """(server port, user_id) of every ledger row insert any engine sends meanwhile."""
-    sent: list[tuple[int, int]] = []
-
-    def record(conn, _cursor, statement, params, *_args) -> None:
-        if statement.startswith("INSERT INTO user_balance_transactions"):
-            rows = params if isinstance(params, list | tuple) else [params]
-            port = conn.engine.url.port
-            for row in rows:  # a batch's many rows: user_id__0, user_id__1, …
-                sent.extend((port, v) for k, v in row.items() if k.split("__")[0] == "user_id")
-
-    event.listen(Engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(Engine, "before_cursor_execute", record)
-
-
-def test_with_node_affinity_each_account_is_written_by_one_node(urls):
-    with BalanceService.from_nodes(urls) as svc:
-        accounts = [_fresh_account(svc) for _ in range(12)]
-        with ledger_inserts() as sent:
-            for user_id in accounts:
-                svc.recharge(user_id, 100)
-                for _ in range(3):
-                    svc.charge_service(user_id, 10, "vps")
-    ports_of = {user_id: {port for port, user in sent if user == user_id} for user_id in accounts}
-    assert all(len(ports) == 1 for ports in ports_of.values()), ports_of
-    assert len(set().union(*ports_of.values())) > 1  # the accounts' homes are spread
-
-
-def test_with_node_affinity_a_batch_is_written_part_by_part_on_each_home(urls):
-    with BalanceService.from_nodes(urls) as svc:
-        accounts = [_fresh_account(svc) for _ in range(12)]
-        for user_id in accounts:
-            svc.recharge(user_id, 100)
-        items = [Charge(user_id, 10, "vps") for user_id in accounts for _ in range(2)]
-        with ledger_inserts() as sent:
-            results = svc.charge_many(items)
-            # The HTTP service's group commit goes through charge_many too.
-            with (
-                ChargeCoalescer(svc, window=0.05) as coalescer,
-                ThreadPoolExecutor(len(accounts)) as pool,
-            ):
-                list(pool.map(lambda u: coalescer.charge(u, 10, "vps"), accounts))
-        assert [r.balance_after for r in results] == [90, 80] * len(accounts)
-        assert all(svc.get_balance(user_id).balance == 70 for user_id in accounts)
-    ports_of = {user_id: {port for port, user in sent if user == user_id} for user_id in accounts}
-    assert all(len(ports) == 1 for ports in ports_of.values()), ports_of
-    assert len(set().union(*ports_of.values())) > 1
-
-
-def test_with_node_affinity_a_node_that_fails_leaves_its_accounts_to_the_next(urls):
-    dead = "mysql+pymysql://root@127.0.0.1:1/unused"
-    with BalanceService.from_nodes([urls[0], dead, urls[2]]) as svc:
-        accounts = [_fresh_account(svc) for _ in range(12)]
-        for user_id in accounts:
-            svc.recharge(user_id, 100)
-            assert svc.charge_service(user_id, 30, "vps").balance_after == 70
-
-
-def test_with_node_affinity_a_hot_account_raced_from_three_services_never_conflicts(urls):
-    """The same race as above, but every service sends an account's writes to its home
-    node: no certification conflict, so no RetriesExhausted at all."""
-    services = [BalanceService.from_nodes(urls) for _ in range(3)]
-    hot = _fresh_account(services[0])
-    services[0].recharge(hot, 10**6)
-    exhausted: list[BaseException] = []
-    stop = time.monotonic() + 4
-
-    def client(svc: BalanceService) -> None:
-        while time.monotonic() < stop:
-            try:
-                svc.charge_service(hot, 1, "vps")
-            except RetriesExhausted as error:
-                exhausted.append(error)
-
-    threads = [threading.Thread(target=client, args=(svc,)) for svc in services for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    try:
-        assert exhausted == []
-        assert services[0].verify_and_fix_balance(hot).in_sync
-    finally:
-        for svc in services:
-            svc.close()
-
-
-def test_the_cli_and_the_http_service_write_each_account_on_its_home_node(urls, monkeypatch):
-    from fastapi.testclient import TestClient
-
-    from balance_ledger.cli import main
-    from balance_ledger.http.app import app_from_environment
-
-    with BalanceService.from_nodes(urls) as svc:
-        accounts = [_fresh_account(svc) for _ in range(6)]
-        for user_id in accounts:
-            svc.recharge(user_id, 1_000)
-        _, secret = svc.create_api_key("affinity", ["charge"])
-    others = [arg for url in urls[1:] for arg in ("--other-node", url)]
-    with ledger_inserts() as sent:
-        for user_id in accounts:
-            with pytest.raises(SystemExit) as exited:
-                main(["--database-url", urls[0], *others, "charge", str(user_id), "5", "vps"])
-            assert exited.value.code == 0
-        monkeypatch.setenv("BALANCE_DATABASE_URL", urls[0])
-        monkeypatch.setenv("BALANCE_OTHER_NODES", " ".join(urls[1:]))
-        with TestClient(app_from_environment()) as http:
-            for user_id in accounts:
-                answer = http.post(
-                    f"/v1/accounts/{user_id}/charges",
-                    json={"amount": 5, "service_type": "vps"},
-                    headers={"Authorization": f"Bearer {secret}"},
-                )
-                assert answer.status_code == 201, answer.text
-    ports_of = {user_id: {port for port, user in sent if user == user_id} for user_id in accounts}
-    assert all(len(ports) == 1 for ports in ports_of.values()), ports_of
-    assert len(set().union(*ports_of.values())) > 1
