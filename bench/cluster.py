@@ -15,8 +15,9 @@ threads, take keyed charges of 1 for ``--seconds``, on one account (hot) or spre
 Printed per configuration: charges/s, p50 and p99 of a charge in ms, how many gave up
 with ``RetriesExhausted`` (certification conflicts retried ``max_attempts`` times; the
 caller would retry them with their keys), charges/s over the standalone's, and the CPU
-per charge of this process (the client) and of every ``mariadbd`` process together (the
-servers: on the cluster, the node that commits and the two that apply its write set).
+per charge of this process (the client) and of the setup's servers together (on the
+cluster, the node that commits and the two that apply its write set; from /proc, so the
+servers run on this machine; their CPU counts from just before the clients connect).
 """
 
 from __future__ import annotations
@@ -55,21 +56,26 @@ class Result:
     server_cpu: float = 0.0  # seconds of CPU every mariadbd process used during the run
 
 
-def servers_cpu() -> float:
-    """Seconds of CPU used so far by every ``mariadbd`` process of this machine (the
-    standalone server and the nodes; Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
+def server_pids(urls: list[str]) -> list[int]:
+    """The process ids of the servers at ``urls`` (each says where its pid file is; they
+    run on this machine)."""
+    pids = []
+    for url in urls:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            pid_file = conn.exec_driver_sql("SELECT @@pid_file").scalar()
+        engine.dispose()
+        pids.append(int(Path(str(pid_file)).read_text().split()[0]))
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds used so far by the processes ``pids`` (Linux /proc)."""
     total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # the process ended meanwhile
-            continue
-        name, _, rest = text.partition(") ")
-        if name.endswith("(mariadbd"):
-            fields = rest.split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -91,7 +97,7 @@ def cluster_database(nodes: list[str], accounts: int) -> Iterator[list[str]]:
     yield urls
 
 
-def run(services: list[BalanceService], args: argparse.Namespace) -> Result:
+def run(services: list[BalanceService], args: argparse.Namespace, servers: list[int]) -> Result:
     """``--threads`` threads per service, each charging with its own keys."""
     exhausted = [0]
     guard = threading.Lock()
@@ -114,9 +120,9 @@ def run(services: list[BalanceService], args: argparse.Namespace) -> Result:
 
         return charge
 
-    before = servers_cpu()
+    before = cpu_seconds(servers)
     figures = drive(len(services) * args.threads, args.seconds, client)
-    return Result("", figures, exhausted[0], servers_cpu() - before)
+    return Result("", figures, exhausted[0], cpu_seconds(servers) - before)
 
 
 def measure(args: argparse.Namespace) -> list[Result]:
@@ -126,21 +132,17 @@ def measure(args: argparse.Namespace) -> list[Result]:
         with BalanceService.from_url(url) as svc:
             open_funded_accounts(svc, args.accounts)
         services = [BalanceService.from_url(url) for _ in range(SERVICES)]
-        results.append(_named("standalone", run(services, args)))
+        results.append(_named("standalone", run(services, args, server_pids([url]))))
         _close(services)
     with cluster_database(nodes, args.accounts) as urls:
         services = [BalanceService.from_url(urls[i % len(urls)]) for i in range(SERVICES)]
-        results.append(_named("cross-node", run(services, args)))
+        results.append(_named("cross-node", run(services, args, server_pids(urls))))
         _close(services)
     with cluster_database(nodes, args.accounts) as urls:
         services = [BalanceService.from_nodes(urls) for _ in range(SERVICES)]
-        results.append(_named("affinity", run(services, args)))
+        results.append(_named("affinity", run(services, args, server_pids(urls))))
         _close(services)
     return results
-
-
-def cpu_per_charge(seconds: float, charges: int) -> float:
-    return 1e6 * seconds / max(charges, 1)
 
 
 def _named(setup: str, result: Result) -> Result:
@@ -198,7 +200,7 @@ def main(argv: list[str]) -> None:
                 f"{workload:<9}{r.setup:<12}{f.charges:>9,}{f.charges_per_s:>11,.0f}"
                 f"{f.p50_ms or 0:>8.2f}{f.p99_ms or 0:>8.2f}{r.exhausted:>9,}"
                 f"{f.charges_per_s / base:>13.2f}"
-                f"{cpu_per_charge(f.client_cpu / 100 * args.seconds, f.charges):>11,.0f}"
-                f"{cpu_per_charge(r.server_cpu, f.charges):>12,.0f}",
+                f"{1e6 * f.client_cpu / 100 / f.charges_per_s:>11,.0f}"
+                f"{1e6 * r.server_cpu / f.charges:>12,.0f}",
                 flush=True,
             )

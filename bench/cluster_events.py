@@ -125,18 +125,20 @@ def node_loss(args: argparse.Namespace) -> None:
         )
 
 
-class RetriesOfThisThread(logging.Filter):
-    """Counts the transactions of the thread that made it which the ledger ran again
-    (db/transactions.py logs each retry)."""
+class Counted(logging.Filter):
+    """What the thread that made it logged: transactions run again (db/transactions.py)
+    and chunks done account by account after they were refused (reconcile/runner.py)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.thread = threading.get_ident()
-        self.count = 0
+        self.retries = self.one_by_one = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if threading.get_ident() == self.thread and "retry" in str(record.msg):
-            self.count += 1
+        if threading.get_ident() == self.thread:
+            message = str(record.msg)
+            self.retries += "retry" in message
+            self.one_by_one += "one by one" in message
         return True
 
 
@@ -145,32 +147,42 @@ def rebuild(args: argparse.Namespace) -> None:
         f"rebuild on node 1 of {args.accounts} accounts while 6 threads charge them from "
         "all 3 nodes, per cap on the accounts one rebuild chunk locks"
     )
-    print(f"{'cap':>6}{'seconds':>9}{'charges/s meanwhile':>21}{'chunks run again':>18}")
+    print(
+        f"{'cap':>6}{'seconds':>9}{'charges/s meanwhile':>21}{'retries':>9}"
+        f"{'chunks done one by one':>24}"
+    )
     nodes = args.nodes.split(",")
     kept = galera.LOCKED_ACCOUNTS
-    log = logging.getLogger("balance_ledger.db.transactions")
-    log.setLevel(logging.INFO)  # its retries are logged at INFO
+    loggers = [
+        logging.getLogger(f"balance_ledger.{name}")
+        for name in ("db.transactions", "reconcile.runner")  # a filter sees its own records
+    ]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)  # retries are logged at INFO
     try:
         for cap in (1_000, 250, kept):
             galera.LOCKED_ACCOUNTS = cap
             with cluster_database(nodes, args.accounts) as urls:
                 services = [BalanceService.from_url(urls[i]) for i in range(SERVICES)]
                 operator = BalanceService.from_url(urls[0])
-                retries = RetriesOfThisThread()
-                log.addFilter(retries)
+                counted = Counted()
                 with Load(services, 2, args.accounts) as load:
                     time.sleep(1)
+                    for logger in loggers:
+                        logger.addFilter(counted)
                     started = time.monotonic()
                     report = operator.rebuild_all_balances()
                     seconds = time.monotonic() - started
-                log.removeFilter(retries)
+                    for logger in loggers:
+                        logger.removeFilter(counted)
                 for svc in [*services, operator]:
                     svc.close()
             if report.errors:
                 raise SystemExit(f"the rebuild found errors: {report.errors}")
             during = [t for t in load.done if started <= t < started + seconds]
             print(
-                f"{cap:>6}{seconds:>9.1f}{len(during) / seconds:>21.0f}{retries.count:>18}",
+                f"{cap:>6}{seconds:>9.1f}{len(during) / seconds:>21.0f}{counted.retries:>9}"
+                f"{counted.one_by_one:>24}",
                 flush=True,
             )
     finally:
