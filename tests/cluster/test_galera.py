@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import subprocess
 import threading
 import time
@@ -170,7 +171,7 @@ def test_charges_racing_on_three_nodes_keep_the_ledger_whole(urls, nodes):
     stop = time.monotonic() + 6
 
     def client(svc: BalanceService, n: int) -> None:
-        rng = __import__("random").Random(n)
+        rng = random.Random(n)
         count = 0
         while time.monotonic() < stop:
             user_id = hot if rng.random() < 0.5 else rng.choice(cold)
@@ -238,7 +239,7 @@ def test_a_rebuild_while_every_node_charges_locks_few_accounts_at_a_time(urls, n
             locked.append(cursor.rowcount)
 
     def client(svc: BalanceService, n: int) -> None:
-        rng = __import__("random").Random(n)
+        rng = random.Random(n)
         while not stop.is_set():
             try:
                 svc.charge_service(rng.choice(accounts), 1, "vps")
@@ -288,7 +289,7 @@ def test_a_node_killed_mid_race_loses_no_acknowledged_charge_and_rejoins(urls, n
     stop = time.monotonic() + 10
 
     def client(svc: BalanceService, n: int) -> None:
-        rng = __import__("random").Random(n)
+        rng = random.Random(n)
         count = 0
         while time.monotonic() < stop:
             key, count = f"loss-{n}-{count}", count + 1
