@@ -59,11 +59,9 @@ def account_pages(conn: Connection, size: int | None = None) -> Iterator[tuple[i
         if first is not None:
             yield first, last
         return
-    page = sa.select(user_id).select_from(accounts).order_by(user_id).limit(size or PAGE)
-    after: int | None = None
-    while ids := list(
-        conn.execute(page if after is None else page.where(user_id > after)).scalars()
-    ):
+    first_page = sa.select(user_id).select_from(accounts).order_by(user_id).limit(size or PAGE)
+    page = first_page
+    while ids := list(conn.execute(page).scalars()):
         yield ids[0], ids[-1]
         backend.end_backfill_page(conn)
-        after = ids[-1]
+        page = first_page.where(user_id > ids[-1])
