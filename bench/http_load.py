@@ -38,11 +38,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _serve(url: str, port: int, workers: int, group_commit: bool) -> subprocess.Popen[bytes]:
+def _serve(url: str, port: int, args: argparse.Namespace) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-c", "from balance_ledger.cli import main; main()"]
-    options = ["--port", str(port), "--workers", str(workers)]
-    if not group_commit:
-        options.append("--no-group-commit")
+    options = ["--port", str(port), *_serve_options(args)]
     server = subprocess.Popen(
         [*command, "--database-url", url, "serve", *options],
         stdout=subprocess.DEVNULL,
@@ -57,6 +55,15 @@ def _serve(url: str, port: int, workers: int, group_commit: bool) -> subprocess.
             time.sleep(0.2)
     server.kill()
     raise SystemExit("balance serve did not become ready in 60 s")
+
+
+def _serve_options(args: argparse.Namespace) -> list[str]:
+    options = ["--workers", str(args.workers)]
+    if not args.group_commit:
+        options.append("--no-group-commit")
+    if args.group_commit_writers is not None:
+        options += ["--group-commit-writers", str(args.group_commit_writers)]
+    return options
 
 
 def _client(
@@ -99,14 +106,16 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="balance serve's group commit of concurrent charges (--no-group-commit: off)",
     )
+    parser.add_argument(
+        "--group-commit-writers", type=int, help="balance serve --group-commit-writers"
+    )
     args = parser.parse_args(argv)
     if args.driver == "wrk" and not wrk.installed():
         raise SystemExit("wrk is not installed: apt-get install wrk (or --driver httpx)")
     settings = ", ".join(f"{k}={v}" for k, v in server_settings(args.backend).items())
     print(
         f"{args.backend} ({settings}); {args.workload} over {args.accounts:,} accounts; "
-        f"balance serve --workers {args.workers}"
-        f"{'' if args.group_commit else ' --no-group-commit'}; {args.seconds:g} s per concurrency; "
+        f"balance serve {' '.join(_serve_options(args))}; {args.seconds:g} s per concurrency; "
         f"load: {args.driver}; {os.cpu_count()} CPUs shared by load generator, server and database"
     )
     print(
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         settle(url, args.backend, analyze=True)
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        server = _serve(url, port, args.workers, args.group_commit)
+        server = _serve(url, port, args)
         measured: list[tuple[int, Figures]] = []
         try:
             for clients in map(int, args.concurrency.split(",")):

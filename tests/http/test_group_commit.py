@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from balance_ledger import BalanceService, ChargeCoalescer
+from balance_ledger import BalanceService, ChargeCoalescer, InvalidRequest
 from balance_ledger.http import app as http_app
 from tests.http.calls import PROBLEM, open_account
 from tests.http.conftest import MakeClient
@@ -52,7 +52,8 @@ def test_concurrent_charges_share_transactions_and_each_gets_its_own_answer(
 
     monkeypatch.setattr(svc, "charge", lone)
     monkeypatch.setattr(svc, "charge_many", many)
-    with make_client("admin", group_commit=True) as client:
+    # One writer: the batches it makes while the first charge is held are what is checked.
+    with make_client("admin", group_commit=True, group_commit_writers=1) as client:
         open_account(client, balance=10 * 100)
 
         def charge(n: int) -> tuple[int, bool, str]:
@@ -108,3 +109,30 @@ def test_balance_serve_workers_group_commit_unless_told_not_to(
             assert isinstance(getattr(charge, "__self__", None), ChargeCoalescer) is coalesced
     finally:
         app.state.service.close()
+
+
+@pytest.mark.parametrize("told", [None, "1", "3"])
+def test_balance_serve_workers_write_batches_at_once(
+    database_url: str, backend: str, monkeypatch: pytest.MonkeyPatch, told: str | None
+):
+    """Two writers by default (one on SQLite, which writes one transaction at a time),
+    or as many as told (BALANCE_GROUP_COMMIT_WRITERS: --group-commit-writers)."""
+    monkeypatch.setenv("BALANCE_DATABASE_URL", database_url)
+    monkeypatch.delenv(http_app.GROUP_COMMIT_ENV, raising=False)
+    if told is None:
+        monkeypatch.delenv(http_app.GROUP_COMMIT_WRITERS_ENV, raising=False)
+        expected = 1 if backend == "sqlite" else http_app.GROUP_COMMIT_WRITERS
+    else:
+        monkeypatch.setenv(http_app.GROUP_COMMIT_WRITERS_ENV, told)
+        expected = int(told)
+    app = http_app.app_from_environment()
+    with TestClient(app):
+        coalescer = app.state.charge.__self__
+        assert len(coalescer._writers) == expected
+
+
+def test_a_group_commit_writers_setting_that_is_no_count_is_refused(database_url, monkeypatch):
+    monkeypatch.setenv("BALANCE_DATABASE_URL", database_url)
+    monkeypatch.setenv(http_app.GROUP_COMMIT_WRITERS_ENV, "two")
+    with pytest.raises(InvalidRequest, match="BALANCE_GROUP_COMMIT_WRITERS"):
+        http_app.app_from_environment()

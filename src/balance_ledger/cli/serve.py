@@ -46,6 +46,15 @@ def serve(
             "still gets its own answer. A charge waits at most for the batch being written.",
         ),
     ] = True,
+    group_commit_writers: Annotated[
+        int | None,
+        typer.Option(
+            help="Batches each worker writes at once with group commit (default 2; 1 on "
+            "SQLite, which writes one transaction at a time).",
+            min=1,
+            max=16,
+        ),
+    ] = None,
     access_log: Annotated[
         bool,
         typer.Option(
@@ -70,7 +79,12 @@ def serve(
     """
     import uvicorn  # only here: every other command starts without the web stack
 
-    from ..http.app import DISPATCH_INTERVAL_ENV, GROUP_COMMIT_ENV, WORKER_ENV
+    from ..http.app import (
+        DISPATCH_INTERVAL_ENV,
+        GROUP_COMMIT_ENV,
+        GROUP_COMMIT_WRITERS_ENV,
+        WORKER_ENV,
+    )
     from ..http.supervision import SUPERVISOR_PID_ENV, exit_zero_on_sigterm
 
     exit_zero_on_sigterm()  # and bounded: even with a request stuck in the database
@@ -92,6 +106,10 @@ def serve(
     else:  # the flag decides, not a variable left in the environment
         os.environ.pop(DISPATCH_INTERVAL_ENV, None)
     os.environ[GROUP_COMMIT_ENV] = "1" if group_commit else "0"
+    if group_commit_writers is None:  # the option decides, not a variable left behind
+        os.environ.pop(GROUP_COMMIT_WRITERS_ENV, None)
+    else:
+        os.environ[GROUP_COMMIT_WRITERS_ENV] = str(group_commit_writers)
     os.environ[WORKER_ENV] = "1"
     with _shared_metrics(workers):
         uvicorn.run(
