@@ -58,12 +58,14 @@ CHAIN_COLUMNS = [ledger.c[name] for name in ("id", "row_hash", *SEALED_FIELDS)]
 # The statements of every single movement, built once: constructing a statement and
 # its cache key on each call was a measurable part of a charge's client CPU.
 _LOCK_BALANCE = select(balances).where(balances.c.user_id == bindparam("user_id")).with_for_update()
-_CHAIN_HEAD = (
-    select(ledger.c.id, ledger.c.row_hash)
-    .where(ledger.c.user_id == bindparam("user_id"))
-    .order_by(ledger.c.id.desc())
-    .limit(1)
-)
+
+
+def newest_row(user_id: Any, *columns: Any) -> Select[Any]:
+    """``columns`` of the account ``user_id``'s newest ledger row: its chain head."""
+    return select(*columns).where(ledger.c.user_id == user_id).order_by(ledger.c.id.desc()).limit(1)
+
+
+_CHAIN_HEAD = newest_row(bindparam("user_id"), ledger.c.id, ledger.c.row_hash)
 _INSERT_TRANSACTION = insert(ledger)
 # A batch's statements over its accounts (an expanding IN), built once too.
 _LOCK_BALANCES = (

@@ -44,19 +44,16 @@ _EARLIER = union_all(
 ).order_by("rank")
 
 
-def _newest(column: Any) -> Any:
-    newest = select(column).where(ledger.c.user_id == bindparam("user_id"))
-    return newest.order_by(ledger.c.id.desc()).limit(1).scalar_subquery()
-
-
 def _answered(rows: bool) -> Any:
     """The key's earlier row (if ``rows``) and refusal, and the account's chain head."""
     row_id = select(ledger.c.id).where(*_KEYS_ROW).scalar_subquery()
     return select(
         (row_id if rows else null()).label("row_id"),
         select(refusals.c.id).where(*_KEYS_REFUSAL).scalar_subquery().label("refusal_id"),
-        _newest(ledger.c.id).label("id"),
-        _newest(ledger.c.row_hash).label("row_hash"),
+        *(  # the chain head: id, row_hash
+            queries.newest_row(bindparam("user_id"), column).scalar_subquery().label(column.name)
+            for column in (ledger.c.id, ledger.c.row_hash)
+        ),
     )
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from ..models import Balance, KeyScope
 from .dialects import LOCK_WAIT_OPTION, backend_of
 from .prepared import Prepared
-from .queries import UPDATE_BALANCE, balance_of, balance_params
+from .queries import UPDATE_BALANCE, balance_of, balance_params, newest_row
 from .tables import balance_events as events
 from .tables import balance_refusals as refusals
 from .tables import user_balance_transactions as ledger
@@ -38,13 +38,7 @@ from .transactions import committing
 
 
 def _newest(column: Any) -> Any:
-    return (
-        select(column)
-        .where(ledger.c.user_id == balances.c.user_id)
-        .order_by(ledger.c.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
+    return newest_row(balances.c.user_id, column).scalar_subquery()
 
 
 _SNAPSHOT = Prepared(
