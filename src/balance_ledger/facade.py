@@ -88,6 +88,11 @@ class Facade:
             self._replica = Replica(on_replica, self._db, max_lag=max_lag)
 
     @property
+    def writes_one_at_a_time(self) -> bool:
+        """True where the database takes one write transaction at a time (SQLite)."""
+        return self._db.backend.writes_one_at_a_time
+
+    @property
     def engine(self) -> Engine:
         """The connection pool, to read with or to hand to tools. Money moves only through
         the methods: they lock, check, retry and announce; a write through the engine does

@@ -99,6 +99,11 @@ class Backend:
     single_connection: bool = False
 
     @property
+    def writes_one_at_a_time(self) -> bool:
+        """True where one write transaction runs at a time (SQLite's write lock)."""
+        return self.name == "sqlite"
+
+    @property
     def chains_writes(self) -> bool:
         """True where one statement may insert into one table and update another (a
         data-modifying CTE): PostgreSQL. Saves a round trip per movement."""

@@ -132,7 +132,7 @@ def _writers(service: BalanceService, group_commit: bool, writers: int | None) -
         return 0
     if writers is not None:
         return writers
-    return 1 if service.engine.dialect.name == "sqlite" else GROUP_COMMIT_WRITERS
+    return 1 if service.writes_one_at_a_time else GROUP_COMMIT_WRITERS
 
 
 def _lifespan(
